@@ -1,0 +1,39 @@
+"""Packaging for foley_toolkit (distribution name ``foley-toolkit``).
+
+Install torch first, pinned (``pip install torch==2.13.0``): a bare ``torch`` requirement in a fresh
+environment pulls a multi-GB CUDA build. The range below is satisfied by that wheel.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="foley-toolkit",
+    version="0.1.0",
+    description="Kling-Foley video-to-audio generation as diffusers-compatible models, pipelines and training scripts",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    include_package_data=True,
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4",
+        "diffusers>=0.42,<0.43",
+        "transformers>=4.50",
+        "peft>=0.17",
+        "accelerate>=1.0",
+        "safetensors>=0.4",
+        "huggingface_hub>=0.30",
+        "datasets>=3.0",
+        "av>=12.0",
+        "soundfile>=0.12",
+        "numpy>=1.26",
+        "scipy>=1.11",
+        "tqdm>=4.66",
+        "sentencepiece>=0.2",
+        "pesq>=0.0.4",
+    ],
+    extras_require={"test": ["pytest>=8", "librosa>=0.10"]},
+    entry_points={"console_scripts": ["foley-toolkit=foley_toolkit.cli:main"]},
+)
