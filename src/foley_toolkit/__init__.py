@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 # --- models (each helper/issue adds its own exports below its heading) ---
 # transformer
+from .models.transformers.transformer_foley_mmdit import FoleyMMDiTConditions, FoleyMMDiTTransformer
 
 # codec (MelVAE, mel front end, vocoder, Mono2Stereo)
 

@@ -1,0 +1,1 @@
+from .transformer_foley_mmdit import FoleyMMDiTConditions, FoleyMMDiTTransformer
