@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, ProjectConfiguration, set_seed
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -105,6 +105,64 @@ def add_ema_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ema_power", type=float, default=2 / 3, help="EMA warm-up power (EMAModel).")
 
 
+def add_audio_data_args(parser: argparse.ArgumentParser, default_crop_seconds: float = 2.0) -> None:
+    """Flags of the audio datasets of the codec scripts (random crops of clips)."""
+    group = parser.add_argument_group("data")
+    group.add_argument("--data_dir", type=str, default=None, help="Folder with metadata.jsonl/metadata.csv and the media.")
+    group.add_argument("--hf_dataset", type=str, default=None, help="A 🤗 datasets name or saved folder instead of --data_dir.")
+    group.add_argument("--hf_split", type=str, default="train")
+    group.add_argument("--crop_seconds", type=float, default=default_crop_seconds, help="Length of the random training crops.")
+    group.add_argument("--segment_seconds", type=float, default=10.0, help="Clips are first cut into segments of this length.")
+    group.add_argument("--min_seconds", type=float, default=0.5, help="Drop segments shorter than this.")
+
+
+def build_clip_dataset(args: argparse.Namespace, **kwargs):
+    """A `FoleyClipDataset` from `--data_dir` or `--hf_dataset`."""
+    from foley_toolkit.data import FoleyClipDataset
+
+    if (args.data_dir is None) == (args.hf_dataset is None):
+        raise ValueError("Pass exactly one of `--data_dir` and `--hf_dataset`.")
+    kwargs.setdefault("seed", args.seed)
+    if args.data_dir is not None:
+        return FoleyClipDataset.from_folder(args.data_dir, **kwargs)
+    import datasets
+
+    if os.path.isdir(args.hf_dataset):
+        dataset = datasets.load_from_disk(args.hf_dataset)
+        if isinstance(dataset, datasets.DatasetDict):
+            dataset = dataset[args.hf_split]
+    else:
+        dataset = datasets.load_dataset(args.hf_dataset, split=args.hf_split)
+    return FoleyClipDataset.from_hf_dataset(dataset, **kwargs)
+
+
+def build_audio_dataloader(args: argparse.Namespace, mono: bool = True):
+    """`(dataset, batch_sampler, dataloader)` of random `--crop_seconds` crops (seeded by seed, epoch, index)."""
+    from foley_toolkit.data import LengthGroupedBatchSampler, collate_audio_crops
+
+    dataset = build_clip_dataset(
+        args,
+        segment_seconds=args.segment_seconds if args.segment_seconds and args.segment_seconds > 0 else None,
+        min_seconds=args.min_seconds,
+        load_video=False,
+        mono=mono,
+        crop_seconds=args.crop_seconds,
+    )
+    sampler = LengthGroupedBatchSampler([1] * len(dataset), args.train_batch_size, shuffle=True, seed=args.seed)
+    dataloader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=collate_audio_crops, num_workers=args.dataloader_num_workers
+    )
+    return dataset, sampler, dataloader
+
+
+def check_not_sharded(accelerator: Accelerator, script: str) -> None:
+    """The codec models are small: their scripts run on one device or with DDP only."""
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise ValueError(
+            f"{script} supports single-device and multi-GPU (DDP) runs; FSDP/DeepSpeed configs are for the transformer."
+        )
+
+
 def validate_training_args(args: argparse.Namespace) -> None:
     """Clear errors for arguments every script shares."""
     positive = ["train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "logging_steps"]
@@ -124,8 +182,12 @@ def validate_training_args(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def setup_accelerator(args: argparse.Namespace) -> Accelerator:
-    """An `Accelerator` for the script's arguments, with logging configured and the seed set."""
+def setup_accelerator(args: argparse.Namespace, find_unused_parameters: bool = False) -> Accelerator:
+    """An `Accelerator` for the script's arguments, with logging configured and the seed set.
+
+    `find_unused_parameters` is for DDP when some parameters get no gradient in a step (e.g. the text projection
+    in a batch without captions, the empty embeddings when nothing is dropped).
+    """
     validate_training_args(args)
     project_config = ProjectConfiguration(
         project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, args.logging_dir)
@@ -135,6 +197,7 @@ def setup_accelerator(args: argparse.Namespace) -> Accelerator:
         mixed_precision=args.mixed_precision,
         log_with=args.report_to,
         project_config=project_config,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
     )
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S", level=logging.INFO
@@ -404,7 +467,7 @@ def register_checkpoint_hooks(
                 if name in save_functions:
                     save_functions[name](module, folder)
                 else:
-                    _save_module(module, folder)
+                    save_module(module, folder)
             # Popped on every process: accelerate must not save these weights a second time.
             if weights:
                 weights.pop(i)
@@ -427,13 +490,13 @@ def register_checkpoint_hooks(
             if name in load_functions:
                 load_functions[name](module, folder)
             else:
-                _load_module(module, folder)
+                load_module(module, folder)
 
     accelerator.register_save_state_pre_hook(save_model_hook)
     accelerator.register_load_state_pre_hook(load_model_hook)
 
 
-def _save_module(module: torch.nn.Module, folder: str) -> None:
+def save_module(module: torch.nn.Module, folder: str) -> None:
     if hasattr(module, "save_pretrained"):
         module.save_pretrained(folder)
     else:
@@ -442,7 +505,7 @@ def _save_module(module: torch.nn.Module, folder: str) -> None:
         save_file(state_dict, os.path.join(folder, "model.safetensors"))
 
 
-def _load_module(module: torch.nn.Module, folder: str) -> None:
+def load_module(module: torch.nn.Module, folder: str) -> None:
     if hasattr(module, "save_pretrained") and hasattr(module, "from_pretrained"):
         loaded = type(module).from_pretrained(folder)
         module.load_state_dict(loaded.state_dict())
@@ -464,6 +527,51 @@ def create_ema(model: torch.nn.Module, args: argparse.Namespace):
         model_cls=type(model),
         model_config=model.config,
     )
+
+
+def gather_model_for_saving(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module | None:
+    """The full trained model on the main process (None elsewhere); call on every process.
+
+    Under FSDP / DeepSpeed ZeRO-3 the parameters are sharded: the full state dict is gathered and loaded into a
+    fresh copy built from the config. Otherwise this is just the unwrapped model.
+    """
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        state_dict = accelerator.get_state_dict(model)
+        if not accelerator.is_main_process:
+            return None
+        unwrapped = unwrap_model(accelerator, model)
+        fresh = type(unwrapped).from_config(unwrapped.config)
+        fresh.load_state_dict(state_dict)
+        return fresh
+    return unwrap_model(accelerator, model) if accelerator.is_main_process else None
+
+
+def save_pipeline_with_components(
+    base_pipeline: str | os.PathLike, output_dir: str | os.PathLike, components: dict[str, torch.nn.Module]
+) -> Path:
+    """Write a `KlingFoleyPipeline` folder: the base pipeline's files with `components` (name -> trained model)
+    replaced. Files are copied rather than loaded, so multi-GB encoders never pass through memory."""
+    base_pipeline, output_dir = Path(base_pipeline), Path(output_dir)
+    index_file = base_pipeline / "model_index.json"
+    if not index_file.is_file():
+        raise FileNotFoundError(f"`{base_pipeline}` is not a pipeline folder (no model_index.json).")
+    tmp_dir = output_dir.with_name(output_dir.name + ".tmp")
+    if tmp_dir.exists():
+        shutil.rmtree(tmp_dir)
+    shutil.copytree(base_pipeline, tmp_dir, ignore=shutil.ignore_patterns(*components))
+    model_index = json.loads(index_file.read_text())
+    for name, module in components.items():
+        module.save_pretrained(tmp_dir / name)
+        entry = model_index.get(name)
+        if not entry or entry[0] is None:
+            # The base pipeline had no such component: record its class as diffusers does for a library it does
+            # not know (the full module path).
+            model_index[name] = [type(module).__module__, type(module).__name__]
+    (tmp_dir / "model_index.json").write_text(json.dumps(model_index, indent=2, sort_keys=True) + "\n")
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    os.replace(tmp_dir, output_dir)
+    return output_dir
 
 
 # ------------------------------------------------------------------------------------------------
@@ -511,8 +619,9 @@ def run_training_loop(
         if global_step >= max_train_steps:
             break
         # The data order of an epoch is a function of (seed, epoch): resumed runs see the same batches.
-        if hasattr(batch_sampler, "set_epoch"):
-            batch_sampler.set_epoch(epoch)
+        for seeded in (batch_sampler, getattr(train_dataloader, "dataset", None)):
+            if hasattr(seeded, "set_epoch"):
+                seeded.set_epoch(epoch)
         epoch_dataloader = train_dataloader
         if epoch == first_epoch and resume_batches > 0:
             epoch_dataloader = accelerator.skip_first_batches(train_dataloader, resume_batches)

@@ -629,7 +629,8 @@ class FoleyClipDataset(torch.utils.data.Dataset):
         }
         if self.crop_seconds is not None:
             example["audio"], start = self._random_crop(audio, index)
-            example["seconds_start"] = item.seconds_start + start / self.sample_rate
+            example["crop_start"] = start / self.sample_rate  # seconds into the item
+            example["seconds_start"] = item.seconds_start + example["crop_start"]
             example["duration"] = self.crop_seconds
         elif self.load_video and item.has_video:
             example["clip_frames"], example["sync_frames"] = self._item_video(item)
@@ -650,6 +651,7 @@ def collate_audio_crops(examples: list[dict]) -> dict[str, Any]:
         "audio": torch.stack([e["audio"] for e in examples]),
         "id": [e["id"] for e in examples],
         "caption": [e["caption"] for e in examples],
+        "crop_start": torch.tensor([float(e.get("crop_start", 0.0)) for e in examples]),
     }
 
 

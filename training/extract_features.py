@@ -1,0 +1,226 @@
+#!/usr/bin/env python
+"""Cache the inputs of transformer training: MelVAE posteriors, T5 text features, CLIP and Synchformer features.
+
+One safetensors file per item (a clip, a 10-second segment, a joined or augmented clip; see
+`foley_toolkit.data.FoleyClipDataset`) plus ``index.jsonl``. Each process takes every ``num_processes``-th item;
+finished items are skipped, so an interrupted run continues where it stopped (files are written to ``.tmp`` and
+renamed, never left half-written).
+
+    accelerate launch training/extract_features.py --pretrained_model my-pipeline --data_dir clips/ \
+        --output_dir features/ --segment_seconds 10 --concat_short --num_augmented_clips 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # `common.py` sits next to this script
+
+import common  # noqa: E402
+
+logger = get_logger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Cache VAE latents, T5, CLIP and Synchformer features for training.")
+    parser.add_argument("--pretrained_model", type=str, default=None, help="KlingFoleyPipeline folder with the encoders and the VAE.")
+    parser.add_argument("--vae", type=str, default=None, help="MelVAE folder (overrides the pipeline's).")
+    parser.add_argument("--tokenizer", type=str, default=None, help="T5 tokenizer folder (overrides the pipeline's).")
+    parser.add_argument("--text_encoder", type=str, default=None, help="T5 encoder folder (overrides the pipeline's).")
+    parser.add_argument("--vision_encoder", type=str, default=None, help="CLIP vision folder (overrides the pipeline's).")
+    parser.add_argument("--sync_encoder", type=str, default=None, help="Synchformer folder (overrides the pipeline's).")
+    parser.add_argument("--data_dir", type=str, default=None, help="Folder with metadata.jsonl/metadata.csv and the media.")
+    parser.add_argument("--hf_dataset", type=str, default=None, help="A 🤗 datasets name or saved folder instead of --data_dir.")
+    parser.add_argument("--hf_split", type=str, default="train")
+    parser.add_argument("--output_dir", type=str, required=True, help="Where the feature files and index.jsonl go.")
+    parser.add_argument("--segment_seconds", type=float, default=10.0, help="Cut clips into segments of this length (<= 0: whole clips).")
+    parser.add_argument("--min_seconds", type=float, default=1.0, help="Drop items shorter than this.")
+    parser.add_argument("--concat_short", action="store_true", help="Join clips shorter than a segment into full segments.")
+    parser.add_argument("--num_augmented_clips", type=int, default=0, help="Temporally augmented multi-event clips to add.")
+    parser.add_argument("--max_events", type=int, default=3, help="Most single-event clips per augmented clip.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the segment plan and augmentation.")
+    parser.add_argument("--no_video", action="store_true", help="Skip CLIP/Synchformer (text-audio data only).")
+    parser.add_argument("--stereo_mel", action="store_true", help="Also store the left/right log-mels (Mono2Stereo).")
+    parser.add_argument("--max_sequence_length", type=int, default=128, help="T5 tokens per caption.")
+    parser.add_argument("--feature_dtype", type=str, default="float32", choices=sorted(DTYPES), help="dtype of stored features.")
+    parser.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"], help="Autocast of the encoders.")
+    args = parser.parse_args(input_args)
+    if (args.data_dir is None) == (args.hf_dataset is None):
+        raise ValueError("Pass exactly one of `--data_dir` and `--hf_dataset`.")
+    if args.pretrained_model is None and args.vae is None:
+        raise ValueError("Pass `--pretrained_model` (a pipeline folder) or the component folders (at least `--vae`).")
+    if args.segment_seconds is not None and args.segment_seconds <= 0:
+        args.segment_seconds = None
+    return args
+
+
+def load_encoders(args: argparse.Namespace, need_text: bool, need_video: bool):
+    """A `KlingFoleyPipeline` holding only what extraction needs (tokenizer, encoders, VAE; no transformer or vocoder),
+    so that its `encode_prompt` / `encode_video` compute features exactly as generation does."""
+    from transformers import AutoTokenizer, CLIPVisionModelWithProjection, T5EncoderModel
+
+    from foley_toolkit.pipelines import KlingFoleyPipeline
+    from foley_toolkit.models.autoencoders.autoencoder_mel_vae import MelVAE
+    from foley_toolkit.models.encoders.synchformer import SynchformerEncoder
+
+    base = args.pretrained_model
+
+    def component(name, loader, needed):
+        folder = getattr(args, name)
+        if not needed:
+            return None
+        if folder is None and base is not None:
+            folder = os.path.join(base, name)
+        if folder is None or not os.path.isdir(folder):
+            raise FileNotFoundError(f"No `{name}` folder: pass `--{name}` or a `--pretrained_model` that contains it.")
+        return loader(folder)
+
+    components = {
+        "vae": component("vae", MelVAE.from_pretrained, True),
+        "tokenizer": component("tokenizer", AutoTokenizer.from_pretrained, need_text),
+        "text_encoder": component("text_encoder", T5EncoderModel.from_pretrained, need_text),
+        "vision_encoder": component("vision_encoder", CLIPVisionModelWithProjection.from_pretrained, need_video),
+        "sync_encoder": component("sync_encoder", SynchformerEncoder.from_pretrained, need_video),
+    }
+    pipe = KlingFoleyPipeline(transformer=None, scheduler=None, vocoder=None, **components)
+    for module in components.values():
+        if isinstance(module, torch.nn.Module):
+            module.requires_grad_(False).eval()
+    return pipe
+
+
+def build_dataset(args: argparse.Namespace):
+    return common.build_clip_dataset(
+        args,
+        segment_seconds=args.segment_seconds,
+        min_seconds=args.min_seconds,
+        concat_short=args.concat_short,
+        num_augmented_clips=args.num_augmented_clips,
+        max_events=args.max_events,
+        load_video=not args.no_video,
+        mono=False,  # stereo kept for --stereo_mel; the VAE sees the mono mix
+    )
+
+
+@torch.no_grad()
+def extract_item(pipe, example: dict, args: argparse.Namespace, device: torch.device) -> tuple[dict, dict]:
+    """Features of one dataset item -> `(tensors, metadata)` for its safetensors file."""
+    from foley_toolkit.models.mono2stereo import stereo_mel_targets
+    from foley_toolkit.video_processor import VideoInput
+
+    dtype = DTYPES[args.feature_dtype]
+    audio = example["audio"].to(device)  # (channels, samples)
+    posterior = pipe.vae.encode(audio.mean(0, keepdim=True)).latent_dist
+    tensors = {
+        "latents_mean": posterior.mean[0].float().contiguous(),
+        "latents_std": posterior.std[0].float().contiguous(),
+    }
+    has_text = bool(example["has_text"])
+    if has_text:
+        embeds, mask, _, _ = pipe.encode_prompt(
+            example["caption"], device=device, do_classifier_free_guidance=False,
+            max_sequence_length=args.max_sequence_length,
+        )  # fmt: skip
+        # Store only the real tokens: padding is re-added (and masked) per batch.
+        num_tokens = max(int(mask[0].sum()), 1)
+        tensors["text_embeds"] = embeds[0, :num_tokens].to(dtype).contiguous()
+        tensors["text_mask"] = mask[0, :num_tokens].to(torch.int8).contiguous()
+    has_video = bool(example["has_video"]) and "clip_frames" in example
+    if has_video:
+        video = VideoInput(example["clip_frames"], example["sync_frames"], float(example["duration"]), fps=0.0)
+        clip_features, sync_features, _ = pipe.encode_video(video, device=device, duration=float(example["duration"]))
+        tensors["clip_features"] = clip_features[0].to(dtype).contiguous()
+        tensors["sync_features"] = sync_features[0].to(dtype).contiguous()
+    if args.stereo_mel:
+        stereo = audio if audio.shape[0] == 2 else audio.expand(2, -1)
+        _, left, right = stereo_mel_targets(stereo.unsqueeze(0), pipe.vae.log_mel)
+        tensors["stereo_mel"] = torch.stack([left[0], right[0]]).float().contiguous()
+    metadata = {
+        "id": example["id"],
+        "caption": example["caption"],
+        "duration": float(example["duration"]),
+        "seconds_start": float(example["seconds_start"]),
+        "latent_frames": int(tensors["latents_mean"].shape[-1]),
+        "has_video": has_video,
+        "has_text": has_text,
+    }
+    return {k: v.cpu() for k, v in tensors.items()}, metadata
+
+
+def write_index(output_dir: Path, file_names: list[str]) -> int:
+    """``index.jsonl`` from the metadata stored in each feature file's header (in dataset order)."""
+    from foley_toolkit.data import FEATURE_INDEX_NAME
+
+    entries = []
+    for name in file_names:
+        with safe_open(str(output_dir / name), framework="pt") as f:
+            header = f.metadata()
+        entry = json.loads(header["foley_toolkit"])
+        entries.append({"file": name, **entry})
+    tmp = output_dir / (FEATURE_INDEX_NAME + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for entry in entries:
+            f.write(json.dumps(entry) + "\n")
+    os.replace(tmp, output_dir / FEATURE_INDEX_NAME)
+    return len(entries)
+
+
+def main(args: argparse.Namespace) -> dict:
+    from foley_toolkit.data import feature_file_name
+
+    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    dataset = build_dataset(args)
+    file_names = [feature_file_name(item.id) for item in dataset.items]
+    if len(set(file_names)) != len(file_names):
+        raise ValueError("Two items map to the same feature file name; give the clips unique `id`s / file names.")
+    need_video = not args.no_video and any(item.has_video for item in dataset.items)
+    need_text = any(item.caption.strip() for item in dataset.items)
+    pipe = load_encoders(args, need_text=need_text, need_video=need_video)
+    pipe.to(accelerator.device)
+
+    # Each process takes every num_processes-th item; finished files are skipped (resumable).
+    my_indices = list(range(accelerator.process_index, len(dataset), accelerator.num_processes))
+    todo = [i for i in my_indices if not (output_dir / file_names[i]).is_file()]
+    logger.info(
+        f"{len(dataset)} items, {accelerator.num_processes} processes; this process: {len(my_indices)} items, "
+        f"{len(my_indices) - len(todo)} already done.",
+        main_process_only=False,
+    )
+    for index in tqdm(todo, desc="features", disable=not accelerator.is_local_main_process):
+        with accelerator.autocast():
+            tensors, metadata = extract_item(pipe, dataset[index], args, accelerator.device)
+        path = output_dir / file_names[index]
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata={"foley_toolkit": json.dumps(metadata)})
+        os.replace(tmp, path)
+
+    accelerator.wait_for_everyone()
+    num_indexed = 0
+    if accelerator.is_main_process:
+        num_indexed = write_index(output_dir, file_names)
+        logger.info(f"Wrote {num_indexed} items to {output_dir}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return {"num_items": len(dataset), "num_extracted": len(todo), "num_indexed": num_indexed}
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,199 @@
+#!/usr/bin/env python
+"""Train `Mono2Stereo` (paper 4.6) on stereo recordings: from the mono mix's log-mel, predict the left and right
+log-mels (the module predicts their log ratios to the mono mel), optionally conditioned on the clip's CLIP features.
+
+Video features come from the cache of ``extract_features.py`` (``--feature_dir``; build it from the same data with
+the same ``--segment_seconds``, so item ids match); the crop's span of CLIP frames is cut out for each example.
+Items without cached video features, and ``--video_dropout`` of the others, use the module's null embedding.
+
+``--mel_source vae`` feeds the MelVAE reconstruction of the mono mel, which is what the pipeline gives Mono2Stereo.
+
+    accelerate launch training/train_mono2stereo.py --pretrained_model my-pipeline --data_dir stereo_clips/ \
+        --feature_dir features/ --output_dir runs/m2s --crop_seconds 4 --max_train_steps 50000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # `common.py` sits next to this script
+
+import common  # noqa: E402
+from accelerate.logging import get_logger  # noqa: E402
+
+logger = get_logger(__name__)
+
+
+def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Mono2Stereo training on stereo clips.")
+    group = parser.add_argument_group("models")
+    group.add_argument("--pretrained_model", type=str, default=None, help="Pipeline folder: start from its mono2stereo/ (and use its vae/).")
+    group.add_argument("--mono2stereo", type=str, default=None, help="Mono2Stereo folder to start from.")
+    group.add_argument("--mono2stereo_config", type=str, default=None, help="Train from scratch: Mono2Stereo config JSON.")
+    group.add_argument("--vae", type=str, default=None, help="MelVAE folder for --mel_source vae (overrides the pipeline's).")
+    group.add_argument("--mel_source", type=str, default="ground_truth", choices=["ground_truth", "vae"],
+                       help="Mono input: the mel of the mono mix, or its MelVAE reconstruction.")  # fmt: skip
+    group.add_argument("--feature_dir", type=str, default=None, help="Feature cache with CLIP features (optional).")
+    group.add_argument("--video_dropout", type=float, default=0.1, help="Probability of the null video embedding.")
+    group.add_argument("--base_pipeline", type=str, default=None, help="Also write output_dir/pipeline with the new Mono2Stereo.")
+    common.add_audio_data_args(parser, default_crop_seconds=2.0)
+    common.add_training_args(parser, default_learning_rate=1e-4, default_lr_scheduler="constant")
+    return parser.parse_args(input_args)
+
+
+class StereoCropDataset(torch.utils.data.Dataset):
+    """Stereo crops of a `FoleyClipDataset` plus, when cached, the CLIP features of the crop's time span."""
+
+    def __init__(self, clips, feature_dir: str | None, clip_frame_rate: int = 8):
+        self.clips = clips
+        self.clip_frame_rate = clip_frame_rate
+        self.feature_files: dict[str, Path] = {}
+        if feature_dir is not None:
+            from foley_toolkit.data import FEATURE_INDEX_NAME
+
+            index = Path(feature_dir) / FEATURE_INDEX_NAME
+            if not index.is_file():
+                raise FileNotFoundError(f"`--feature_dir` {feature_dir!r} has no {FEATURE_INDEX_NAME}.")
+            with open(index, encoding="utf-8") as f:
+                for line in f:
+                    if line.strip():
+                        entry = json.loads(line)
+                        if entry["has_video"]:
+                            self.feature_files[entry["id"]] = Path(feature_dir) / entry["file"]
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.clips.set_epoch(epoch)
+
+    def __getitem__(self, index: int) -> dict:
+        from safetensors import safe_open
+
+        example = self.clips[index]
+        path = self.feature_files.get(example["id"])
+        if path is not None:
+            with safe_open(str(path), framework="pt") as f:
+                features = f.get_tensor("clip_features").float()
+            start = int(math.floor(example["crop_start"] * self.clip_frame_rate))
+            length = max(1, int(self.clips.crop_seconds * self.clip_frame_rate))
+            window = features[start : start + length]
+            if window.shape[0] == 0:
+                window = features[-1:]
+            if window.shape[0] < length:  # crop ran past the last frame: repeat it
+                window = torch.cat([window, window[-1:].expand(length - window.shape[0], -1)])
+            example["clip_features"] = window
+        return example
+
+
+def collate_stereo(examples: list[dict]) -> dict:
+    from foley_toolkit.data import collate_audio_crops
+
+    batch = collate_audio_crops(examples)
+    has_video = torch.tensor(["clip_features" in e for e in examples])
+    batch["has_video"] = has_video
+    batch["clip_features"] = None
+    if has_video.any():
+        reference = next(e["clip_features"] for e in examples if "clip_features" in e)
+        batch["clip_features"] = torch.stack([e.get("clip_features", torch.zeros_like(reference)) for e in examples])
+    return batch
+
+
+def load_mono2stereo(args: argparse.Namespace):
+    from foley_toolkit.models.mono2stereo import Mono2Stereo
+
+    if args.mono2stereo_config is not None:
+        with open(args.mono2stereo_config, encoding="utf-8") as f:
+            return Mono2Stereo.from_config(json.load(f))
+    folder = args.mono2stereo or (os.path.join(args.pretrained_model, "mono2stereo") if args.pretrained_model else None)
+    if folder is not None and os.path.isdir(folder):
+        return Mono2Stereo.from_pretrained(folder)
+    return Mono2Stereo()
+
+
+def main(args: argparse.Namespace) -> dict:
+    from foley_toolkit.data import LengthGroupedBatchSampler
+    from foley_toolkit.models.autoencoders.autoencoder_mel_vae import LogMelSpectrogram, MelVAE
+    from foley_toolkit.models.mono2stereo import stereo_mel_targets
+    from foley_toolkit.training_utils import condition_dropout_masks, mono2stereo_loss
+
+    accelerator = common.setup_accelerator(args, find_unused_parameters=True)
+    common.check_not_sharded(accelerator, "train_mono2stereo.py")
+    generator = common.make_generator(accelerator, args.seed)
+
+    model = load_mono2stereo(args).train()
+    vae = None
+    if args.mel_source == "vae":
+        folder = args.vae or (os.path.join(args.pretrained_model, "vae") if args.pretrained_model else None)
+        if folder is None:
+            raise ValueError("`--mel_source vae` needs `--vae` or `--pretrained_model`.")
+        vae = MelVAE.from_pretrained(folder).requires_grad_(False).eval().to(accelerator.device)
+    mel_transform = (vae.log_mel if vae is not None else LogMelSpectrogram()).to(accelerator.device)
+    common.register_checkpoint_hooks(accelerator, {"mono2stereo": model})
+
+    clips = common.build_clip_dataset(
+        args, segment_seconds=args.segment_seconds if args.segment_seconds > 0 else None, min_seconds=args.min_seconds,
+        load_video=False, mono=False, crop_seconds=args.crop_seconds,
+    )  # fmt: skip
+    dataset = StereoCropDataset(clips, args.feature_dir)
+    if args.feature_dir is not None and model.config.video_feature_dim is None:
+        raise ValueError("`--feature_dir` given, but this Mono2Stereo has `video_feature_dim=None` (audio-only).")
+    sampler = LengthGroupedBatchSampler([1] * len(dataset), args.train_batch_size, shuffle=True, seed=args.seed)
+    dataloader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=collate_stereo, num_workers=args.dataloader_num_workers
+    )
+    optimizer = common.build_optimizer(args, model.parameters())
+    model, optimizer, dataloader = accelerator.prepare(model, optimizer, dataloader)
+    max_train_steps, steps_per_epoch = common.resolve_max_train_steps(args, len(dataloader))
+    lr_scheduler = accelerator.prepare(common.build_lr_scheduler(args, optimizer, accelerator, max_train_steps))
+    common.log_run_summary(accelerator, args, len(dataset), max_train_steps)
+    global_step = common.resume_from_checkpoint(accelerator, args, generator)
+
+    def training_step(batch: dict, step: int) -> dict:
+        with torch.no_grad():
+            mono_mel, left_target, right_target = stereo_mel_targets(batch["audio"], mel_transform)
+            if vae is not None:
+                latents = vae.encode(mono_mel).latent_dist.mode()
+                mono_mel = vae.decode(latents).sample[..., : mono_mel.shape[-1]]
+        video_features, drop_video = None, None
+        if batch["clip_features"] is not None:
+            video_features = batch["clip_features"]
+            _, drop = condition_dropout_masks(
+                mono_mel.shape[0], 0.0, args.video_dropout, has_video=batch["has_video"].cpu(), generator=generator
+            )
+            drop_video = drop.to(accelerator.device)
+        output = model(mono_mel, video_features=video_features, drop_video=drop_video)
+        loss = mono2stereo_loss(output.left_mel, output.right_mel, left_target, right_target)
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and args.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        return {"loss": loss.detach().item()}
+
+    global_step, history = common.run_training_loop(
+        accelerator, args, dataloader, sampler, training_step, [model], max_train_steps, steps_per_epoch,
+        global_step, generator,
+    )  # fmt: skip
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        trained = common.unwrap_model(accelerator, model)
+        trained.save_pretrained(os.path.join(args.output_dir, "mono2stereo"))
+        if args.base_pipeline:
+            common.save_pipeline_with_components(args.base_pipeline, os.path.join(args.output_dir, "pipeline"), {"mono2stereo": trained})
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return {"global_step": global_step, "history": history}
+
+
+if __name__ == "__main__":
+    main(parse_args())
