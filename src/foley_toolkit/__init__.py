@@ -11,6 +11,17 @@ __version__ = "0.1.0"
 from .models.transformers.transformer_foley_mmdit import FoleyMMDiTConditions, FoleyMMDiTTransformer
 
 # codec (MelVAE, mel front end, vocoder, Mono2Stereo)
+from .audio_utils import load_audio, save_audio, sequence_lengths
+from .models.autoencoders.autoencoder_mel_vae import DiagonalGaussianDistribution1D, LogMelSpectrogram, MelVAE
+from .models.discriminator import MelDiscriminator
+from .models.mono2stereo import Mono2Stereo, Mono2StereoOutput
+from .models.vocoder import (
+    MMAudioVocoder,
+    bigvgan_v2_44khz_128band_512x_config,
+    build_vocoder,
+    tiny_vocoder_config,
+    vocode,
+)
 
 # encoders
 

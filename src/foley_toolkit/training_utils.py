@@ -9,6 +9,216 @@ import torch.nn.functional as F
 # Codec training (MelVAE: margin KL, mel MSE, GAN, R1, Algorithm 2 stepping schedule)
 # ---------------------------------------------------------------------------------------------
 
+# Imports of this section live here so that the two sections can be edited independently.
+from dataclasses import dataclass as _dataclass  # noqa: E402
+from typing import Iterable as _Iterable  # noqa: E402
+
+
+@_dataclass(frozen=True)
+class CodecLossWeights:
+    r"""
+    Loss weights of one MelVAE training step (paper Algorithm 2).
+
+    Args:
+        stage (`int`): 1 base reconstruction, 2 KL ramp, 3 adversarial ramp, 4 decoder refinement.
+        mse (`float`): Weight of the mel MSE (always 1).
+        kl (`float`): Weight of the margin KL.
+        gan (`float`): Weight of the adversarial losses, generator and discriminator alike (the paper's
+            gamma_step in eq. 5 / Algorithm 2); 0 means "do not train the discriminator yet".
+        freeze_encoder (`bool`): Stage 4: encoder and posterior projection frozen, only decoder and discriminator train.
+    """
+
+    stage: int
+    mse: float
+    kl: float
+    gan: float
+    freeze_encoder: bool
+
+
+def codec_loss_weights(
+    step: int,
+    stage1_end: int,
+    stage2_end: int,
+    stage3_end: int,
+    kl_upper: float,
+    gan_upper: float,
+) -> CodecLossWeights:
+    r"""
+    The multi-stage stepping schedule of the paper's Algorithm 2, exactly:
+
+    - `step <= stage1_end`: `L = L_mse`;
+    - `step <= stage2_end`: `L = L_mse + gamma * L_kl`, `gamma = kl_upper * min(1, (step - stage1_end) / (stage2_end - stage1_end))`;
+    - `step <= stage3_end`: `L = L_mse + kl_upper * L_kl + gamma * (L_g + L_d)`,
+      `gamma = gan_upper * min(1, (step - stage2_end) / (stage3_end - stage2_end))`;
+    - otherwise: `L = L_mse + kl_upper * L_kl + gan_upper * (L_g + L_d)`, encoder and VAE posterior frozen.
+
+    Args:
+        step (`int`): Current training step (>= 0).
+        stage1_end, stage2_end, stage3_end (`int`): Phase transition steps, `0 <= stage1_end < stage2_end < stage3_end`.
+        kl_upper, gan_upper (`float`): Maximum loss weights (>= 0).
+    """
+    if step < 0:
+        raise ValueError(f"`step` must be >= 0, got {step}.")
+    if not 0 <= stage1_end < stage2_end < stage3_end:
+        raise ValueError(
+            "Stage bounds must satisfy 0 <= stage1_end < stage2_end < stage3_end, got "
+            f"{stage1_end}, {stage2_end}, {stage3_end}."
+        )
+    if kl_upper < 0 or gan_upper < 0:
+        raise ValueError(f"`kl_upper` and `gan_upper` must be >= 0, got {kl_upper} and {gan_upper}.")
+    if step <= stage1_end:
+        return CodecLossWeights(stage=1, mse=1.0, kl=0.0, gan=0.0, freeze_encoder=False)
+    if step <= stage2_end:
+        kl = kl_upper * min(1.0, (step - stage1_end) / (stage2_end - stage1_end))
+        return CodecLossWeights(stage=2, mse=1.0, kl=kl, gan=0.0, freeze_encoder=False)
+    if step <= stage3_end:
+        gan = gan_upper * min(1.0, (step - stage2_end) / (stage3_end - stage2_end))
+        return CodecLossWeights(stage=3, mse=1.0, kl=float(kl_upper), gan=gan, freeze_encoder=False)
+    return CodecLossWeights(stage=4, mse=1.0, kl=float(kl_upper), gan=float(gan_upper), freeze_encoder=True)
+
+
+def set_codec_encoder_trainable(vae: torch.nn.Module, trainable: bool) -> None:
+    """Algorithm 2, stage 4: (un)freeze the MelVAE's encoder and its posterior projection (`quant_conv`), leaving
+    `post_quant_conv` and the decoder trainable."""
+    for module in (vae.encoder, vae.quant_conv):
+        module.requires_grad_(trainable)
+
+
+def mel_mse_loss(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Paper eq. 3, `MSE(A_in, A_d)` on log-mels `(batch, mel_bins, frames)`. The decoder returns an even number of
+    frames (`2 * ceil(T / 2)`): the reconstruction is cropped to the target's frames."""
+    if reconstruction.shape[:-1] != target.shape[:-1] or reconstruction.shape[-1] < target.shape[-1]:
+        raise ValueError(
+            f"`reconstruction` {tuple(reconstruction.shape)} must match `target` {tuple(target.shape)} with at least "
+            "as many frames."
+        )
+    return F.mse_loss(reconstruction[..., : target.shape[-1]].float(), target.float())
+
+
+def margin_kl_loss(posterior, margin: float = 0.0, per_element: bool = True) -> torch.Tensor:
+    r"""
+    Paper eq. 2: `L_kl = max(0, KL[N(mu, sigma^2) || N(0, I)] - delta)`, against KL collapse.
+
+    Args:
+        posterior (`DiagonalGaussianDistribution1D` or `torch.Tensor`): The MelVAE posterior, or per-sample KL values
+            `(batch,)` already summed over latent elements.
+        margin (`float`, defaults to 0): The margin `delta`, in the unit chosen by `per_element`.
+        per_element (`bool`, defaults to `True`): Measure the KL in nats per latent element (sum / (channels * frames)),
+            so `delta` does not depend on clip length; `False` uses the per-sample sum.
+
+    Returns:
+        Scalar: the hinge applied per sample, then averaged over the batch.
+    """
+    if margin < 0:
+        raise ValueError(f"`margin` must be >= 0, got {margin}.")
+    if isinstance(posterior, torch.Tensor):
+        kl = posterior.float()
+        if per_element:
+            raise ValueError("Pass the posterior (not summed KL values) when `per_element=True`.")
+    else:
+        kl = posterior.kl().float()
+        if per_element:
+            kl = kl / posterior.mean[0].numel()
+    return torch.clamp(kl - margin, min=0.0).mean()
+
+
+def _as_logit_list(logits) -> list[torch.Tensor]:
+    if isinstance(logits, torch.Tensor):
+        return [logits]
+    if hasattr(logits, "logits"):
+        return list(logits.logits)
+    return list(logits)
+
+
+def hinge_discriminator_loss(real_logits, fake_logits) -> torch.Tensor:
+    r"""
+    Paper eq. 6: `L_adv = E[max(0, 1 - D(A_in))] + E[max(0, 1 + D(A_d))]`, averaged over discriminator scales.
+
+    Args:
+        real_logits, fake_logits: A logit tensor, a list of per-scale logit maps, or a `MelDiscriminatorOutput`
+            (compute `fake_logits` on the detached reconstruction).
+    """
+    real, fake = _as_logit_list(real_logits), _as_logit_list(fake_logits)
+    if len(real) != len(fake):
+        raise ValueError(f"Got {len(real)} real and {len(fake)} fake logit maps.")
+    losses = [F.relu(1.0 - r.float()).mean() + F.relu(1.0 + f.float()).mean() for r, f in zip(real, fake)]
+    return torch.stack(losses).mean()
+
+
+def generator_adversarial_loss(fake_logits) -> torch.Tensor:
+    """Paper eq. 4: `L_g = -E[D(A_d)]`, averaged over discriminator scales."""
+    return torch.stack([-f.float().mean() for f in _as_logit_list(fake_logits)]).mean()
+
+
+def r1_gradient_penalty(real_logits, real_mel: torch.Tensor) -> torch.Tensor:
+    r"""
+    R1 penalty (paper eq. 7, Mescheder et al. 2018): `E[ ||grad_x D(x)||^2 ]` on real mels, which keeps the
+    discriminator smooth around the data. The paper writes the gradient through `AudioDecoder(z)`; the standard R1
+    (used here) differentiates the discriminator's output on real inputs.
+
+    Args:
+        real_logits: The discriminator's output on `real_mel` (tensor, list or `MelDiscriminatorOutput`).
+        real_mel (`torch.Tensor` of shape `(batch, mel_bins, frames)`): The real input, with `requires_grad=True` set
+            before the discriminator call.
+
+    Returns:
+        Scalar: per-sample squared gradient norm, averaged over the batch (multiply by `lambda_R1`).
+    """
+    if not real_mel.requires_grad:
+        raise ValueError("`real_mel` must have requires_grad=True before it goes through the discriminator.")
+    total = sum(logit.float().sum() for logit in _as_logit_list(real_logits))
+    (gradients,) = torch.autograd.grad(outputs=total, inputs=real_mel, create_graph=True)
+    return gradients.float().pow(2).reshape(gradients.shape[0], -1).sum(dim=1).mean()
+
+
+def feature_matching_loss(real_features, fake_features) -> torch.Tensor:
+    """Optional L1 feature matching between discriminator activations on real (detached) and reconstructed mels."""
+    real_features = real_features.features if hasattr(real_features, "features") else real_features
+    fake_features = fake_features.features if hasattr(fake_features, "features") else fake_features
+    losses = [
+        F.l1_loss(fake.float(), real.detach().float())
+        for real_scale, fake_scale in zip(real_features, fake_features)
+        for real, fake in zip(real_scale, fake_scale)
+    ]
+    if not losses:
+        raise ValueError("No discriminator features to match.")
+    return torch.stack(losses).mean()
+
+
+def mono2stereo_loss(
+    left_mel: torch.Tensor, right_mel: torch.Tensor, left_target: torch.Tensor, right_target: torch.Tensor
+) -> torch.Tensor:
+    """Mono2Stereo training loss: MSE of both predicted log-mels against the recorded left/right log-mels."""
+    left_error = F.mse_loss(left_mel.float(), left_target.float())
+    return 0.5 * (left_error + F.mse_loss(right_mel.float(), right_target.float()))
+
+
+@torch.no_grad()
+def latent_statistics(latents: torch.Tensor | _Iterable[torch.Tensor]) -> tuple[list[float], list[float]]:
+    r"""
+    Per-channel mean and std of MelVAE latents for `MelVAE.set_latent_statistics`.
+
+    Args:
+        latents (`torch.Tensor` of shape `(batch, channels, frames)` or an iterable of such tensors, any lengths).
+
+    Returns:
+        `(latents_mean, latents_std)`, lists of `channels` floats.
+    """
+    batches = [latents] if isinstance(latents, torch.Tensor) else list(latents)
+    if not batches:
+        raise ValueError("`latents` must not be empty.")
+    count, total, total_sq = 0, None, None
+    for z in batches:
+        if z.ndim != 3:
+            raise ValueError(f"Latents must have shape (batch, channels, frames), got {tuple(z.shape)}.")
+        z = z.double().transpose(0, 1).reshape(z.shape[1], -1)
+        total = z.sum(1) if total is None else total + z.sum(1)
+        total_sq = z.pow(2).sum(1) if total_sq is None else total_sq + z.pow(2).sum(1)
+        count += z.shape[1]
+    mean = total / count
+    std = (total_sq / count - mean.pow(2)).clamp_min(1e-12).sqrt()
+    return mean.tolist(), std.tolist()
+
 
 # ---------------------------------------------------------------------------------------------
 # Flow-matching training (transformer: logit-normal timesteps, InverseLR, condition dropout, ...)

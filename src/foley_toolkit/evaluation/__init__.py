@@ -1,0 +1,16 @@
+"""Evaluation metrics: codec reconstruction (Table 3), sync, distribution."""
+
+# codec
+from .codec_metrics import (
+    CODEC_METRICS,
+    compute_codec_metrics,
+    format_codec_metrics_table,
+    log_spectral_distance,
+    mel_cepstral_distortion,
+    mel_distance,
+    multi_resolution_stft_loss,
+    pesq_wideband,
+    sdr,
+    si_sdr,
+    summarize_codec_metrics,
+)

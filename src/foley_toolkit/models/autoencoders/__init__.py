@@ -1,0 +1,1 @@
+from .autoencoder_mel_vae import DiagonalGaussianDistribution1D, LogMelSpectrogram, MelVAE, slaney_mel_filterbank

@@ -1,0 +1,243 @@
+"""Reconstruction metrics of the latent audio codec, the set of the Kling-Foley paper's Table 3.
+
+All metrics compare a reference waveform with its reconstruction (same sample rate, time-aligned, mono):
+
+| metric | definition | better |
+|---|---|---|
+| `pesq` | wideband PESQ (ITU-T P.862.2, `pesq` package) after resampling both to 16 kHz; NaN when PESQ finds no speech | higher |
+| `si_sdr` | scale-invariant SDR in dB, zero-mean signals (Le Roux et al. 2019) | higher |
+| `sdr` | `10 log10(|s|^2 / |s - s_hat|^2)` in dB (no distortion filter allowed) | higher |
+| `lsd` | mean over frames of `sqrt(mean_f (log10 P - log10 P_hat)^2)`, power STFT 2048/512 | lower |
+| `mcd` | `10 / ln 10 * sqrt(2 * sum_{d=1..13} (c_d - c_hat_d)^2)` per frame, mean; `c` = DCT-II (ortho) of the log-mel | lower |
+| `mel_loss` | mean L1 distance of the codec's log-mels (`LogMelSpectrogram`) | lower |
+| `stft_loss` | multi-resolution STFT loss: mean over (2048/512, 1024/256, 512/128) of spectral convergence + L1 log magnitude | lower |
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..audio_utils import SAMPLE_RATE, resample
+
+CODEC_METRICS: tuple[str, ...] = ("pesq", "si_sdr", "sdr", "lsd", "mcd", "mel_loss", "stft_loss")
+HIGHER_IS_BETTER: dict[str, bool] = {
+    "pesq": True,
+    "si_sdr": True,
+    "sdr": True,
+    "lsd": False,
+    "mcd": False,
+    "mel_loss": False,
+    "stft_loss": False,
+}
+PESQ_SAMPLE_RATE = 16_000
+STFT_LOSS_RESOLUTIONS: tuple[tuple[int, int], ...] = ((2048, 512), (1024, 256), (512, 128))
+
+_EPS = 1e-12
+
+
+def _as_1d_float64(signal: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
+    if isinstance(signal, np.ndarray):
+        signal = torch.from_numpy(np.ascontiguousarray(signal))
+    if not isinstance(signal, torch.Tensor):
+        raise ValueError(f"`{name}` must be a numpy array or a torch tensor, got {type(signal).__name__}.")
+    signal = signal.detach().to("cpu", torch.float64)
+    if signal.ndim == 2 and signal.shape[0] == 1:
+        signal = signal[0]
+    if signal.ndim != 1:
+        raise ValueError(f"`{name}` must be a mono waveform (num_samples,) or (1, num_samples), got {tuple(signal.shape)}.")
+    return signal
+
+
+def _aligned(reference, estimate) -> tuple[torch.Tensor, torch.Tensor]:
+    reference = _as_1d_float64(reference, "reference")
+    estimate = _as_1d_float64(estimate, "estimate")
+    length = min(reference.shape[0], estimate.shape[0])
+    if length == 0:
+        raise ValueError("`reference` and `estimate` must not be empty.")
+    return reference[:length], estimate[:length]
+
+
+def si_sdr(reference, estimate, zero_mean: bool = True) -> float:
+    """Scale-invariant signal-to-distortion ratio in dB: project the estimate onto the reference, compare the
+    projection's energy with the residual's. Invariant to the estimate's gain; ~+inf for a perfect copy."""
+    reference, estimate = _aligned(reference, estimate)
+    if zero_mean:
+        reference, estimate = reference - reference.mean(), estimate - estimate.mean()
+    scale = torch.dot(estimate, reference) / (torch.dot(reference, reference) + _EPS)
+    target = scale * reference
+    residual = estimate - target
+    return float(10.0 * torch.log10((target.pow(2).sum() + _EPS) / (residual.pow(2).sum() + _EPS)))
+
+
+def sdr(reference, estimate) -> float:
+    """Signal-to-distortion ratio in dB: `10 log10(|s|^2 / |s - s_hat|^2)` (an SNR of the reconstruction error)."""
+    reference, estimate = _aligned(reference, estimate)
+    return float(10.0 * torch.log10((reference.pow(2).sum() + _EPS) / ((reference - estimate).pow(2).sum() + _EPS)))
+
+
+def _stft_magnitude(signal: torch.Tensor, n_fft: int, hop_length: int) -> torch.Tensor:
+    """|STFT| `(freq, frames)` with a periodic Hann window, centre padding (reflect; constant for short signals)."""
+    pad_mode = "reflect" if signal.shape[-1] > n_fft // 2 else "constant"
+    spectrum = torch.stft(
+        signal,
+        n_fft,
+        hop_length=hop_length,
+        win_length=n_fft,
+        window=torch.hann_window(n_fft, dtype=signal.dtype),
+        center=True,
+        pad_mode=pad_mode,
+        return_complex=True,
+    )
+    return spectrum.abs()
+
+
+def log_spectral_distance(reference, estimate, n_fft: int = 2048, hop_length: int = 512, eps: float = 1e-10) -> float:
+    """LSD: per frame, the RMS over frequency of `log10(|X|^2 + eps) - log10(|X_hat|^2 + eps)`, averaged over frames."""
+    reference, estimate = _aligned(reference, estimate)
+    log_ref = torch.log10(_stft_magnitude(reference, n_fft, hop_length).pow(2) + eps)
+    log_est = torch.log10(_stft_magnitude(estimate, n_fft, hop_length).pow(2) + eps)
+    return float((log_ref - log_est).pow(2).mean(dim=0).sqrt().mean())
+
+
+_MEL_TRANSFORMS: dict = {}
+
+
+def _log_mel(signal: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """The codec's log-mel `(128, frames)` (float64 in, float32 math inside `LogMelSpectrogram`)."""
+    from ..models.autoencoders.autoencoder_mel_vae import LogMelSpectrogram
+
+    if sample_rate not in _MEL_TRANSFORMS:
+        _MEL_TRANSFORMS[sample_rate] = LogMelSpectrogram(sample_rate=sample_rate)
+    transform = _MEL_TRANSFORMS[sample_rate]
+    if signal.shape[-1] < transform.min_num_samples:
+        signal = F.pad(signal, (0, transform.min_num_samples - signal.shape[-1]))
+    return transform(signal.float()).double()
+
+
+def _dct_matrix(num_bands: int, num_coefficients: int) -> torch.Tensor:
+    """Orthonormal DCT-II basis `(num_coefficients, num_bands)` (what `scipy.fft.dct(norm="ortho")` applies)."""
+    n = torch.arange(num_bands, dtype=torch.float64)
+    k = torch.arange(num_coefficients, dtype=torch.float64)[:, None]
+    basis = torch.cos(math.pi / num_bands * (n + 0.5) * k) * math.sqrt(2.0 / num_bands)
+    basis[0] /= math.sqrt(2.0)
+    return basis
+
+
+def mel_cepstral_distortion(
+    reference, estimate, sample_rate: int = SAMPLE_RATE, num_coefficients: int = 13
+) -> float:
+    """MCD in dB between time-aligned signals (no DTW): cepstra `c = DCT-II(log-mel)` of the codec's log-mel,
+    coefficients 1..`num_coefficients` (c0, the energy, excluded), `10/ln10 * sqrt(2 * sum (c_d - c_hat_d)^2)` per
+    frame, averaged over frames."""
+    reference, estimate = _aligned(reference, estimate)
+    log_mel_ref, log_mel_est = _log_mel(reference, sample_rate), _log_mel(estimate, sample_rate)
+    dct = _dct_matrix(log_mel_ref.shape[0], num_coefficients + 1)
+    difference = (dct @ log_mel_ref - dct @ log_mel_est)[1:]
+    per_frame = (10.0 / math.log(10.0)) * torch.sqrt(2.0 * difference.pow(2).sum(dim=0))
+    return float(per_frame.mean())
+
+
+def mel_distance(reference, estimate, sample_rate: int = SAMPLE_RATE) -> float:
+    """Mel loss: mean absolute difference of the codec's natural-log mels."""
+    reference, estimate = _aligned(reference, estimate)
+    return float((_log_mel(reference, sample_rate) - _log_mel(estimate, sample_rate)).abs().mean())
+
+
+def multi_resolution_stft_loss(
+    reference, estimate, resolutions: Sequence[tuple[int, int]] = STFT_LOSS_RESOLUTIONS, eps: float = 1e-7
+) -> float:
+    """Multi-resolution STFT loss (Parallel WaveGAN): for each `(n_fft, hop)`, spectral convergence
+    `|S - S_hat|_F / |S|_F` plus mean `|log S - log S_hat|`; averaged over resolutions."""
+    reference, estimate = _aligned(reference, estimate)
+    losses = []
+    for n_fft, hop_length in resolutions:
+        mag_ref = _stft_magnitude(reference, n_fft, hop_length).clamp_min(eps)
+        mag_est = _stft_magnitude(estimate, n_fft, hop_length).clamp_min(eps)
+        convergence = torch.linalg.norm(mag_ref - mag_est) / (torch.linalg.norm(mag_ref) + _EPS)
+        log_magnitude = (mag_ref.log() - mag_est.log()).abs().mean()
+        losses.append(convergence + log_magnitude)
+    return float(torch.stack(losses).mean())
+
+
+def pesq_wideband(reference, estimate, sample_rate: int = SAMPLE_RATE) -> float:
+    """Wideband PESQ (MOS-LQO, -0.5..4.64) after resampling both signals to 16 kHz; NaN when PESQ cannot score the
+    pair (no utterance detected, too short)."""
+    from pesq import pesq as _pesq
+
+    reference, estimate = _aligned(reference, estimate)
+    reference_16k = np.asarray(resample(reference.numpy(), sample_rate, PESQ_SAMPLE_RATE), dtype=np.float64)
+    estimate_16k = np.asarray(resample(estimate.numpy(), sample_rate, PESQ_SAMPLE_RATE), dtype=np.float64)
+    try:
+        return float(_pesq(PESQ_SAMPLE_RATE, reference_16k, estimate_16k, "wb"))
+    except Exception as error:  # pesq raises its own NoUtterancesError / BufferTooShortError / ValueError
+        warnings.warn(f"PESQ could not score this pair ({type(error).__name__}: {error}); reporting NaN.")
+        return float("nan")
+
+
+_METRIC_FUNCTIONS = {
+    "pesq": lambda ref, est, sr: pesq_wideband(ref, est, sr),
+    "si_sdr": lambda ref, est, sr: si_sdr(ref, est),
+    "sdr": lambda ref, est, sr: sdr(ref, est),
+    "lsd": lambda ref, est, sr: log_spectral_distance(ref, est),
+    "mcd": lambda ref, est, sr: mel_cepstral_distortion(ref, est, sr),
+    "mel_loss": lambda ref, est, sr: mel_distance(ref, est, sr),
+    "stft_loss": lambda ref, est, sr: multi_resolution_stft_loss(ref, est),
+}
+
+
+def compute_codec_metrics(
+    reference, estimate, sample_rate: int = SAMPLE_RATE, metrics: Iterable[str] | None = None
+) -> dict[str, float]:
+    r"""
+    Every Table 3 metric for one reference / reconstruction pair.
+
+    Args:
+        reference, estimate (`np.ndarray` or `torch.Tensor` of shape `(num_samples,)` or `(1, num_samples)`): Mono
+            waveforms at `sample_rate`; the longer one is cropped to the shorter.
+        sample_rate (`int`, defaults to 44100).
+        metrics (`Iterable[str]`, *optional*): Subset of `CODEC_METRICS` (all by default).
+
+    Returns:
+        `dict[str, float]` in `CODEC_METRICS` order.
+    """
+    metrics = list(CODEC_METRICS if metrics is None else metrics)
+    unknown = [name for name in metrics if name not in _METRIC_FUNCTIONS]
+    if unknown:
+        raise ValueError(f"Unknown codec metrics {unknown}; choose from {list(CODEC_METRICS)}.")
+    reference, estimate = _aligned(reference, estimate)
+    return {name: _METRIC_FUNCTIONS[name](reference, estimate, sample_rate) for name in metrics}
+
+
+def summarize_codec_metrics(per_file: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Mean of each metric over files, ignoring NaN (e.g. PESQ on non-speech); NaN if no file has a value."""
+    names = [name for name in CODEC_METRICS if any(name in row for row in per_file)]
+    summary = {}
+    for name in names:
+        values = [row[name] for row in per_file if name in row and math.isfinite(row[name])]
+        summary[name] = float(np.mean(values)) if values else float("nan")
+    return summary
+
+
+def format_codec_metrics_table(rows: dict[str, dict[str, float]], counts: dict[str, int] | None = None) -> str:
+    """A plain-text table, one row per system (e.g. `{"MelVAE + vocoder": summary}`), metrics as columns with
+    arrows for the better direction."""
+    names = [name for name in CODEC_METRICS if any(name in summary for summary in rows.values())]
+    headers = ["system"] + [f"{name} {'↑' if HIGHER_IS_BETTER[name] else '↓'}" for name in names]
+    if counts is not None:
+        headers.append("files")
+    lines = []
+    for system, summary in rows.items():
+        cells = [system] + [f"{summary.get(name, float('nan')):.3f}" for name in names]
+        if counts is not None:
+            cells.append(str(counts.get(system, "")))
+        lines.append(cells)
+    widths = [max(len(headers[i]), *(len(line[i]) for line in lines)) for i in range(len(headers))]
+    render = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    separator = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([render(headers), separator] + [render(line) for line in lines])
