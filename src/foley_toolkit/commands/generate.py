@@ -1,0 +1,105 @@
+"""`foley-toolkit generate`: sound for a video (or a prompt) with a saved `KlingFoleyPipeline`.
+
+    foley-toolkit generate --model DIR_OR_HUB_ID --video clip.mp4 --prompt "..." --out clip_foley.mp4
+    foley-toolkit generate --model DIR --prompt "rain on a tin roof" --duration 8 --out rain.wav
+
+The output format follows the extension of `--out`: `.wav` / `.flac` (soundfile) or `.mp4` / `.mov` / `.mkv`
+(the video with the generated audio muxed in; needs `--video`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+AUDIO_EXTENSIONS = (".wav", ".flac")
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "generate",
+        help="generate audio for a video (or a text prompt) with a KlingFoleyPipeline",
+        description="Generate audio for a video (video-to-audio, optionally with a prompt) or for a prompt alone "
+        "(text-to-audio, needs --duration). Writes .wav/.flac, or .mp4 with the audio muxed into the video.",
+    )
+    parser.add_argument("--model", required=True, help="pipeline directory (save_pretrained) or Hub repo id")
+    parser.add_argument("--video", default=None, help="input video file; without it --duration is required")
+    parser.add_argument("--prompt", default=None, help="text description of the sound")
+    parser.add_argument("--negative-prompt", default=None, help="what to steer away from, e.g. 'music, speech'")
+    parser.add_argument("--steps", type=int, default=20, help="flow-matching steps (default 20)")
+    parser.add_argument("--guidance", type=float, default=4.5, help="classifier-free guidance scale (<= 1: off)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the initial noise")
+    parser.add_argument(
+        "--duration", type=float, default=None, help="seconds of audio (default: the video's duration)"
+    )
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights dtype"
+    )
+    parser.add_argument("--lora", default=None, help="optional LoRA directory / repo to load before generating")
+    parser.add_argument("--out", required=True, help="output file: .wav, .flac, or .mp4/.mov/.mkv (needs --video)")
+    parser.set_defaults(func=run)
+
+
+def _check_args(args) -> str | None:
+    """Return an error message for inconsistent arguments, else None."""
+    extension = os.path.splitext(args.out)[1].lower()
+    if extension not in AUDIO_EXTENSIONS + VIDEO_EXTENSIONS:
+        return f"--out must end with one of {AUDIO_EXTENSIONS + VIDEO_EXTENSIONS}, got {args.out!r}"
+    if args.video is None and args.prompt is None:
+        return "pass --video, --prompt, or both"
+    if args.video is None and args.duration is None:
+        return "--duration is required without --video (text-to-audio)"
+    if args.video is None and extension in VIDEO_EXTENSIONS:
+        return f"--out {args.out!r} is a video file, which needs --video"
+    if args.video is not None and not os.path.isfile(args.video):
+        return f"--video {args.video!r}: no such file"
+    if args.steps < 1:
+        return f"--steps must be >= 1, got {args.steps}"
+    return None
+
+
+def run(args) -> int:
+    error = _check_args(args)
+    if error is not None:
+        print(f"foley-toolkit generate: error: {error}", file=sys.stderr)
+        return 2
+
+    import torch
+
+    from ..audio_utils import save_audio
+    from ..pipelines.kling_foley import KlingFoleyPipeline
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, args.dtype)
+    pipe = KlingFoleyPipeline.from_pretrained(args.model, torch_dtype=dtype).to(device)
+    if args.lora:
+        pipe.load_lora_weights(args.lora)
+
+    start = time.perf_counter()
+    output = pipe(
+        video=args.video,
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        duration=args.duration,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        generator=torch.Generator(device="cpu").manual_seed(args.seed),
+        output_type="np",
+    )
+    audio = output.audios[0]  # (channels, samples)
+    elapsed = time.perf_counter() - start
+
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    if os.path.splitext(args.out)[1].lower() in AUDIO_EXTENSIONS:
+        save_audio(args.out, audio, output.sample_rate)
+    else:
+        from ..video_processor import write_video_with_audio
+
+        write_video_with_audio(args.video, audio, output.sample_rate, args.out)
+    seconds = audio.shape[-1] / output.sample_rate
+    print(f"wrote {args.out}: {audio.shape[0]} channel(s), {seconds:.2f} s at {output.sample_rate} Hz ({elapsed:.1f} s)")
+    return 0

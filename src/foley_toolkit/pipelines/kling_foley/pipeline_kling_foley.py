@@ -1,0 +1,844 @@
+# Copyright 2025 The foley_toolkit authors. Licensed under the Apache License, Version 2.0.
+"""Kling-Foley video/text-to-audio pipeline (arXiv 2506.19774), in the shape of diffusers' `StableAudioPipeline`."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import FlowMatchEulerDiscreteScheduler, MMAudioVocoder
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+from diffusers.utils import logging, replace_example_docstring
+from diffusers.utils.torch_utils import randn_tensor
+from transformers import CLIPVisionModelWithProjection, T5EncoderModel, T5Tokenizer, T5TokenizerFast
+
+from ...audio_utils import sequence_lengths
+from ...models.autoencoders.autoencoder_mel_vae import MelVAE
+from ...models.encoders.synchformer import SynchformerEncoder
+from ...models.mono2stereo import Mono2Stereo
+from ...models.transformers.transformer_foley_mmdit import FoleyMMDiTConditions, FoleyMMDiTTransformer
+from ...video_processor import VideoInput, load_video, preprocess_clip_frames, preprocess_sync_frames
+from .lora import KlingFoleyLoraLoaderMixin
+from .pipeline_output import KlingFoleyPipelineOutput
+
+
+logger = logging.get_logger(__name__)  # pylint: disable=invalid-name
+
+SAMPLE_RATE = 44_100
+MEL_HOP_LENGTH = 512
+# Synchformer needs at least one 16-frame segment (0.64 s at 25 fps).
+SYNC_SEGMENT_FRAMES = 16
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import soundfile as sf
+        >>> import torch
+        >>> from foley_toolkit import KlingFoleyPipeline
+        >>> from foley_toolkit.video_processor import write_video_with_audio
+
+        >>> pipe = KlingFoleyPipeline.from_pretrained("path/or/hub-id")
+        >>> generator = torch.Generator().manual_seed(0)
+        >>> out = pipe(
+        ...     video="clip.mp4",
+        ...     prompt="glass shatters on a tiled floor",
+        ...     negative_prompt="music",
+        ...     generator=generator,
+        ... )
+        >>> out.audios.shape  # (batch, channels, samples)
+        (1, 2, 352800)
+        >>> sf.write("clip_foley.wav", out.audios[0].T, out.sample_rate)
+        >>> write_video_with_audio("clip.mp4", out.audios[0], out.sample_rate, "clip_foley.mp4")
+        ```
+"""
+
+VideoLike = str | os.PathLike | bytes | np.ndarray | torch.Tensor | VideoInput
+
+
+class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
+    r"""
+    Pipeline for video-to-audio, text-to-audio and text+video-to-audio generation with Kling-Foley.
+
+    A flow-matching MM-DiT ([`FoleyMMDiTTransformer`]) generates MelVAE latents conditioned on T5 text embeddings,
+    CLIP frame features (8 fps) and Synchformer sync features (25 fps); the MelVAE decodes them to a mono mel
+    spectrogram, [`Mono2Stereo`] (optional) predicts the left and right mels, and a BigVGAN vocoder turns each channel
+    into a 44.1 kHz waveform.
+
+    This model inherits from [`DiffusionPipeline`] (saving, loading, devices, offloading, progress bar) and
+    [`KlingFoleyLoraLoaderMixin`] (`load_lora_weights`, `set_adapters`, `fuse_lora`, `unfuse_lora`,
+    `unload_lora_weights`, `save_lora_weights`).
+
+    Args:
+        tokenizer ([`~transformers.T5Tokenizer`] or [`~transformers.T5TokenizerFast`]):
+            Tokenizer of the text encoder.
+        text_encoder ([`~transformers.T5EncoderModel`]):
+            Frozen T5-Base encoder (768-d token embeddings).
+        vision_encoder ([`~transformers.CLIPVisionModelWithProjection`]):
+            Frozen MetaCLIP ViT-bigG-14 image encoder; its `image_embeds` (1280-d) are the per-frame CLIP features.
+        sync_encoder ([`SynchformerEncoder`]):
+            Frozen Synchformer video encoder producing 8 tokens x 768 per 16-frame segment at 25 fps.
+        transformer ([`FoleyMMDiTTransformer`]):
+            The flow network predicting the velocity `noise - x0` of the normalised latents.
+        scheduler ([`~diffusers.FlowMatchEulerDiscreteScheduler`]):
+            Flow-matching scheduler; any diffusers flow-match scheduler works (`from_config`).
+        vae ([`MelVAE`]):
+            Mel-spectrogram VAE; `denormalize_latents` + `decode` turn latents into a mono log-mel spectrogram.
+        vocoder ([`~diffusers.MMAudioVocoder`]):
+            BigVGAN-v2 vocoder, 128 bands, hop 512, 44.1 kHz; run once per output channel.
+        mono2stereo ([`Mono2Stereo`], *optional*):
+            Predicts left/right mels from the mono mel. Without it the pipeline returns mono audio.
+    """
+
+    model_cpu_offload_seq = "text_encoder->vision_encoder->sync_encoder->transformer->vae->mono2stereo->vocoder"
+    _optional_components = ["mono2stereo"]
+    _callback_tensor_inputs = ["latents", "velocity"]
+
+    # Requests beyond this length are almost surely a unit mistake (samples or milliseconds for seconds); the
+    # network itself has no length limit.
+    max_duration_seconds: float = 600.0
+    # How much longer than the video a requested `duration` may be (float round-off of frame counts).
+    duration_tolerance_seconds: float = 1e-3
+    # CLIP frames per vision-encoder forward.
+    vision_batch_size: int = 64
+    output_types = ("np", "pt", "latent", "mel")
+
+    def __init__(
+        self,
+        tokenizer: T5Tokenizer | T5TokenizerFast,
+        text_encoder: T5EncoderModel,
+        vision_encoder: CLIPVisionModelWithProjection,
+        sync_encoder: SynchformerEncoder,
+        transformer: FoleyMMDiTTransformer,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        vae: MelVAE,
+        vocoder: MMAudioVocoder,
+        mono2stereo: Mono2Stereo | None = None,
+    ):
+        super().__init__()
+        self.register_modules(
+            tokenizer=tokenizer,
+            text_encoder=text_encoder,
+            vision_encoder=vision_encoder,
+            sync_encoder=sync_encoder,
+            transformer=transformer,
+            scheduler=scheduler,
+            vae=vae,
+            vocoder=vocoder,
+            mono2stereo=mono2stereo,
+        )
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Loading
+    # ------------------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "KlingFoleyPipeline":
+        r"""
+        Load a pipeline from a local directory written by `save_pretrained`, or from a Hub repo id.
+
+        A Hub id is fetched with `huggingface_hub.snapshot_download` first (diffusers cannot resolve a pipeline class
+        that lives outside diffusers from the Hub on its own), then loaded like a local directory. Components passed
+        as keyword arguments (e.g. `scheduler=FlowMatchHeunDiscreteScheduler(...)`, `mono2stereo=None`) replace the
+        saved ones; other keyword arguments (`torch_dtype`, ...) go to [`DiffusionPipeline.from_pretrained`].
+        """
+        path = os.fspath(pretrained_model_name_or_path)
+        if not os.path.isdir(path):
+            looks_local = os.path.isabs(path) or path.startswith(".") or path.count("/") != 1 or os.path.exists(path)
+            if looks_local:
+                raise FileNotFoundError(
+                    f"`pretrained_model_name_or_path`: {path!r} is not a pipeline directory (expected a folder with "
+                    "`model_index.json`, or a Hub repo id 'owner/name')."
+                )
+            from huggingface_hub import snapshot_download
+
+            path = snapshot_download(
+                path,
+                revision=kwargs.get("revision"),
+                cache_dir=kwargs.get("cache_dir"),
+                token=kwargs.get("token"),
+                local_files_only=kwargs.get("local_files_only", False),
+                force_download=kwargs.get("force_download", False),
+                proxies=kwargs.get("proxies"),
+            )
+        elif not os.path.isfile(os.path.join(path, "model_index.json")):
+            raise FileNotFoundError(
+                f"`pretrained_model_name_or_path`: {path!r} has no `model_index.json`; save a pipeline there with "
+                "`save_pretrained` first."
+            )
+        return super().from_pretrained(path, **kwargs)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Properties
+    # ------------------------------------------------------------------------------------------------------------
+
+    @property
+    def sample_rate(self) -> int:
+        """Output sample rate in Hz."""
+        return int(getattr(self.vae.config, "sample_rate", SAMPLE_RATE)) if self.vae is not None else SAMPLE_RATE
+
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale > 1.0
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    @property
+    def attention_kwargs(self) -> dict[str, Any] | None:
+        return self._attention_kwargs
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Conditions
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _encode_text(self, text: list[str], device: torch.device, max_sequence_length: int):
+        text_inputs = self.tokenizer(
+            text,
+            padding="max_length",
+            max_length=max_sequence_length,
+            truncation=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        input_ids = text_inputs.input_ids
+        untruncated_ids = self.tokenizer(text, padding="longest", return_tensors="pt").input_ids
+        if untruncated_ids.shape[-1] > input_ids.shape[-1]:
+            removed_text = self.tokenizer.batch_decode(untruncated_ids[:, max_sequence_length - 1 : -1])
+            logger.warning(f"Truncated the prompt to {max_sequence_length} tokens; removed: {removed_text}")
+
+        attention_mask = text_inputs.attention_mask.to(device)
+        embeds = self.text_encoder(input_ids.to(device), attention_mask=attention_mask)[0]
+        # T5 writes non-zero states at padded positions; zero them so that padding cannot leak into attention
+        # even where a mask is ignored (mean pooling of the global condition, for one).
+        embeds = embeds * attention_mask.unsqueeze(-1).to(embeds.dtype)
+        return embeds, attention_mask
+
+    def encode_prompt(
+        self,
+        prompt: str | list[str] | None,
+        device: torch.device | None = None,
+        num_waveforms_per_prompt: int = 1,
+        do_classifier_free_guidance: bool = True,
+        negative_prompt: str | list[str] | None = None,
+        max_sequence_length: int = 128,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        r"""
+        Encode prompts (and negative prompts) with T5.
+
+        Args:
+            prompt (`str` or `list[str]`, *optional*):
+                Prompt(s); `None` gives `None` embeddings (the transformer then uses its learned empty text).
+            device (`torch.device`, *optional*):
+                Device of the returned tensors; defaults to the pipeline's execution device.
+            num_waveforms_per_prompt (`int`, defaults to 1):
+                Each embedding is repeated this many times (consecutively) along the batch.
+            do_classifier_free_guidance (`bool`, defaults to `True`):
+                Whether to encode `negative_prompt` as well.
+            negative_prompt (`str` or `list[str]`, *optional*):
+                What the unconditional branch of classifier-free guidance is steered away from. `None` keeps the
+                learned empty text embedding as the unconditional text.
+            max_sequence_length (`int`, defaults to 128):
+                Token count every prompt is padded or truncated to.
+
+        Returns:
+            `(prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_attention_mask)`: embeddings of
+            shape `(batch * num_waveforms_per_prompt, max_sequence_length, 768)` and masks of shape
+            `(batch * num_waveforms_per_prompt, max_sequence_length)` (1 = real token), each `None` when its prompt
+            is `None` (or, for the negative, when guidance is off).
+        """
+        device = device or self._execution_device
+        prompt_embeds = prompt_attention_mask = negative_embeds = negative_attention_mask = None
+
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if prompts is not None:
+            prompt_embeds, prompt_attention_mask = self._encode_text(list(prompts), device, max_sequence_length)
+
+        if do_classifier_free_guidance and negative_prompt is not None:
+            negatives = [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt)
+            batch_size = len(prompts) if prompts is not None else len(negatives)
+            if len(negatives) == 1 and batch_size > 1:
+                negatives = negatives * batch_size
+            if len(negatives) != batch_size:
+                raise ValueError(
+                    f"`negative_prompt` has batch size {len(negatives)}, but `prompt` has batch size {batch_size}; "
+                    "pass one negative prompt or one per prompt."
+                )
+            negative_embeds, negative_attention_mask = self._encode_text(negatives, device, max_sequence_length)
+
+        def repeat(x):
+            return None if x is None else x.repeat_interleave(num_waveforms_per_prompt, dim=0)
+
+        return (
+            repeat(prompt_embeds),
+            repeat(prompt_attention_mask),
+            repeat(negative_embeds),
+            repeat(negative_attention_mask),
+        )
+
+    @staticmethod
+    def _fit_frames(frames: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """Cut `frames` (T, ...) to `num_frames`, repeating the last frame if the decoder returned a few less."""
+        if frames.shape[0] >= num_frames:
+            return frames[:num_frames]
+        pad = frames[-1:].expand(num_frames - frames.shape[0], *frames.shape[1:])
+        return torch.cat([frames, pad], dim=0)
+
+    def load_videos(
+        self,
+        video: VideoLike | list[VideoLike],
+        video_fps: float | None = None,
+        max_duration: float | None = None,
+    ) -> list[VideoInput]:
+        """Decode each video with `video_processor.load_video` (at most `max_duration` seconds of it), with errors
+        that name the `video` argument."""
+        videos = list(video) if isinstance(video, (list, tuple)) else [video]
+        loaded = []
+        for index, item in enumerate(videos):
+            name = "`video`" if len(videos) == 1 else f"`video[{index}]`"
+            if isinstance(item, VideoInput):
+                loaded.append(item)
+                continue
+            if isinstance(item, (str, os.PathLike)) and not os.path.isfile(item):
+                raise FileNotFoundError(f"{name}: no video file at {os.fspath(item)!r}.")
+            try:
+                clip = load_video(item, fps=video_fps, max_duration=max_duration)
+            except (FileNotFoundError, TypeError) as error:
+                raise type(error)(f"{name}: {error}") from error
+            except Exception as error:  # PyAV raises its own error types for files that are not videos
+                source = os.fspath(item) if isinstance(item, (str, os.PathLike)) else type(item).__name__
+                raise ValueError(f"{name}: could not decode {source!r} as a video ({error}).") from error
+            if clip.clip_frames.shape[0] == 0 or clip.sync_frames.shape[0] == 0 or not clip.duration > 0:
+                raise ValueError(f"{name}: the video has no frames (duration {clip.duration} s).")
+            loaded.append(clip)
+        return loaded
+
+    def _resolve_video_duration(self, clips: list[VideoInput], duration: float | None) -> float:
+        durations = [float(clip.duration) for clip in clips]
+        shortest = min(durations)
+        if duration is None:
+            if shortest > self.max_duration_seconds:
+                raise ValueError(
+                    f"`video` is longer than `max_duration_seconds`={self.max_duration_seconds} s; pass `duration` "
+                    "to generate audio for its beginning."
+                )
+            if max(durations) - shortest > self.duration_tolerance_seconds:
+                raise ValueError(
+                    f"`video`: the videos have different durations {durations}; pass `duration` (at most "
+                    f"{shortest} s) to generate the same length for all of them."
+                )
+            return shortest
+        if duration > shortest + self.duration_tolerance_seconds:
+            raise ValueError(
+                f"`duration`={duration} s is longer than the video ({shortest} s); it may only shorten the video."
+            )
+        return min(float(duration), shortest)
+
+    @torch.no_grad()
+    def encode_video(
+        self,
+        video: VideoLike | list[VideoLike],
+        device: torch.device | None = None,
+        duration: float | None = None,
+        video_fps: float | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        r"""
+        Decode videos and compute their CLIP and Synchformer features.
+
+        Args:
+            video (path, bytes, array, tensor, [`VideoInput`], or a list of them):
+                One video or a batch. Arrays/tensors are frames `(frames, height, width, 3)` and need `video_fps`.
+            device (`torch.device`, *optional*):
+                Device of the returned tensors; defaults to the pipeline's execution device.
+            duration (`float`, *optional*):
+                Seconds to use from the start of each video; defaults to the video's duration (videos of a batch
+                must then have the same duration). Longer than a video raises `ValueError`.
+            video_fps (`float`, *optional*):
+                Frame rate of array/tensor videos.
+
+        Returns:
+            `(clip_features, sync_features, duration)`: CLIP image embeddings at 8 fps of shape
+            `(batch, clip_frames, clip_dim)`, Synchformer tokens of shape `(batch, sync_tokens, sync_dim)`, and the
+            duration in seconds they cover; frame counts follow `audio_utils.sequence_lengths(duration)`.
+        """
+        device = device or self._execution_device
+        # Decode a little past `duration` only: enough to tell whether the video is shorter than asked.
+        max_duration = (self.max_duration_seconds if duration is None else duration) + 1.0
+        clips = self.load_videos(video, video_fps=video_fps, max_duration=max_duration)
+        duration = self._resolve_video_duration(clips, duration)
+        lengths = sequence_lengths(duration)
+        # Very short clips still get one CLIP frame and one Synchformer segment (repeating the last frame).
+        num_clip_frames = max(int(lengths["clip_frames"]), 1)
+        num_sync_frames = max(int(lengths["sync_frames"]), SYNC_SEGMENT_FRAMES)
+
+        # CLIP: every frame of every clip in batches of `vision_batch_size`; frames are independent images.
+        image_size = getattr(self.vision_encoder.config, "image_size", 224)
+        pixel_values = torch.cat(
+            [
+                preprocess_clip_frames(self._fit_frames(clip.clip_frames, num_clip_frames), image_size=image_size)
+                for clip in clips
+            ]
+        )
+        vision_dtype = self.vision_encoder.dtype
+        image_embeds = [
+            self.vision_encoder(pixel_values=chunk.to(device=device, dtype=vision_dtype)).image_embeds
+            for chunk in pixel_values.split(self.vision_batch_size)
+        ]
+        clip_features = torch.cat(image_embeds).view(len(clips), num_clip_frames, -1)
+
+        # Synchformer: (batch, frames, 3, 224, 224) at 25 fps.
+        sync_frames = torch.stack(
+            [preprocess_sync_frames(self._fit_frames(clip.sync_frames, num_sync_frames)) for clip in clips]
+        )
+        sync_size = getattr(self.sync_encoder.config, "image_size", sync_frames.shape[-1])
+        if sync_frames.shape[-1] != sync_size:
+            # Encoders configured for another resolution (tiny test models) see the same 224 px crop, resized.
+            sync_frames = F.interpolate(
+                sync_frames.flatten(0, 1), size=(sync_size, sync_size), mode="bilinear", antialias=True
+            ).unflatten(0, sync_frames.shape[:2])
+        sync_features = self.sync_encoder(sync_frames.to(device=device, dtype=self.sync_encoder.dtype))
+        if not isinstance(sync_features, torch.Tensor):
+            sync_features = sync_features[0]
+        return clip_features, sync_features, duration
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Checks
+    # ------------------------------------------------------------------------------------------------------------
+
+    def check_inputs(
+        self,
+        video,
+        prompt,
+        negative_prompt,
+        duration,
+        num_inference_steps,
+        num_waveforms_per_prompt,
+        output_type,
+        callback_on_step_end_tensor_inputs,
+    ) -> int:
+        """Validate the arguments of `__call__`; return the batch size (number of clips/prompts)."""
+        if video is None and prompt is None:
+            raise ValueError("Provide `video`, `prompt` or both; got neither.")
+        if prompt is not None and not (
+            isinstance(prompt, str) or (isinstance(prompt, (list, tuple)) and all(isinstance(p, str) for p in prompt))
+        ):
+            raise ValueError(f"`prompt` must be a string or a list of strings, got {type(prompt).__name__}.")
+        if negative_prompt is not None and not (
+            isinstance(negative_prompt, str)
+            or (isinstance(negative_prompt, (list, tuple)) and all(isinstance(p, str) for p in negative_prompt))
+        ):
+            raise ValueError(
+                f"`negative_prompt` must be a string or a list of strings, got {type(negative_prompt).__name__}."
+            )
+        if video is None and duration is None:
+            raise ValueError("`duration` (seconds) is required for text-to-audio generation (no `video`).")
+        if duration is not None:
+            if not isinstance(duration, (int, float)) or isinstance(duration, bool) or not math.isfinite(duration):
+                raise ValueError(f"`duration` must be a number of seconds, got {duration!r}.")
+            if duration <= 0 or duration > self.max_duration_seconds:
+                raise ValueError(
+                    f"`duration` must be in (0, {self.max_duration_seconds}] seconds, got {duration}."
+                )
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be an integer >= 1, got {num_inference_steps!r}.")
+        if not isinstance(num_waveforms_per_prompt, int) or num_waveforms_per_prompt < 1:
+            raise ValueError(f"`num_waveforms_per_prompt` must be an integer >= 1, got {num_waveforms_per_prompt!r}.")
+        if output_type not in self.output_types:
+            raise ValueError(f"`output_type` must be one of {self.output_types}, got {output_type!r}.")
+        if callback_on_step_end_tensor_inputs is not None and not all(
+            k in self._callback_tensor_inputs for k in callback_on_step_end_tensor_inputs
+        ):
+            raise ValueError(
+                f"`callback_on_step_end_tensor_inputs` must be a subset of {self._callback_tensor_inputs}, got "
+                f"{callback_on_step_end_tensor_inputs}."
+            )
+
+        num_videos = None if video is None else (len(video) if isinstance(video, (list, tuple)) else 1)
+        num_prompts = None if prompt is None else (1 if isinstance(prompt, str) else len(prompt))
+        if num_videos == 0 or num_prompts == 0:
+            raise ValueError("`video` / `prompt` lists must not be empty.")
+        sizes = [n for n in (num_videos, num_prompts) if n is not None]
+        batch_size = max(sizes)
+        # One video may be paired with several prompts and one prompt with several videos; otherwise they pair up.
+        if any(n not in (1, batch_size) for n in sizes):
+            raise ValueError(
+                f"`video` has batch size {num_videos} but `prompt` has batch size {num_prompts}; pass the same "
+                "number of each (or a single one of either)."
+            )
+        if negative_prompt is not None and not isinstance(negative_prompt, str):
+            if len(negative_prompt) not in (1, batch_size):
+                raise ValueError(
+                    f"`negative_prompt` has batch size {len(negative_prompt)}, expected 1 or {batch_size}."
+                )
+        return batch_size
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Latents, timesteps, decoding
+    # ------------------------------------------------------------------------------------------------------------
+
+    def prepare_latents(
+        self,
+        batch_size: int,
+        num_channels_latents: int,
+        latent_frames: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        generator: torch.Generator | list[torch.Generator] | None,
+        latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Gaussian noise `(batch, latent_channels, latent_frames)` (sigma = 1), or check and move given `latents`."""
+        shape = (batch_size, num_channels_latents, latent_frames)
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(
+                f"`generator` is a list of {len(generator)} generators, but the batch size is {batch_size} (clips x "
+                "`num_waveforms_per_prompt`)."
+            )
+        if latents is None:
+            return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        if tuple(latents.shape) != shape:
+            raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}.")
+        return latents.to(device=device, dtype=dtype)
+
+    def _set_timesteps(self, num_inference_steps: int, device: torch.device, latent_frames: int) -> torch.Tensor:
+        set_timesteps_params = set(inspect.signature(self.scheduler.set_timesteps).parameters)
+        kwargs = {}
+        if getattr(self.scheduler.config, "use_dynamic_shifting", False):
+            # Flux-style resolution-dependent shift; the sequence length here is the latent frame count.
+            config = self.scheduler.config
+            slope = (config.max_shift - config.base_shift) / (config.max_image_seq_len - config.base_image_seq_len)
+            kwargs["mu"] = config.base_shift + slope * (latent_frames - config.base_image_seq_len)
+        if "sigmas" in set_timesteps_params:
+            # sigma 1 -> 1/N then 0: N Euler steps of exactly dt = 1/N (the paper's dt = 0.05 at 20 steps).
+            sigmas = np.linspace(1.0, 1.0 / num_inference_steps, num_inference_steps)
+            self.scheduler.set_timesteps(sigmas=sigmas, device=device, **kwargs)
+        else:
+            self.scheduler.set_timesteps(num_inference_steps, device=device, **kwargs)
+        return self.scheduler.timesteps
+
+    def decode_latents(
+        self, latents: torch.Tensor, clip_features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """
+        Normalised latents `(batch, latent_channels, latent_frames)` -> log-mel spectrograms
+        `(batch, channels, mel_bins, 2 * latent_frames)`: 2 channels (left, right) with `mono2stereo`, else 1.
+        """
+        latents = self.vae.denormalize_latents(latents.to(self.vae.dtype))
+        mono_mel = self.vae.decode(latents).sample
+        if self.mono2stereo is None:
+            return mono_mel.unsqueeze(1)
+        video_features = None
+        video_feature_dim = getattr(self.mono2stereo.config, "video_feature_dim", None)
+        if clip_features is not None and video_feature_dim == clip_features.shape[-1]:
+            video_features = clip_features.to(self.mono2stereo.dtype)
+        stereo = self.mono2stereo(mono_mel.to(self.mono2stereo.dtype), video_features=video_features)
+        return torch.stack([stereo.left_mel, stereo.right_mel], dim=1)
+
+    def mel_to_waveform(self, mel: torch.Tensor, num_samples: int) -> torch.Tensor:
+        """Vocode `(batch, channels, mel_bins, frames)` mels, all channels in one batch -> `(batch, channels, num_samples)`."""
+        batch_size, channels = mel.shape[:2]
+        waveform = self.vocoder(mel.flatten(0, 1).to(self.vocoder.dtype)).sample
+        waveform = waveform.view(batch_size, channels, -1)
+        if waveform.shape[-1] < num_samples:
+            raise RuntimeError(
+                f"The vocoder produced {waveform.shape[-1]} samples for {num_samples} requested; its upsampling "
+                f"factor must be {MEL_HOP_LENGTH} and the VAE's temporal upsampling 2."
+            )
+        return waveform[..., :num_samples].float()
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Generation
+    # ------------------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
+    def __call__(
+        self,
+        video: VideoLike | list[VideoLike] | None = None,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        duration: float | None = None,
+        num_inference_steps: int = 20,
+        guidance_scale: float = 4.5,
+        num_waveforms_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "np",
+        return_dict: bool = True,
+        callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict]
+        | PipelineCallback
+        | MultiPipelineCallbacks
+        | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        video_fps: float | None = None,
+        max_sequence_length: int = 128,
+        attention_kwargs: dict[str, Any] | None = None,
+    ) -> KlingFoleyPipelineOutput | tuple:
+        r"""
+        Generate audio for videos, prompts, or both.
+
+        Args:
+            video (path, bytes, array, tensor, [`VideoInput`], or a list of them, *optional*):
+                Video(s) to generate sound for. The audio covers the video's duration (or `duration`).
+            prompt (`str` or `list[str]`, *optional*):
+                Text description(s). One prompt may be shared by all videos and one video by all prompts.
+            negative_prompt (`str` or `list[str]`, *optional*):
+                Replaces the learned empty text of the unconditional branch of classifier-free guidance.
+            duration (`float`, *optional*):
+                Seconds of audio. Required without `video`; with a video it may only shorten it.
+            num_inference_steps (`int`, defaults to 20):
+                Flow-matching steps (20 Euler steps = the paper's dt 0.05).
+            guidance_scale (`float`, defaults to 4.5):
+                Classifier-free guidance `uncond + s * (cond - uncond)`; off (one transformer pass per step, half
+                the batch) when `<= 1`.
+            num_waveforms_per_prompt (`int`, defaults to 1):
+                Generations per clip/prompt (consecutive in the output batch).
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*):
+                For reproducible noise; a list needs one generator per output.
+            latents (`torch.Tensor`, *optional*):
+                Initial noise `(batch, latent_channels, latent_frames)` instead of sampling it.
+            output_type (`str`, defaults to `"np"`):
+                `"np"` / `"pt"`: waveforms `(batch, channels, samples)`; `"mel"`: log-mels
+                `(batch, channels, 128, mel_frames)`; `"latent"`: normalised latents.
+            return_dict (`bool`, defaults to `True`):
+                Return a [`KlingFoleyPipelineOutput`] rather than a tuple `(audios, sample_rate)`.
+            callback_on_step_end (`Callable`, [`PipelineCallback`] or [`MultiPipelineCallbacks`], *optional*):
+                Called as `callback_on_step_end(pipe, step, timestep, callback_kwargs)` after each scheduler step;
+                the tensors it returns (e.g. `{"latents": ...}`) replace the pipeline's.
+            callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["latents"]`):
+                Tensors passed in `callback_kwargs`; a subset of `_callback_tensor_inputs`.
+            video_fps (`float`, *optional*):
+                Frame rate of array/tensor videos.
+            max_sequence_length (`int`, defaults to 128):
+                T5 token count of the prompts.
+            attention_kwargs (`dict`, *optional*):
+                Passed to the transformer's attention processors (e.g. `{"scale": 0.5}` for LoRA).
+
+        Examples:
+
+        Returns:
+            [`KlingFoleyPipelineOutput`] or `tuple`: the audio and its sample rate.
+        """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+
+        # 1. Check inputs
+        batch_size = self.check_inputs(
+            video,
+            prompt,
+            negative_prompt,
+            duration,
+            num_inference_steps,
+            num_waveforms_per_prompt,
+            output_type,
+            callback_on_step_end_tensor_inputs,
+        )
+        self._guidance_scale = guidance_scale
+        self._attention_kwargs = attention_kwargs
+        self._interrupt = False
+        device = self._execution_device
+        do_cfg = self.do_classifier_free_guidance
+
+        # 2. Encode the video once per clip: the same features serve every step.
+        clip_features = sync_features = None
+        if video is not None:
+            clip_features, sync_features, duration = self.encode_video(
+                video, device=device, duration=duration, video_fps=video_fps
+            )
+            if clip_features.shape[0] == 1 and batch_size > 1:
+                clip_features = clip_features.expand(batch_size, -1, -1)
+                sync_features = sync_features.expand(batch_size, -1, -1)
+        duration = float(duration)
+        lengths = sequence_lengths(duration)
+        num_samples = int(lengths["num_samples"])
+        # Enough latent frames to cover every sample: each decodes to 2 mel frames x 512 samples.
+        latent_frames = int(lengths["audio_tokens"])
+
+        # 3. Encode the prompts
+        if prompt is not None:
+            prompts = [prompt] * batch_size if isinstance(prompt, str) else list(prompt)
+            prompts = prompts * batch_size if len(prompts) == 1 else prompts
+        else:
+            prompts = None
+        negatives = negative_prompt
+        if negatives is not None:
+            negatives = [negatives] if isinstance(negatives, str) else list(negatives)
+            negatives = negatives * batch_size if len(negatives) == 1 else negatives
+        prompt_embeds, prompt_mask, negative_embeds, negative_mask = self.encode_prompt(
+            prompts,
+            device=device,
+            num_waveforms_per_prompt=num_waveforms_per_prompt,
+            do_classifier_free_guidance=do_cfg,
+            negative_prompt=negatives,
+            max_sequence_length=max_sequence_length,
+        )
+
+        total_batch = batch_size * num_waveforms_per_prompt
+        if clip_features is not None:
+            clip_features = clip_features.repeat_interleave(num_waveforms_per_prompt, dim=0)
+            sync_features = sync_features.repeat_interleave(num_waveforms_per_prompt, dim=0)
+
+        # 4. Timestep-independent conditions, computed once and reused at every step; with guidance the batch is
+        # [uncond, cond].
+        transformer_dtype = self.transformer.dtype
+        conditions = self.prepare_transformer_conditions(
+            latent_frames,
+            total_batch,
+            duration,
+            prompt_embeds,
+            prompt_mask,
+            negative_embeds,
+            negative_mask,
+            clip_features,
+            sync_features,
+            do_cfg,
+            device,
+            transformer_dtype,
+        )
+
+        # 5. Timesteps
+        timesteps = self._set_timesteps(num_inference_steps, device, latent_frames)
+        self._num_timesteps = len(timesteps)
+
+        # 6. Initial noise
+        latents = self.prepare_latents(
+            total_batch,
+            self.transformer.config.in_channels,
+            latent_frames,
+            torch.float32 if transformer_dtype == torch.float32 else transformer_dtype,
+            device,
+            generator,
+            latents,
+        )
+
+        # 7. Denoising loop
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    continue
+                latent_model_input = torch.cat([latents] * 2) if do_cfg else latents
+                timestep = t.expand(latent_model_input.shape[0]).to(latent_model_input.dtype)
+                velocity = self.transformer(
+                    latent_model_input.to(transformer_dtype),
+                    timestep,
+                    conditions=conditions,
+                    attention_kwargs=self.attention_kwargs,
+                    return_dict=False,
+                )[0]
+                if do_cfg:
+                    velocity_uncond, velocity_cond = velocity.chunk(2)
+                    velocity = velocity_uncond + guidance_scale * (velocity_cond - velocity_uncond)
+
+                latents = self.scheduler.step(velocity.to(latents.dtype), t, latents, return_dict=False)[0]
+
+                if callback_on_step_end is not None:
+                    callback_kwargs = {}
+                    for k in callback_on_step_end_tensor_inputs:  # a loop, not a comprehension: locals() of this frame
+                        callback_kwargs[k] = locals()[k]
+                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                    latents = callback_outputs.pop("latents", latents)
+                progress_bar.update()
+
+        # 8. Decode: latents -> mel (mono, then left/right) -> waveform per channel -> exact length
+        if output_type == "latent":
+            audios = latents
+        else:
+            mel = self.decode_latents(latents, clip_features)
+            if output_type == "mel":
+                audios = mel[..., : math.ceil(num_samples / MEL_HOP_LENGTH)].float()
+            else:
+                audios = self.mel_to_waveform(mel, num_samples)
+        if output_type in ("np", "mel"):
+            audios = audios.cpu().float().numpy()
+
+        self.maybe_free_model_hooks()
+
+        if not return_dict:
+            return (audios, self.sample_rate)
+        return KlingFoleyPipelineOutput(audios=audios, sample_rate=self.sample_rate)
+
+    def prepare_transformer_conditions(
+        self,
+        num_audio_tokens: int,
+        batch_size: int,
+        duration: float,
+        prompt_embeds: torch.Tensor | None,
+        prompt_attention_mask: torch.Tensor | None,
+        negative_prompt_embeds: torch.Tensor | None,
+        negative_attention_mask: torch.Tensor | None,
+        clip_features: torch.Tensor | None,
+        sync_features: torch.Tensor | None,
+        do_classifier_free_guidance: bool,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> FoleyMMDiTConditions:
+        r"""
+        The transformer's timestep-independent conditions ([`FoleyMMDiTTransformer.prepare_conditions`]) for a
+        `batch_size` batch, doubled to `[uncond, cond]` with guidance. The unconditional half uses the
+        transformer's learned empty embeddings (`drop_*` masks) for every modality, except the text, which is the
+        negative prompt when one is given. `seconds_start = 0`, `seconds_total = duration`.
+        """
+
+        def cast(x):
+            return None if x is None else x.to(device=device, dtype=dtype)
+
+        seconds_start = torch.zeros(batch_size, device=device, dtype=torch.float32)
+        seconds_total = torch.full((batch_size,), float(duration), device=device, dtype=torch.float32)
+        if not do_classifier_free_guidance:
+            kwargs = {
+                "encoder_hidden_states": cast(prompt_embeds),
+                "encoder_attention_mask": None if prompt_attention_mask is None else prompt_attention_mask.to(device),
+                "clip_features": cast(clip_features),
+                "sync_features": cast(sync_features),
+                "seconds_start": seconds_start,
+                "seconds_total": seconds_total,
+            }
+        else:
+
+            def flags(uncond: bool, cond: bool) -> torch.Tensor:
+                return torch.tensor([uncond] * batch_size + [cond] * batch_size, device=device)
+
+            kwargs = {"seconds_start": seconds_start.repeat(2), "seconds_total": seconds_total.repeat(2)}
+            if prompt_embeds is not None or negative_prompt_embeds is not None:
+                # A missing side (no prompt, or no negative prompt) is filled with zeros and marked as dropped: the
+                # transformer swaps in its learned empty text there.
+                reference = prompt_embeds if prompt_embeds is not None else negative_prompt_embeds
+                reference_mask = prompt_attention_mask if prompt_embeds is not None else negative_attention_mask
+                has_negative = negative_prompt_embeds is not None
+                uncond = negative_prompt_embeds if has_negative else torch.zeros_like(reference)
+                uncond_mask = negative_attention_mask if has_negative else reference_mask
+                cond = prompt_embeds if prompt_embeds is not None else torch.zeros_like(reference)
+                cond_mask = prompt_attention_mask if prompt_embeds is not None else reference_mask
+                kwargs["encoder_hidden_states"] = cast(torch.cat([uncond, cond]))
+                kwargs["encoder_attention_mask"] = torch.cat([uncond_mask, cond_mask]).to(device)
+                kwargs["drop_text"] = flags(not has_negative, prompt_embeds is None)
+            if clip_features is not None:
+                kwargs["clip_features"] = cast(torch.cat([clip_features, clip_features]))
+                kwargs["sync_features"] = cast(torch.cat([sync_features, sync_features]))
+                kwargs["drop_clip"] = flags(True, False)
+                kwargs["drop_sync"] = flags(True, False)
+            batch_size = 2 * batch_size
+
+        # `prepare_conditions` is not `forward`: move an offloaded transformer to the device by hand.
+        self._onload(self.transformer)
+        return self.transformer.prepare_conditions(num_audio_tokens, batch_size=batch_size, **kwargs)
+
+    @staticmethod
+    def _onload(module: torch.nn.Module) -> None:
+        """Run the accelerate offload hook of `module` (if any) so that it sits on the execution device."""
+        hook = getattr(module, "_hf_hook", None)
+        if hook is not None and hasattr(hook, "pre_forward"):
+            hook.pre_forward(module)
