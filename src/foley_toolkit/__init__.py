@@ -26,4 +26,5 @@ from .models.vocoder import (
 # encoders
 
 # --- pipelines ---
+from .pipelines import KlingFoleyLoraLoaderMixin, KlingFoleyPipeline, KlingFoleyPipelineOutput
 

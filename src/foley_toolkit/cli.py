@@ -9,6 +9,7 @@ import sys
 # Sub-command modules, in the order `foley-toolkit --help` lists them.
 COMMAND_MODULES: list[str] = [
     "eval_codec",
+    "generate",
 ]
 
 
