@@ -24,6 +24,26 @@ from .models.vocoder import (
 )
 
 # encoders
+from .models.encoders import (
+    SynchformerEncoder,
+    build_sync_encoder,
+    build_text_encoder,
+    build_tiny_t5_tokenizer,
+    build_vision_encoder,
+    metaclip_bigg_14_quickgelu_config,
+    synchformer_vit_b_16_config,
+    t5_base_config,
+    tiny_metaclip_config,
+    tiny_synchformer_config,
+    tiny_t5_config,
+)
+from .video_processor import (
+    VideoInput,
+    load_video,
+    preprocess_clip_frames,
+    preprocess_sync_frames,
+    write_video_with_audio,
+)
 
 # --- pipelines ---
 from .pipelines import KlingFoleyLoraLoaderMixin, KlingFoleyPipeline, KlingFoleyPipelineOutput

@@ -1,0 +1,369 @@
+"""Synchformer's visual encoder: a MotionFormer ViT-B/16 with divided space-time attention.
+
+Kling-Foley's "align encoder" is Synchformer (Iashin et al., 2024). Its visual branch, used here, is a
+MotionFormer (``divided_224_16x4``) feature extractor:
+
+* the video (25 fps, 224 px centre crops, normalised to [-1, 1]) is cut into 16-frame segments (0.64 s) with a
+  stride of 8 frames: ``segments = (frames - 16) // 8 + 1``;
+* each segment becomes tubelet tokens (Conv3d, kernel = stride = (2, 16, 16)): 8 time steps x 14 x 14 patches,
+  plus one CLS token; positions = a spatial table (CLS + 196 patches) + a temporal table (8 steps);
+* 12 pre-LN blocks of divided space-time attention: temporal attention (each patch attends to the same patch in
+  the other time steps), then spatial attention (each patch attends to the patches of its own time step), then
+  an MLP. In both attentions the CLS token attends to every token, and every group also attends to the CLS
+  token (MotionFormer's ``DividedAttention``);
+* final LayerNorm on the patch tokens (the CLS token is dropped, as Synchformer does);
+* spatial pooling per time step: Synchformer's ``SpatialTransformerEncoderLayer`` — one pre-LN transformer
+  layer over a learned pooling token and the 196 patches of a time step; the pooling token's output is the
+  time step's feature. Only that token's output is used, so only its query is computed (same result, 1/197
+  of the attention cost). The temporal aggregation is the identity, so a segment yields 8 tokens.
+
+Output: ``(batch, segments * 8, hidden_size)``, 24 tokens per second of video on average (a segment of 0.64 s
+yields 8 tokens every 0.32 s).
+
+Weight names follow diffusers (``to_q``/``to_k``/``to_v``/``to_out.0``, ``FeedForward.net``). Converting the
+official checkpoint is a renaming plus splitting the fused ``qkv`` / ``in_proj`` matrices:
+``patch_embed_3d.proj -> patch_embed.proj``, ``temp_embed -> temporal_embed``, ``blocks.i.norm3/timeattn ->
+blocks.i.temporal_norm/temporal_attn``, ``blocks.i.norm1/attn -> blocks.i.spatial_norm/spatial_attn``,
+``blocks.i.norm2 -> blocks.i.ff_norm``, ``mlp.fc1/fc2 -> ff.net.0.proj/ff.net.2``, ``attn.proj -> to_out.0``,
+``spatial_attn_agg.{cls_token,norm1,norm2,linear1,linear2,self_attn} -> spatial_pool.{cls_token,norm1,norm2,
+ff.net.0.proj,ff.net.2,attn}``.
+"""
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffusers import ModelMixin
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.attention import FeedForward
+
+
+def _trunc_normal_(tensor: torch.Tensor, std: float = 0.02) -> torch.Tensor:
+    return nn.init.trunc_normal_(tensor, std=std, a=-2 * std, b=2 * std)
+
+
+class SynchformerPatchEmbed(nn.Module):
+    """Tubelet embedding: `(batch, channels, frames, height, width)` -> `(batch, time * patches, hidden)`.
+
+    Tokens are ordered time-major (all patches of time step 0, then of time step 1, ...).
+    """
+
+    def __init__(self, in_channels: int, hidden_size: int, patch_size: int, temporal_patch_size: int):
+        super().__init__()
+        kernel = (temporal_patch_size, patch_size, patch_size)
+        self.proj = nn.Conv3d(in_channels, hidden_size, kernel_size=kernel, stride=kernel)
+
+    def forward(self, segments: torch.Tensor) -> torch.Tensor:
+        return self.proj(segments).flatten(2).transpose(1, 2)
+
+
+class SynchformerDividedAttention(nn.Module):
+    """Multi-head attention restricted to groups of tokens, with a global CLS token (MotionFormer).
+
+    The input is `(batch, 1 + time * patches, dim)`: a CLS token followed by time-major patch tokens.
+    `group="time"`: a patch token attends to the CLS token and to the same spatial patch at every time step.
+    `group="space"`: a patch token attends to the CLS token and to all patches of its own time step.
+    The CLS token attends to every token in both cases.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, dropout: float = 0.0, attention_dropout: float = 0.0):
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"`hidden_size` ({dim}) must be divisible by `num_attention_heads` ({num_heads}).")
+        self.heads = num_heads
+        self.head_dim = dim // num_heads
+        self.attention_dropout = attention_dropout
+        self.to_q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.to_k = nn.Linear(dim, dim, bias=qkv_bias)
+        self.to_v = nn.Linear(dim, dim, bias=qkv_bias)
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(dropout)])
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = x.shape
+        return x.view(batch, length, self.heads, self.head_dim).transpose(1, 2)  # (batch, heads, length, head_dim)
+
+    def forward(self, hidden_states: torch.Tensor, num_frames: int, num_patches: int, group: str) -> torch.Tensor:
+        batch = hidden_states.shape[0]
+        heads, head_dim = self.heads, self.head_dim
+        dropout_p = self.attention_dropout if self.training else 0.0
+        q = self._split_heads(self.to_q(hidden_states))
+        k = self._split_heads(self.to_k(hidden_states))
+        v = self._split_heads(self.to_v(hidden_states))
+
+        # the CLS token sees everything (space and time)
+        cls_out = F.scaled_dot_product_attention(q[:, :, :1], k, v, dropout_p=dropout_p)
+
+        def to_groups(x: torch.Tensor) -> torch.Tensor:
+            x = x[:, :, 1:].reshape(batch, heads, num_frames, num_patches, head_dim)
+            if group == "time":  # one group per spatial patch: sequence over time
+                x = x.permute(0, 3, 1, 2, 4)  # (batch, patches, heads, time, head_dim)
+            else:  # one group per time step: sequence over patches
+                x = x.permute(0, 2, 1, 3, 4)  # (batch, time, heads, patches, head_dim)
+            return x.reshape(-1, heads, x.shape[-2], head_dim)
+
+        num_groups = num_patches if group == "time" else num_frames
+        # every group also attends to the CLS key / value
+        cls_k = k[:, :, :1].unsqueeze(1).expand(-1, num_groups, -1, -1, -1).reshape(-1, heads, 1, head_dim)
+        cls_v = v[:, :, :1].unsqueeze(1).expand(-1, num_groups, -1, -1, -1).reshape(-1, heads, 1, head_dim)
+        group_q = to_groups(q)
+        group_k = torch.cat([cls_k, to_groups(k)], dim=2)
+        group_v = torch.cat([cls_v, to_groups(v)], dim=2)
+        out = F.scaled_dot_product_attention(group_q, group_k, group_v, dropout_p=dropout_p)
+
+        # back to (batch, heads, time * patches, head_dim), time-major
+        out = out.reshape(batch, num_groups, heads, -1, head_dim)
+        if group == "time":
+            out = out.permute(0, 2, 3, 1, 4)  # (batch, heads, time, patches, head_dim)
+        else:
+            out = out.permute(0, 2, 1, 3, 4)
+        out = out.reshape(batch, heads, num_frames * num_patches, head_dim)
+        out = torch.cat([cls_out, out], dim=2).transpose(1, 2).reshape(batch, -1, heads * head_dim)
+        for layer in self.to_out:
+            out = layer(out)
+        return out
+
+
+class SynchformerDividedSpaceTimeBlock(nn.Module):
+    """Pre-LN block: temporal attention, spatial attention, MLP (MotionFormer `DividedSpaceTimeBlock`)."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        qkv_bias: bool,
+        layer_norm_eps: float,
+        dropout: float,
+        attention_dropout: float,
+    ):
+        super().__init__()
+        self.temporal_norm = nn.LayerNorm(dim, eps=layer_norm_eps)
+        self.temporal_attn = SynchformerDividedAttention(dim, num_heads, qkv_bias, dropout, attention_dropout)
+        self.spatial_norm = nn.LayerNorm(dim, eps=layer_norm_eps)
+        self.spatial_attn = SynchformerDividedAttention(dim, num_heads, qkv_bias, dropout, attention_dropout)
+        self.ff_norm = nn.LayerNorm(dim, eps=layer_norm_eps)
+        self.ff = FeedForward(dim, inner_dim=int(dim * mlp_ratio), dropout=dropout, activation_fn="gelu", final_dropout=True)
+
+    def forward(self, hidden_states: torch.Tensor, num_frames: int, num_patches: int) -> torch.Tensor:
+        hidden_states = hidden_states + self.temporal_attn(
+            self.temporal_norm(hidden_states), num_frames, num_patches, group="time"
+        )
+        hidden_states = hidden_states + self.spatial_attn(
+            self.spatial_norm(hidden_states), num_frames, num_patches, group="space"
+        )
+        return hidden_states + self.ff(self.ff_norm(hidden_states))
+
+
+class SynchformerSpatialPooling(nn.Module):
+    """Pools the patches of one time step into one token (Synchformer `SpatialTransformerEncoderLayer`).
+
+    A pre-LN transformer encoder layer (GELU MLP) runs over `[pool_token, patches]`; the pool token's output is
+    the result. Only the pool token's query is computed: its output does not depend on the patches' outputs.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, layer_norm_eps: float, dropout: float, attention_dropout: float):
+        super().__init__()
+        self.heads = num_heads
+        self.attention_dropout = attention_dropout
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.norm1 = nn.LayerNorm(dim, eps=layer_norm_eps)
+        self.attn = nn.Module()
+        self.attn.to_q = nn.Linear(dim, dim)
+        self.attn.to_k = nn.Linear(dim, dim)
+        self.attn.to_v = nn.Linear(dim, dim)
+        self.attn.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(dropout)])
+        self.norm2 = nn.LayerNorm(dim, eps=layer_norm_eps)
+        self.ff = FeedForward(dim, inner_dim=int(dim * mlp_ratio), dropout=dropout, activation_fn="gelu", final_dropout=True)
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        """`(batch, patches, dim)` -> `(batch, dim)`."""
+        batch, _, dim = patches.shape
+        head_dim = dim // self.heads
+        cls = self.cls_token.expand(batch, -1, -1)
+        tokens = self.norm1(torch.cat([cls, patches], dim=1))
+
+        def heads(x: torch.Tensor) -> torch.Tensor:
+            return x.view(batch, -1, self.heads, head_dim).transpose(1, 2)
+
+        attended = F.scaled_dot_product_attention(
+            heads(self.attn.to_q(tokens[:, :1])),
+            heads(self.attn.to_k(tokens)),
+            heads(self.attn.to_v(tokens)),
+            dropout_p=self.attention_dropout if self.training else 0.0,
+        )
+        attended = attended.transpose(1, 2).reshape(batch, 1, dim)
+        for layer in self.attn.to_out:
+            attended = layer(attended)
+        pooled = cls + attended
+        pooled = pooled + self.ff(self.norm2(pooled))
+        return pooled[:, 0]
+
+
+class SynchformerEncoder(ModelMixin, ConfigMixin):
+    r"""Synchformer visual features for Kling-Foley's sync (align) condition.
+
+    Defaults are the official Synchformer visual encoder: MotionFormer ViT-B/16 (hidden 768, 12 layers, 12 heads,
+    MLP 3072, 224 px), tubelets of 2 frames, 16-frame segments with stride 8.
+
+    Args:
+        in_channels (`int`, defaults to 3): image channels.
+        image_size (`int`, defaults to 224): frame height and width.
+        patch_size (`int`, defaults to 16): spatial patch size.
+        temporal_patch_size (`int`, defaults to 2): frames per tubelet.
+        segment_frames (`int`, defaults to 16): frames per segment (0.64 s at 25 fps).
+        segment_stride (`int`, defaults to 8): frames between segment starts.
+        hidden_size (`int`, defaults to 768): token width (the output feature size).
+        num_layers (`int`, defaults to 12): divided space-time blocks.
+        num_attention_heads (`int`, defaults to 12): attention heads.
+        mlp_ratio (`float`, defaults to 4.0): MLP width / hidden size.
+        qkv_bias (`bool`, defaults to True): bias in the query/key/value projections.
+        layer_norm_eps (`float`, defaults to 1e-6): LayerNorm epsilon.
+        dropout (`float`, defaults to 0.0): dropout after attention projections and in MLPs.
+        attention_dropout (`float`, defaults to 0.0): dropout on attention weights.
+    """
+
+    _supports_gradient_checkpointing = True
+    _no_split_modules = ["SynchformerDividedSpaceTimeBlock"]
+
+    @register_to_config
+    def __init__(
+        self,
+        in_channels: int = 3,
+        image_size: int = 224,
+        patch_size: int = 16,
+        temporal_patch_size: int = 2,
+        segment_frames: int = 16,
+        segment_stride: int = 8,
+        hidden_size: int = 768,
+        num_layers: int = 12,
+        num_attention_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        layer_norm_eps: float = 1e-6,
+        dropout: float = 0.0,
+        attention_dropout: float = 0.0,
+    ):
+        super().__init__()
+        if image_size % patch_size != 0:
+            raise ValueError(f"`image_size` ({image_size}) must be a multiple of `patch_size` ({patch_size}).")
+        if segment_frames % temporal_patch_size != 0:
+            raise ValueError(
+                f"`segment_frames` ({segment_frames}) must be a multiple of `temporal_patch_size` ({temporal_patch_size})."
+            )
+        if segment_stride <= 0:
+            raise ValueError(f"`segment_stride` must be positive, got {segment_stride}.")
+
+        self.num_patches = (image_size // patch_size) ** 2
+        self.tokens_per_segment = segment_frames // temporal_patch_size
+
+        self.patch_embed = SynchformerPatchEmbed(in_channels, hidden_size, patch_size, temporal_patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size))
+        # separate space and time position tables (MotionFormer "separate" embedding); index 0 is the CLS token's
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.num_patches, hidden_size))
+        self.temporal_embed = nn.Parameter(torch.zeros(1, self.tokens_per_segment, hidden_size))
+        self.blocks = nn.ModuleList(
+            [
+                SynchformerDividedSpaceTimeBlock(
+                    hidden_size, num_attention_heads, mlp_ratio, qkv_bias, layer_norm_eps, dropout, attention_dropout
+                )
+                for _ in range(num_layers)
+            ]
+        )
+        self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.spatial_pool = SynchformerSpatialPooling(
+            hidden_size, num_attention_heads, mlp_ratio, layer_norm_eps, dropout, attention_dropout
+        )
+        self.gradient_checkpointing = False
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # ViT initialisation (timm / MotionFormer): truncated normal 0.02 for linear layers and embeddings
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                _trunc_normal_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        for parameter in (self.cls_token, self.pos_embed, self.temporal_embed, self.spatial_pool.cls_token):
+            _trunc_normal_(parameter)
+
+    def num_segments(self, num_frames: int) -> int:
+        """Segments for `num_frames` frames at 25 fps: `(num_frames - 16) // 8 + 1` (0 if shorter than 16)."""
+        segment_frames, stride = self.config.segment_frames, self.config.segment_stride
+        return 0 if num_frames < segment_frames else (num_frames - segment_frames) // stride + 1
+
+    def encode_segments(self, segments: torch.Tensor) -> torch.Tensor:
+        """`(num_segments, channels, segment_frames, height, width)` -> `(num_segments, tokens_per_segment, hidden)`."""
+        num_frames, num_patches = self.tokens_per_segment, self.num_patches
+        hidden_states = self.patch_embed(segments)  # (n, time * patches, hidden), time-major
+        position = self.pos_embed[:, 1:].repeat(1, num_frames, 1) + self.temporal_embed.repeat_interleave(num_patches, dim=1)
+        hidden_states = hidden_states + position
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(hidden_states.shape[0], -1, -1)
+        hidden_states = torch.cat([cls, hidden_states], dim=1)
+
+        for block in self.blocks:
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                hidden_states = self._gradient_checkpointing_func(block, hidden_states, num_frames, num_patches)
+            else:
+                hidden_states = block(hidden_states, num_frames, num_patches)
+
+        # Synchformer drops the CLS token and normalises the patch tokens, then pools each time step
+        patches = self.norm(hidden_states[:, 1:])
+        patches = patches.reshape(-1, num_patches, patches.shape[-1])  # (n * time, patches, hidden)
+        pooled = self.spatial_pool(patches)
+        return pooled.view(-1, num_frames, pooled.shape[-1])
+
+    def forward(self, frames: torch.Tensor, segment_batch_size: Optional[int] = 32) -> torch.Tensor:
+        r"""
+        Args:
+            frames (`torch.Tensor`): `(batch, frames, 3, 224, 224)` float, 25 fps, normalised to [-1, 1]
+                (`foley_toolkit.video_processor.preprocess_sync_frames`); at least `segment_frames` (16) frames.
+            segment_batch_size (`int`, *optional*, defaults to 32): segments encoded per chunk, bounding memory
+                for long videos (the result does not depend on it); None encodes all segments at once.
+
+        Returns:
+            `torch.Tensor` of shape `(batch, segments * 8, hidden_size)` with
+            `segments = (frames - 16) // 8 + 1`; segment `s` gives tokens `8 s ... 8 s + 7`. Trailing frames that do
+            not fill a segment are not used.
+        """
+        config = self.config
+        if not isinstance(frames, torch.Tensor):
+            raise ValueError(f"`frames` must be a torch.Tensor, got {type(frames).__name__}.")
+        if frames.ndim != 5 or frames.shape[2] != config.in_channels or frames.shape[-2:] != (config.image_size, config.image_size):
+            raise ValueError(
+                f"`frames` must have shape (batch, frames, {config.in_channels}, {config.image_size}, {config.image_size}), "
+                f"got {tuple(frames.shape)}."
+            )
+        if not frames.is_floating_point():
+            raise ValueError(
+                f"`frames` must be float frames normalised to [-1, 1] (see `preprocess_sync_frames`), got {frames.dtype}."
+            )
+        batch, num_frames = frames.shape[:2]
+        num_segments = self.num_segments(num_frames)
+        if num_segments == 0:
+            raise ValueError(
+                f"`frames` has {num_frames} frames; Synchformer needs at least {config.segment_frames} "
+                f"({config.segment_frames / 25:.2f} s at 25 fps). `load_video` pads short clips by repeating the last frame."
+            )
+        if segment_batch_size is not None and segment_batch_size <= 0:
+            raise ValueError(f"`segment_batch_size` must be a positive integer or None, got {segment_batch_size}.")
+
+        frames = frames.to(dtype=self.dtype)
+        total = batch * num_segments
+        chunk = total if segment_batch_size is None else segment_batch_size
+        outputs = []
+        for first in range(0, total, chunk):
+            # copy only this chunk's (overlapping) windows: (n, channels, segment_frames, height, width)
+            windows = []
+            for index in range(first, min(first + chunk, total)):
+                sample, segment = divmod(index, num_segments)
+                start = segment * config.segment_stride
+                windows.append(frames[sample, start : start + config.segment_frames])
+            segments = torch.stack(windows).transpose(1, 2)
+            outputs.append(self.encode_segments(segments))
+        tokens = torch.cat(outputs, dim=0)  # (batch * segments, 8, hidden)
+        return tokens.reshape(batch, num_segments * self.tokens_per_segment, tokens.shape[-1])

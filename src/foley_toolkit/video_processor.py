@@ -1,0 +1,783 @@
+"""Video input and output for Kling-Foley: decoding, timestamp resampling, normalisation, muxing.
+
+Kling-Foley conditions on two frame streams cut from the same video:
+
+* **CLIP frames** at 8 fps for the MetaCLIP vision encoder (semantics),
+* **sync frames** at 25 fps, 224 px centre crops, for the Synchformer encoder (timing).
+
+`load_video` decodes a file (path or bytes) or takes decoded frames (numpy / torch) and produces both
+streams in **one** decoding pass, whatever the source frame rate (12, 24, 25, 29.97, 60 fps or variable):
+every target frame is chosen by its timestamp, never by counting source frames.
+
+Conventions (documented choices):
+
+* **Timestamps.** Time 0 is the presentation time of the first decoded frame. Frame ``i`` of a track at
+  ``rate`` fps is the source frame on screen at ``start_time + i / rate``: the last source frame whose
+  presentation time is ``<= start_time + i / rate`` (exact rational arithmetic on the container's pts).
+* **Duration.** The video's duration is measured from its frames: last frame's presentation time plus its
+  display duration (the container's frame duration, else the last frame interval, else ``1 / average_rate``),
+  minus ``start_time``. It is never cut silently; ``duration=`` (exact cut) and ``max_duration=`` (cap) cut
+  explicitly.
+* **Frame counts.** ``floor(duration * 8)`` CLIP frames and ``floor(duration * 25)`` sync frames, computed on
+  the exact rational duration, so a 29-frame 25 fps clip gives 29 sync frames (``int(1.16 * 25)`` in floating
+  point gives 28).
+* **Short clips.** Synchformer needs one full 16-frame segment (0.64 s): shorter clips get their sync track
+  padded to 16 frames by repeating the last frame; clips shorter than 1/8 s get one CLIP frame. Padding is
+  the only case where a track is longer than ``floor(duration * rate)``.
+* **Sizes.** Sync frames: resize the short side to 224 px (bicubic, aspect kept), then centre crop 224x224,
+  as Synchformer was trained. CLIP frames: resized directly to 224x224 (bicubic, aspect not kept, whole field
+  of view, as MMAudio feeds its CLIP encoder); this keeps them small in memory (147 KB each) and ready for
+  `preprocess_clip_frames`. All inputs (files, bytes, arrays, tensors) go through the same RGB resampler
+  (FFmpeg's swscale, bicubic), so a file and its decoded frames give identical outputs.
+* Display-rotation metadata (phone videos) is not applied: frames come in their stored orientation.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+CLIP_FRAME_RATE = 8
+SYNC_FRAME_RATE = 25
+CLIP_IMAGE_SIZE = 224
+SYNC_IMAGE_SIZE = 224
+# Synchformer consumes 16-frame segments (0.64 s at 25 fps) with a stride of 8 frames.
+SYNC_SEGMENT_FRAMES = 16
+
+# OpenAI CLIP statistics, also used by MetaCLIP (open_clip `OPENAI_DATASET_MEAN/STD`).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# Synchformer normalises RGB in [0, 1] with mean 0.5 / std 0.5, i.e. to [-1, 1].
+SYNC_MEAN = (0.5, 0.5, 0.5)
+SYNC_STD = (0.5, 0.5, 0.5)
+
+AUDIO_OUTPUT_SAMPLE_RATE = 44100
+_VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv")
+
+VideoLike = Union[str, os.PathLike, bytes, bytearray, memoryview, io.IOBase, np.ndarray, torch.Tensor]
+
+
+@dataclass
+class VideoInput:
+    """Decoded, resampled video ready for the conditioning encoders.
+
+    Args:
+        clip_frames (`torch.Tensor`): uint8 `(frames_8fps, 3, 224, 224)`, RGB, 8 fps, whole frame resized to
+            224x224.
+        sync_frames (`torch.Tensor`): uint8 `(frames_25fps, 3, 224, 224)`, RGB, 25 fps, 224 px centre crop;
+            at least 16 frames (short clips padded with their last frame).
+        duration (`float`): seconds covered by the two tracks (the video's duration unless cut explicitly).
+        fps (`float`): frame rate of the source (average rate for variable-frame-rate videos).
+    """
+
+    clip_frames: torch.Tensor
+    sync_frames: torch.Tensor
+    duration: float
+    fps: float
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Resampling helpers
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _frames_in(duration: Fraction, frame_rate: int) -> int:
+    # exact floor on rationals: float `int(d * rate)` loses frames at exact multiples (29/25 s -> 28 frames)
+    return math.floor(duration * frame_rate)
+
+
+def _to_fraction(value: float, name: str) -> Fraction:
+    if isinstance(value, Fraction):
+        return value
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise ValueError(f"`{name}` must be a finite number of seconds, got {value!r}.")
+    # 29.97 -> 2997/100 and 30000/1001 -> 30000/1001: floats that stand for simple rationals become them
+    return Fraction(value).limit_denominator(1_000_000)
+
+
+def _resize_rgb(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Bicubic resize of a `(height, width, 3)` uint8 RGB image with FFmpeg's swscale (area-aware filter)."""
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+    return frame.reformat(width=width, height=height, interpolation="BICUBIC").to_ndarray()
+
+
+# Frames are assembled with numpy: small torch copies and `torch.stack` of uint8 frames go through intra-op
+# threading and were 30-60x slower than numpy on a busy 2-core machine.
+
+
+def _clip_view(rgb: np.ndarray) -> np.ndarray:
+    """`(H, W, 3)` uint8 -> `(3, 224, 224)` uint8, whole frame resized (aspect not kept)."""
+    resized = _resize_rgb(rgb, CLIP_IMAGE_SIZE, CLIP_IMAGE_SIZE)
+    return np.ascontiguousarray(resized.transpose(2, 0, 1))
+
+
+def _sync_view(rgb: np.ndarray) -> np.ndarray:
+    """`(H, W, 3)` uint8 -> `(3, 224, 224)` uint8: short side to 224 (aspect kept), then centre crop."""
+    height, width = rgb.shape[:2]
+    scale = SYNC_IMAGE_SIZE / min(height, width)
+    new_height = max(SYNC_IMAGE_SIZE, round(height * scale))
+    new_width = max(SYNC_IMAGE_SIZE, round(width * scale))
+    resized = _resize_rgb(rgb, new_width, new_height)
+    top = (new_height - SYNC_IMAGE_SIZE) // 2
+    left = (new_width - SYNC_IMAGE_SIZE) // 2
+    crop = resized[top : top + SYNC_IMAGE_SIZE, left : left + SYNC_IMAGE_SIZE]
+    return np.ascontiguousarray(crop.transpose(2, 0, 1))
+
+
+class _SourceFrame:
+    """One source frame; its RGB pixels and the two resized views are computed only if some target uses it."""
+
+    def __init__(self, time: Fraction, pixels):
+        self.time = time
+        self._pixels = pixels  # av.VideoFrame or (H, W, 3) uint8 ndarray
+        self._clip: Optional[np.ndarray] = None
+        self._sync: Optional[np.ndarray] = None
+
+    def _rgb(self) -> np.ndarray:
+        if isinstance(self._pixels, av.VideoFrame):
+            self._pixels = self._pixels.to_ndarray(format="rgb24")
+        return self._pixels
+
+    def clip(self) -> np.ndarray:
+        if self._clip is None:
+            self._clip = _clip_view(self._rgb())
+        return self._clip
+
+    def sync(self) -> np.ndarray:
+        if self._sync is None:
+            self._sync = _sync_view(self._rgb())
+        return self._sync
+
+
+class _TwoRateSampler:
+    """Streams source frames once and fills the 8 fps and 25 fps tracks by timestamp.
+
+    Target ``i`` of a track (time ``start + i / rate``) receives the last source frame with time ``<=`` it;
+    targets before the first source frame receive the first frame. A source frame's targets are known once
+    the next frame (or the end of the stream) arrives, so only one frame is held back.
+    """
+
+    def __init__(self, start: Fraction, end: Optional[Fraction]):
+        self.start = start
+        self.end = end  # exclusive; None = until the stream ends
+        self.clip: List[np.ndarray] = []
+        self.sync: List[np.ndarray] = []
+        self.pending: Optional[_SourceFrame] = None
+        self.num_source_frames = 0
+
+    def _target_time(self, index: int, rate: int) -> Fraction:
+        return self.start + Fraction(index, rate)
+
+    def _assign(self, frame: _SourceFrame, until: Optional[Fraction]) -> None:
+        # give `frame` to every unassigned target with time < until (None: no bound yet, caller truncates)
+        for track, rate, view in ((self.clip, CLIP_FRAME_RATE, frame.clip), (self.sync, SYNC_FRAME_RATE, frame.sync)):
+            while True:
+                t = self._target_time(len(track), rate)
+                if (until is not None and t >= until) or (self.end is not None and t >= self.end):
+                    break
+                track.append(view())
+
+    def push(self, frame: _SourceFrame) -> bool:
+        """Adds the next source frame (increasing time). Returns False once no later frame can matter."""
+        if self.pending is not None:
+            if frame.time <= self.pending.time:  # duplicate / non-monotonic timestamp: keep the first one
+                return True
+            self._assign(self.pending, until=frame.time)
+        self.pending = frame
+        self.num_source_frames += 1
+        return self.end is None or frame.time < self.end
+
+    def finish(self, stop: Fraction) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Fills targets up to `stop` (exclusive) with the last frame and stacks `(T, 3, 224, 224)` tracks."""
+        if self.pending is None:
+            raise RuntimeError("no frames were pushed")
+        self._assign(self.pending, until=stop)
+        duration = stop - self.start
+        num_clip = max(1, _frames_in(duration, CLIP_FRAME_RATE))
+        num_sync = max(SYNC_SEGMENT_FRAMES, _frames_in(duration, SYNC_FRAME_RATE))
+        clip, sync = self.clip[:num_clip], self.sync[:num_sync]
+        # short clips: repeat the last frame (DESIGN section 4 needs >= 16 sync frames for one segment)
+        clip = clip + [clip[-1] if clip else self.pending.clip()] * (num_clip - len(clip))
+        sync = sync + [sync[-1] if sync else self.pending.sync()] * (num_sync - len(sync))
+        return torch.from_numpy(np.stack(clip)), torch.from_numpy(np.stack(sync))
+
+
+def _cut_bounds(
+    video_duration: Fraction, start_time: Fraction, duration: Optional[Fraction], max_duration: Optional[Fraction]
+) -> Fraction:
+    """Returns the exclusive end time of the output given the video's full duration (from time 0)."""
+    available = video_duration - start_time
+    if available <= 0:
+        raise ValueError(
+            f"`start_time`={float(start_time)} s is at or after the end of the video ({float(video_duration):.3f} s)."
+        )
+    if duration is not None:
+        if duration > available:
+            raise ValueError(
+                f"`duration`={float(duration)} s is longer than the video after `start_time` "
+                f"({float(available):.3f} s); a video is never padded to a longer duration."
+            )
+        available = duration
+    if max_duration is not None:
+        available = min(available, max_duration)
+    return start_time + available
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _frames_to_thwc_uint8(frames, name: str) -> np.ndarray:
+    """numpy/torch `(T, H, W, 3)` or `(T, 3, H, W)`, uint8 or float in [0, 1] -> `(T, H, W, 3)` uint8 numpy."""
+    if isinstance(frames, torch.Tensor):
+        frames = frames.detach().cpu()
+        if frames.dtype == torch.bfloat16:
+            frames = frames.float()
+        frames = frames.numpy()
+    frames = np.asarray(frames)
+    if frames.ndim != 4:
+        raise ValueError(f"`{name}` frames must be 4-D (frames, height, width, 3) or (frames, 3, height, width), got shape {tuple(frames.shape)}.")
+    if frames.shape[-1] == 3:
+        pass
+    elif frames.shape[1] == 3:
+        frames = frames.transpose(0, 2, 3, 1)
+    else:
+        raise ValueError(f"`{name}` frames must have 3 RGB channels first or last, got shape {tuple(frames.shape)}.")
+    if frames.shape[0] == 0 or frames.shape[1] == 0 or frames.shape[2] == 0:
+        raise ValueError(f"`{name}` has no frames (shape {tuple(frames.shape)}).")
+    if frames.dtype == np.uint8:
+        return frames
+    if np.issubdtype(frames.dtype, np.floating):
+        if not np.isfinite(frames).all():
+            raise ValueError(f"`{name}` contains NaN or infinite values.")
+        # float frames are RGB in [0, 1]
+        return (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    raise ValueError(f"`{name}` must be uint8 or float in [0, 1], got dtype {frames.dtype}.")
+
+
+def _open_input(video, name: str = "video"):
+    """Opens a path / bytes / file object with PyAV, with errors that name the argument."""
+    if isinstance(video, (str, os.PathLike)):
+        path = os.fspath(video)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"`{name}`: no such video file: {path!r}.")
+        source = path
+    elif isinstance(video, (bytes, bytearray, memoryview)):
+        if len(video) == 0:
+            raise ValueError(f"`{name}` is empty bytes, not a video.")
+        source = io.BytesIO(bytes(video))
+    elif hasattr(video, "read"):
+        source = video
+    else:
+        raise ValueError(
+            f"`{name}` must be a path, bytes, a file object, a numpy array or a torch tensor, got {type(video).__name__}."
+        )
+    try:
+        container = av.open(source, mode="r")
+    except (av.FFmpegError, UnicodeDecodeError) as error:
+        raise ValueError(f"`{name}` could not be opened as a video: {error}") from error
+    if not container.streams.video:
+        container.close()
+        raise ValueError(f"`{name}` has no video stream.")
+    return container
+
+
+def _frame_time(frame: av.VideoFrame, index: int, rate: Optional[Fraction]) -> Optional[Fraction]:
+    if frame.pts is not None and frame.time_base is not None:
+        return frame.pts * frame.time_base  # exact rational seconds
+    if rate:
+        return Fraction(index) / rate
+    return None
+
+
+def _decode_frames(container, stream) -> Iterator[Optional[av.VideoFrame]]:
+    """Frames of `stream` in presentation order; None for each packet the decoder rejects."""
+    for packet in container.demux(stream):
+        try:
+            frames = packet.decode()  # the final empty packet flushes the decoder
+        except av.InvalidDataError:
+            yield None
+            continue
+        yield from frames
+
+
+def _decode(container, name: str, start_time: Fraction, duration, max_duration) -> VideoInput:
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"  # frame + slice threads; decoding dominates the cost of long videos
+    rate = stream.average_rate or stream.guessed_rate or None
+    rate = Fraction(rate) if rate else None
+
+    # when the cut is known up front, stop decoding after it
+    end = None
+    if duration is not None:
+        end = start_time + duration
+    if max_duration is not None:
+        end = min(end, start_time + max_duration) if end is not None else start_time + max_duration
+    sampler = _TwoRateSampler(start=start_time, end=end)
+
+    first_time = last_time = previous_time = None
+    last_frame_duration = None
+    skipped_packets = 0
+    try:
+        index = 0
+        for frame in _decode_frames(container, stream):
+            if frame is None:  # a corrupt packet: skipped, as FFmpeg's command line does
+                skipped_packets += 1
+                continue
+            time = _frame_time(frame, index, rate)
+            index += 1
+            if time is None:
+                raise ValueError(f"`{name}`: frames carry no timestamps and the stream has no frame rate.")
+            if first_time is None:
+                first_time = time
+            time = time - first_time
+            if last_time is not None and time <= last_time:
+                continue
+            previous_time, last_time = last_time, time
+            if frame.duration and frame.time_base is not None:
+                last_frame_duration = frame.duration * frame.time_base
+            else:
+                last_frame_duration = None
+            if not sampler.push(_SourceFrame(time, frame)):
+                break
+    except av.FFmpegError as error:
+        raise ValueError(f"`{name}` could not be decoded as a video: {error}") from error
+    finally:
+        container.close()
+
+    if last_time is None:
+        detail = f" ({skipped_packets} corrupt packets)" if skipped_packets else ""
+        raise ValueError(f"`{name}` contains no decodable video frames{detail}.")
+    if not last_frame_duration:
+        if previous_time is not None:
+            last_frame_duration = last_time - previous_time
+        elif rate:
+            last_frame_duration = 1 / rate
+        else:
+            raise ValueError(f"`{name}` has a single frame and no frame rate: its duration is unknown.")
+    # when decoding stopped early at the cut, `video_duration` is a lower bound that still covers the cut
+    video_duration = last_time + last_frame_duration
+    stop = _cut_bounds(video_duration, start_time, duration, max_duration)
+    clip, sync = sampler.finish(stop)
+    if rate is None:
+        rate = Fraction(sampler.num_source_frames) / video_duration
+    return VideoInput(clip_frames=clip, sync_frames=sync, duration=float(stop - start_time), fps=float(rate))
+
+
+def _from_frames(frames, fps, name: str, start_time: Fraction, duration, max_duration) -> VideoInput:
+    if fps is None:
+        raise ValueError(f"`fps` is required when `{name}` is an array of frames (frames per second of `{name}`).")
+    fps_value = _to_fraction(fps, "fps")
+    if fps_value <= 0:
+        raise ValueError(f"`fps` must be positive, got {fps!r}.")
+    frames = _frames_to_thwc_uint8(frames, name)
+    num_frames = frames.shape[0]
+    video_duration = Fraction(num_frames) / fps_value
+    stop = _cut_bounds(video_duration, start_time, duration, max_duration)
+    sampler = _TwoRateSampler(start=start_time, end=stop)
+    for index in range(num_frames):
+        if not sampler.push(_SourceFrame(Fraction(index) / fps_value, frames[index])):
+            break
+    clip, sync = sampler.finish(stop)
+    return VideoInput(clip_frames=clip, sync_frames=sync, duration=float(stop - start_time), fps=float(fps_value))
+
+
+def load_video(
+    video: VideoLike,
+    fps: Optional[float] = None,
+    *,
+    start_time: float = 0.0,
+    duration: Optional[float] = None,
+    max_duration: Optional[float] = None,
+) -> VideoInput:
+    """Decodes a video and resamples it by timestamps to 8 fps CLIP frames and 25 fps sync frames (one pass).
+
+    Args:
+        video: a path, the bytes of a video file, a binary file object, a numpy array `(frames, height, width, 3)`
+            or a torch tensor `(frames, 3, height, width)` / `(frames, height, width, 3)`; arrays are uint8 RGB or
+            float RGB in [0, 1].
+        fps (`float`, *optional*): frame rate of `video` when it is an array (required then); must be None for
+            files, whose timestamps come from the container.
+        start_time (`float`): seconds to skip at the start.
+        duration (`float`, *optional*): cut the output to exactly this many seconds (ValueError if the video is
+            shorter).
+        max_duration (`float`, *optional*): cut the output to at most this many seconds.
+
+    Returns:
+        `VideoInput` with `clip_frames` uint8 `(floor(d*8), 3, 224, 224)`, `sync_frames` uint8
+        `(max(16, floor(d*25)), 3, 224, 224)`, `duration` d in seconds and the source `fps`.
+
+    Raises:
+        FileNotFoundError: `video` is a path that does not exist.
+        ValueError: `video` is not a video, has no video stream or no frames; `fps` missing for arrays; bad cuts.
+    """
+    start = _to_fraction(start_time, "start_time")
+    if start < 0:
+        raise ValueError(f"`start_time` must be >= 0, got {start_time!r}.")
+    cut = None if duration is None else _to_fraction(duration, "duration")
+    cap = None if max_duration is None else _to_fraction(max_duration, "max_duration")
+    for arg_name, value in (("duration", cut), ("max_duration", cap)):
+        if value is not None and value <= 0:
+            raise ValueError(f"`{arg_name}` must be positive, got {float(value)}.")
+
+    if isinstance(video, (np.ndarray, torch.Tensor)):
+        return _from_frames(video, fps, "video", start, cut, cap)
+    if fps is not None:
+        raise ValueError(
+            "`fps` is only for arrays of frames; a video file's timestamps come from its container "
+            f"(got fps={fps!r} with a {type(video).__name__})."
+        )
+    container = _open_input(video, "video")
+    return _decode(container, "video", start, cut, cap)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Normalisation for the encoders
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _to_unit_float(frames: torch.Tensor, name: str, dtype: torch.dtype, device) -> torch.Tensor:
+    if not isinstance(frames, torch.Tensor):
+        frames = torch.as_tensor(np.asarray(frames))
+    if frames.ndim < 3 or frames.shape[-3] != 3:
+        raise ValueError(f"`{name}` must be `(..., 3, height, width)` RGB frames, got shape {tuple(frames.shape)}.")
+    frames = frames.to(device=device)
+    if frames.dtype == torch.uint8:
+        return frames.to(torch.float32) / 255.0
+    if frames.is_floating_point():
+        return frames.to(torch.float32)
+    raise ValueError(f"`{name}` must be uint8 or float in [0, 1], got dtype {frames.dtype}.")
+
+
+def _resize_images(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    lead = frames.shape[:-3]
+    flat = frames.reshape(-1, *frames.shape[-3:])
+    flat = F.interpolate(flat, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
+    return flat.clamp(0.0, 1.0).reshape(*lead, 3, height, width)
+
+
+def _normalize(frames: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    mean_t = torch.tensor(mean, dtype=frames.dtype, device=frames.device).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=frames.dtype, device=frames.device).view(3, 1, 1)
+    return (frames - mean_t) / std_t
+
+
+def preprocess_clip_frames(
+    frames: torch.Tensor,
+    image_size: int = CLIP_IMAGE_SIZE,
+    dtype: torch.dtype = torch.float32,
+    device: Optional[Union[str, torch.device]] = None,
+) -> torch.Tensor:
+    """CLIP frames -> vision-encoder input.
+
+    Args:
+        frames: `(..., 3, height, width)` uint8 RGB or float RGB in [0, 1] (e.g. `VideoInput.clip_frames`).
+        image_size: encoder resolution; frames of another size are resized to `image_size` x `image_size`
+            (bicubic, antialiased; the same whole-frame resize as `load_video`).
+
+    Returns:
+        `(..., 3, image_size, image_size)` float, normalised with the OpenAI/MetaCLIP mean and std.
+    """
+    frames = _to_unit_float(frames, "frames", torch.float32, device)
+    if frames.shape[-2:] != (image_size, image_size):
+        frames = _resize_images(frames, image_size, image_size)
+    return _normalize(frames, CLIP_MEAN, CLIP_STD).to(dtype)
+
+
+def preprocess_sync_frames(
+    frames: torch.Tensor,
+    dtype: torch.dtype = torch.float32,
+    device: Optional[Union[str, torch.device]] = None,
+) -> torch.Tensor:
+    """Sync frames -> Synchformer input.
+
+    Args:
+        frames: `(..., 3, height, width)` uint8 RGB or float RGB in [0, 1] (e.g. `VideoInput.sync_frames`).
+            Frames that are not 224x224 get the Synchformer transform: short side to 224, centre crop.
+
+    Returns:
+        `(..., 3, 224, 224)` float in [-1, 1] (mean 0.5, std 0.5 per channel).
+    """
+    frames = _to_unit_float(frames, "frames", torch.float32, device)
+    height, width = frames.shape[-2:]
+    if (height, width) != (SYNC_IMAGE_SIZE, SYNC_IMAGE_SIZE):
+        scale = SYNC_IMAGE_SIZE / min(height, width)
+        new_height = max(SYNC_IMAGE_SIZE, round(height * scale))
+        new_width = max(SYNC_IMAGE_SIZE, round(width * scale))
+        frames = _resize_images(frames, new_height, new_width)
+        top, left = (new_height - SYNC_IMAGE_SIZE) // 2, (new_width - SYNC_IMAGE_SIZE) // 2
+        frames = frames[..., top : top + SYNC_IMAGE_SIZE, left : left + SYNC_IMAGE_SIZE]
+    return _normalize(frames, SYNC_MEAN, SYNC_STD).to(dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Writing: the source video stream (copied) + generated audio (AAC)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _audio_to_channels_first(audio, name: str = "audio") -> np.ndarray:
+    """1-D `(samples,)` or `(channels, samples)` float in [-1, 1] -> float32 `(2, samples)` (mono duplicated)."""
+    if isinstance(audio, torch.Tensor):
+        audio = audio.detach().cpu().float().numpy()
+    audio = np.asarray(audio)
+    if not np.issubdtype(audio.dtype, np.floating):
+        raise ValueError(f"`{name}` must be float samples in [-1, 1], got dtype {audio.dtype}.")
+    if audio.ndim == 1:
+        audio = audio[None]
+    if audio.ndim != 2 or audio.shape[0] not in (1, 2):
+        raise ValueError(f"`{name}` must be (samples,) or (channels, samples) with 1 or 2 channels, got shape {audio.shape}.")
+    if audio.shape[1] == 0:
+        raise ValueError(f"`{name}` has no samples.")
+    if not np.isfinite(audio).all():
+        raise ValueError(f"`{name}` contains NaN or infinite values.")
+    if audio.shape[0] == 1:
+        audio = np.repeat(audio, 2, axis=0)
+    return np.ascontiguousarray(np.clip(audio, -1.0, 1.0), dtype=np.float32)
+
+
+def _encode_audio_packets(
+    output, audio: np.ndarray, sample_rate: int, duration: Fraction, start: Fraction, bit_rate: int
+) -> Tuple["av.audio.stream.AudioStream", list]:
+    """Pads/trims `audio` (2, N) to `duration`, encodes AAC stereo 44.1 kHz; returns its packets."""
+    num_samples = round(duration * sample_rate)
+    if audio.shape[1] < num_samples:
+        audio = np.pad(audio, ((0, 0), (0, num_samples - audio.shape[1])))
+    audio = np.ascontiguousarray(audio[:, :num_samples])
+
+    stream = output.add_stream("aac", rate=AUDIO_OUTPUT_SAMPLE_RATE)
+    stream.layout = "stereo"
+    stream.bit_rate = bit_rate
+    # PyAV resamples (any rate -> 44.1 kHz) and re-chunks to the AAC frame size inside `encode`
+    start_samples = round(start * sample_rate)
+    packets = []
+    chunk = sample_rate  # one second per frame handed to the encoder
+    for offset in range(0, num_samples, chunk):
+        frame = av.AudioFrame.from_ndarray(audio[:, offset : offset + chunk], format="fltp", layout="stereo")
+        frame.sample_rate = sample_rate
+        frame.time_base = Fraction(1, sample_rate)
+        frame.pts = start_samples + offset
+        packets.extend(stream.encode(frame))
+    packets.extend(stream.encode(None))
+    return stream, packets
+
+
+def _packet_time(packet) -> Fraction:
+    ts = packet.dts if packet.dts is not None else packet.pts
+    return (ts or 0) * packet.time_base
+
+
+def _video_stream_extent(path_or_bytes, name: str) -> Tuple[Fraction, Fraction, int]:
+    """(first presentation time, duration, packet count) of the first video stream, from packets only."""
+    container = _open_input(path_or_bytes, name)
+    try:
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate
+        first = last_end = None
+        count = 0
+        for packet in container.demux(stream):
+            if packet.pts is None:
+                continue
+            count += 1
+            start = packet.pts * packet.time_base
+            length = packet.duration * packet.time_base if packet.duration else (1 / Fraction(rate) if rate else 0)
+            first = start if first is None else min(first, start)
+            last_end = start + length if last_end is None else max(last_end, start + length)
+    finally:
+        container.close()
+    if count == 0:
+        raise ValueError(f"`{name}` contains no video packets.")
+    return first, last_end - first, count
+
+
+def _pick_video_encoder() -> str:
+    return "libx264" if "libx264" in av.codecs_available else "mpeg4"
+
+
+def _add_encoded_video_stream(output, width: int, height: int, rate: Fraction):
+    stream = output.add_stream(_pick_video_encoder(), rate=rate)
+    # yuv420p needs even sizes: drop at most one row / column
+    stream.width, stream.height = width - width % 2, height - height % 2
+    stream.pix_fmt = "yuv420p"
+    if stream.codec_context.name == "libx264":
+        stream.options = {"crf": "18", "preset": "veryfast"}
+    return stream
+
+
+def _mux_interleaved(output, video_packets: Iterator, audio_packets: list) -> None:
+    """Muxes video packets (a stream, in order) and buffered audio packets ordered by decode time."""
+    audio_index = 0
+    for packet in video_packets:
+        time = _packet_time(packet)
+        while audio_index < len(audio_packets) and _packet_time(audio_packets[audio_index]) <= time:
+            output.mux(audio_packets[audio_index])
+            audio_index += 1
+        output.mux(packet)
+    for packet in audio_packets[audio_index:]:
+        output.mux(packet)
+
+
+def _check_out_path(out_path) -> str:
+    out_path = os.fspath(out_path)
+    if not out_path.lower().endswith(_VIDEO_SUFFIXES):
+        raise ValueError(f"`out_path` must end with one of {_VIDEO_SUFFIXES}, got {out_path!r}.")
+    parent = os.path.dirname(os.path.abspath(out_path))
+    os.makedirs(parent, exist_ok=True)
+    return out_path
+
+
+def _write_copied(source, audio, sample_rate, out_path, bit_rate) -> bool:
+    """Remuxes the source video stream packet by packet. Returns False if the container cannot hold its codec."""
+    first, duration, _ = _video_stream_extent(source, "video")
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        source = bytes(source)
+    container = _open_input(source, "video")
+    try:
+        in_stream = container.streams.video[0]
+        with av.open(out_path, mode="w") as output:
+            if in_stream.codec_context.name not in output.supported_codecs:
+                return False
+            out_stream = output.add_stream_from_template(in_stream)
+            _, audio_packets = _encode_audio_packets(output, audio, sample_rate, duration, first, bit_rate)
+
+            def video_packets():
+                for packet in container.demux(in_stream):
+                    if packet.dts is None and packet.pts is None:  # demuxer flush packet
+                        continue
+                    packet.stream = out_stream
+                    yield packet
+
+            _mux_interleaved(output, video_packets(), audio_packets)
+    except av.FFmpegError:
+        # e.g. a codec tag the output container refuses: fall back to re-encoding
+        return False
+    finally:
+        container.close()
+    return True
+
+
+def _write_reencoded(frames_iter, width, height, rate, time_base, duration, first, audio, sample_rate, out_path, bit_rate):
+    with av.open(out_path, mode="w") as output:
+        stream = _add_encoded_video_stream(output, width, height, rate)
+        if time_base is not None:
+            stream.time_base = time_base
+        _, audio_packets = _encode_audio_packets(output, audio, sample_rate, duration, first, bit_rate)
+
+        def video_packets():
+            for frame in frames_iter:
+                yield from stream.encode(frame)
+            yield from stream.encode(None)
+
+        _mux_interleaved(output, video_packets(), audio_packets)
+
+
+def write_video_with_audio(
+    video: VideoLike,
+    audio: Union[np.ndarray, torch.Tensor],
+    sample_rate: int,
+    out_path: Union[str, os.PathLike],
+    fps: Optional[float] = None,
+    audio_bit_rate: int = 192_000,
+) -> str:
+    """Writes `video` with `audio` as its soundtrack (.mp4, .mov or .mkv).
+
+    The video stream of a source file is copied packet by packet (no re-encoding, identical pictures and
+    timestamps) when the output container supports its codec; otherwise, and for frame arrays, it is encoded
+    with H.264 (libx264, crf 18, yuv420p; odd sizes lose one row/column). The audio is encoded as AAC,
+    stereo, 44.1 kHz (resampled if `sample_rate` differs; mono duplicated to both channels), padded with
+    silence or trimmed to the video's duration and aligned with its first frame. Other streams of the source
+    (its original audio, subtitles) are dropped.
+
+    Args:
+        video: path / bytes of the source video, or frames `(frames, height, width, 3)` / `(frames, 3, height,
+            width)` (uint8, or float in [0, 1]) together with `fps`.
+        audio: float samples in [-1, 1], `(samples,)` or `(channels, samples)` with 1 or 2 channels.
+        sample_rate (`int`): sample rate of `audio`.
+        out_path: output file, `.mp4`, `.mov` or `.mkv`.
+        fps (`float`, *optional*): frame rate, only (and required) for frame arrays.
+
+    Returns:
+        `out_path` as a string.
+    """
+    if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+        raise ValueError(f"`sample_rate` must be a positive integer, got {sample_rate!r}.")
+    sample_rate = int(sample_rate)
+    audio = _audio_to_channels_first(audio, "audio")
+    out_path = _check_out_path(out_path)
+
+    if isinstance(video, (np.ndarray, torch.Tensor)):
+        if fps is None:
+            raise ValueError("`fps` is required when `video` is an array of frames.")
+        rate = _to_fraction(fps, "fps")
+        if rate <= 0:
+            raise ValueError(f"`fps` must be positive, got {fps!r}.")
+        frames = _frames_to_thwc_uint8(video, "video")
+        height, width = frames.shape[1:3]
+        if height < 2 or width < 2:
+            raise ValueError(f"`video` frames must be at least 2x2 pixels, got {width}x{height}.")
+        frames = frames[:, : height - height % 2, : width - width % 2]
+
+        def frame_iter():
+            for index, pixels in enumerate(frames):
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format="rgb24")
+                frame.pts = index
+                frame.time_base = 1 / rate
+                yield frame
+
+        _write_reencoded(
+            frame_iter(), width, height, rate, 1 / rate, Fraction(len(frames)) / rate, Fraction(0),
+            audio, sample_rate, out_path, audio_bit_rate,
+        )
+        return out_path
+
+    if fps is not None:
+        raise ValueError("`fps` is only for arrays of frames; a video file keeps its own timestamps.")
+    if _write_copied(video, audio, sample_rate, out_path, audio_bit_rate):
+        return out_path
+
+    # the output container cannot hold the source codec: decode and re-encode the pictures, keeping timestamps
+    first, duration, _ = _video_stream_extent(video, "video")
+    container = _open_input(bytes(video) if isinstance(video, (bytearray, memoryview)) else video, "video")
+    try:
+        in_stream = container.streams.video[0]
+        rate = Fraction(in_stream.average_rate or in_stream.guessed_rate or 25)
+        width, height = in_stream.codec_context.width, in_stream.codec_context.height
+
+        def frame_iter():
+            for frame in container.decode(in_stream):
+                out = frame.reformat(format="yuv420p", width=width - width % 2, height=height - height % 2)
+                out.pts, out.time_base = frame.pts, frame.time_base
+                yield out
+
+        _write_reencoded(
+            frame_iter(), width, height, rate, in_stream.time_base, duration, first,
+            audio, sample_rate, out_path, audio_bit_rate,
+        )
+    finally:
+        container.close()
+    return out_path
+
+
+__all__ = [
+    "CLIP_FRAME_RATE",
+    "SYNC_FRAME_RATE",
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "SYNC_MEAN",
+    "SYNC_STD",
+    "VideoInput",
+    "load_video",
+    "preprocess_clip_frames",
+    "preprocess_sync_frames",
+    "write_video_with_audio",
+]
