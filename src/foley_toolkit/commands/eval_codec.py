@@ -32,7 +32,9 @@ def register(subparsers) -> None:
     parser.add_argument("--model", required=True, help="Folder with `vae/` and `vocoder/` subfolders (diffusers layout).")
     parser.add_argument("--audio-dir", required=True, help="Folder of recordings (searched recursively).")
     parser.add_argument("--vocoder-only", action="store_true", help="Skip the MelVAE: mel -> vocoder -> waveform.")
-    parser.add_argument("--max-files", type=int, default=None, help="Evaluate at most this many files (sorted by path).")
+    parser.add_argument(
+        "--max-files", type=int, default=None, help="Evaluate at most this many files (sorted by path; too-short files do not count)."
+    )
     parser.add_argument("--max-seconds", type=float, default=None, help="Crop every file to at most this many seconds.")
     parser.add_argument("--json", dest="json_out", default=None, help="Write per-file and mean metrics to this JSON file.")
     parser.add_argument("--metrics", nargs="+", default=None, help="Subset of metrics (default: all).")
@@ -112,11 +114,13 @@ def evaluate_folder(
     from ..evaluation.codec_metrics import compute_codec_metrics, summarize_codec_metrics
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    files = find_audio_files(audio_dir, max_files)
+    files = find_audio_files(audio_dir)
     vae, vocoder = load_codec(model_dir, vocoder_only=vocoder_only, device=device)
     rows, skipped = [], []
     start = time.perf_counter()
     for path in files:
+        if max_files is not None and len(rows) >= max_files:
+            break
         waveform = load_audio(path, sample_rate=SAMPLE_RATE, mono=True)[0].clamp(-1.0, 1.0)
         if max_seconds is not None:
             waveform = waveform[: int(max_seconds * SAMPLE_RATE)]

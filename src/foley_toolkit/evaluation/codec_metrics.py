@@ -173,6 +173,9 @@ def pesq_wideband(reference, estimate, sample_rate: int = SAMPLE_RATE) -> float:
     reference, estimate = _aligned(reference, estimate)
     reference_16k = np.asarray(resample(reference.numpy(), sample_rate, PESQ_SAMPLE_RATE), dtype=np.float64)
     estimate_16k = np.asarray(resample(estimate.numpy(), sample_rate, PESQ_SAMPLE_RATE), dtype=np.float64)
+    if not np.any(reference_16k) or not np.any(estimate_16k):
+        warnings.warn("PESQ cannot score a silent signal; reporting NaN.")
+        return float("nan")
     try:
         return float(_pesq(PESQ_SAMPLE_RATE, reference_16k, estimate_16k, "wb"))
     except Exception as error:  # pesq raises its own NoUtterancesError / BufferTooShortError / ValueError

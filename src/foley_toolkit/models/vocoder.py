@@ -40,7 +40,7 @@ def bigvgan_v2_44khz_128band_512x_config() -> dict[str, Any]:
 
 
 def tiny_vocoder_config() -> dict[str, Any]:
-    """A tiny but structurally complete config (hop product 512) for tests and quick experiments (~60k params)."""
+    """A tiny but structurally complete config (hop product 512) for tests and quick experiments (~43k params)."""
     return {
         "num_mels": 128,
         "upsample_initial_channel": 32,
