@@ -25,7 +25,8 @@ def _num_parameters(model) -> int:
 
 def test_t5_base_full_size_on_meta_device():
     config = t5_base_config()
-    assert (config.d_model, config.num_layers, config.num_heads, config.d_ff, config.vocab_size) == (768, 12, 12, 3072, 32128)
+    sizes = (config.d_model, config.num_layers, config.num_heads, config.d_ff, config.vocab_size)
+    assert sizes == (768, 12, 12, 3072, 32128)
     assert (config.relative_attention_num_buckets, config.feed_forward_proj) == (32, "relu")
     model = build_text_encoder(device="meta")
     assert isinstance(model, T5EncoderModel)
@@ -57,7 +58,11 @@ def test_sync_encoder_builder():
 def test_tokenizer_offline_round_trip(tmp_path):
     tokenizer = build_tiny_t5_tokenizer()
     assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) == (0, 1, 2)
-    captions = ["A dog barks loudly while rain falls on a metal roof.", "Glass shatters on the floor", "xylophone #42!"]
+    captions = [
+        "A dog barks loudly while rain falls on a metal roof.",
+        "Glass shatters on the floor",
+        "xylophone #42!",
+    ]
     batch = tokenizer(captions, padding=True, return_tensors="pt")
     assert batch.input_ids.max() < len(tokenizer) <= tiny_t5_config().vocab_size < t5_base_config().vocab_size
     assert (batch.input_ids == tokenizer.unk_token_id).sum() == 0  # any ASCII caption is covered

@@ -40,7 +40,8 @@ def test_segment_batching_and_batch_consistency():
             torch.testing.assert_close(model(frames, segment_batch_size=chunk), reference, rtol=1e-5, atol=1e-6)
         # each sample alone gives its rows of the batched result
         for index in range(2):
-            torch.testing.assert_close(model(frames[index : index + 1]), reference[index : index + 1], rtol=1e-5, atol=1e-6)
+            alone = model(frames[index : index + 1])
+            torch.testing.assert_close(alone, reference[index : index + 1], rtol=1e-5, atol=1e-6)
 
 
 def test_segments_see_only_their_own_frames():
@@ -104,8 +105,9 @@ def test_spatial_pooling_matches_pre_ln_transformer_encoder_layer():
         layer_norm_eps=1e-6, batch_first=True, norm_first=True,
     ).eval()
     with torch.no_grad():
-        layer.self_attn.in_proj_weight.copy_(torch.cat([pool.attn.to_q.weight, pool.attn.to_k.weight, pool.attn.to_v.weight]))
-        layer.self_attn.in_proj_bias.copy_(torch.cat([pool.attn.to_q.bias, pool.attn.to_k.bias, pool.attn.to_v.bias]))
+        projections = (pool.attn.to_q, pool.attn.to_k, pool.attn.to_v)
+        layer.self_attn.in_proj_weight.copy_(torch.cat([p.weight for p in projections]))
+        layer.self_attn.in_proj_bias.copy_(torch.cat([p.bias for p in projections]))
         layer.self_attn.out_proj.weight.copy_(pool.attn.to_out[0].weight)
         layer.self_attn.out_proj.bias.copy_(pool.attn.to_out[0].bias)
         layer.linear1.load_state_dict(pool.ff.net[0].proj.state_dict())

@@ -118,8 +118,10 @@ def test_variable_frame_rate(tmp_path):
     def on_screen(t_ms: Fraction) -> int:
         return int(np.searchsorted(times, float(t_ms), side="right") - 1)
 
-    assert [_read_index(f) for f in video.sync_frames] == [on_screen(Fraction(1000 * i, 25)) for i in range(len(video.sync_frames))]
-    assert [_read_index(f) for f in video.clip_frames] == [on_screen(Fraction(1000 * i, 8)) for i in range(len(video.clip_frames))]
+    sync_expected = [on_screen(Fraction(1000 * i, 25)) for i in range(len(video.sync_frames))]
+    clip_expected = [on_screen(Fraction(1000 * i, 8)) for i in range(len(video.clip_frames))]
+    assert [_read_index(f) for f in video.sync_frames] == sync_expected
+    assert [_read_index(f) for f in video.clip_frames] == clip_expected
 
 
 def test_path_bytes_numpy_tensor_inputs_agree(tmp_path):
@@ -333,7 +335,8 @@ def test_write_from_frames_and_reencode_fallback(tmp_path):
         assert [s.codec_context.name for s in container.streams] == ["h264", "aac"]
     video = load_video(out)
     assert video.duration == pytest.approx(1.0)
-    assert [_read_index(f) for f in video.clip_frames] == [_expected_index(Fraction(i, 8), Fraction(24)) for i in range(8)]
+    expected = [_expected_index(Fraction(i, 8), Fraction(24)) for i in range(8)]
+    assert [_read_index(f) for f in video.clip_frames] == expected
 
 
 def test_write_errors_name_the_argument(tmp_path):

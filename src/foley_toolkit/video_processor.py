@@ -247,7 +247,10 @@ def _frames_to_thwc_uint8(frames, name: str) -> np.ndarray:
         frames = frames.numpy()
     frames = np.asarray(frames)
     if frames.ndim != 4:
-        raise ValueError(f"`{name}` frames must be 4-D (frames, height, width, 3) or (frames, 3, height, width), got shape {tuple(frames.shape)}.")
+        raise ValueError(
+            f"`{name}` frames must be 4-D (frames, height, width, 3) or (frames, 3, height, width), "
+            f"got shape {tuple(frames.shape)}."
+        )
     if frames.shape[-1] == 3:
         pass
     elif frames.shape[1] == 3:
@@ -281,7 +284,8 @@ def _open_input(video, name: str = "video"):
         source = video
     else:
         raise ValueError(
-            f"`{name}` must be a path, bytes, a file object, a numpy array or a torch tensor, got {type(video).__name__}."
+            f"`{name}` must be a path, bytes, a file object, a numpy array or a torch tensor, "
+            f"got {type(video).__name__}."
         )
     try:
         container = av.open(source, mode="r")
@@ -447,7 +451,7 @@ def load_video(
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _to_unit_float(frames: torch.Tensor, name: str, dtype: torch.dtype, device) -> torch.Tensor:
+def _to_unit_float(frames: torch.Tensor, name: str, device) -> torch.Tensor:
     if not isinstance(frames, torch.Tensor):
         frames = torch.as_tensor(np.asarray(frames))
     if frames.ndim < 3 or frames.shape[-3] != 3:
@@ -484,12 +488,12 @@ def preprocess_clip_frames(
     Args:
         frames: `(..., 3, height, width)` uint8 RGB or float RGB in [0, 1] (e.g. `VideoInput.clip_frames`).
         image_size: encoder resolution; frames of another size are resized to `image_size` x `image_size`
-            (bicubic, antialiased; the same whole-frame resize as `load_video`).
+            (bicubic, antialiased, whole frame, as `load_video` does).
 
     Returns:
         `(..., 3, image_size, image_size)` float, normalised with the OpenAI/MetaCLIP mean and std.
     """
-    frames = _to_unit_float(frames, "frames", torch.float32, device)
+    frames = _to_unit_float(frames, "frames", device)
     if frames.shape[-2:] != (image_size, image_size):
         frames = _resize_images(frames, image_size, image_size)
     return _normalize(frames, CLIP_MEAN, CLIP_STD).to(dtype)
@@ -509,7 +513,7 @@ def preprocess_sync_frames(
     Returns:
         `(..., 3, 224, 224)` float in [-1, 1] (mean 0.5, std 0.5 per channel).
     """
-    frames = _to_unit_float(frames, "frames", torch.float32, device)
+    frames = _to_unit_float(frames, "frames", device)
     height, width = frames.shape[-2:]
     if (height, width) != (SYNC_IMAGE_SIZE, SYNC_IMAGE_SIZE):
         scale = SYNC_IMAGE_SIZE / min(height, width)
@@ -536,7 +540,9 @@ def _audio_to_channels_first(audio, name: str = "audio") -> np.ndarray:
     if audio.ndim == 1:
         audio = audio[None]
     if audio.ndim != 2 or audio.shape[0] not in (1, 2):
-        raise ValueError(f"`{name}` must be (samples,) or (channels, samples) with 1 or 2 channels, got shape {audio.shape}.")
+        raise ValueError(
+            f"`{name}` must be (samples,) or (channels, samples) with 1 or 2 channels, got shape {audio.shape}."
+        )
     if audio.shape[1] == 0:
         raise ValueError(f"`{name}` has no samples.")
     if not np.isfinite(audio).all():
@@ -590,7 +596,10 @@ def _video_stream_extent(path_or_bytes, name: str) -> Tuple[Fraction, Fraction, 
                 continue
             count += 1
             start = packet.pts * packet.time_base
-            length = packet.duration * packet.time_base if packet.duration else (1 / Fraction(rate) if rate else 0)
+            if packet.duration:
+                length = packet.duration * packet.time_base
+            else:
+                length = 1 / Fraction(rate) if rate else Fraction(0)
             first = start if first is None else min(first, start)
             last_end = start + length if last_end is None else max(last_end, start + length)
     finally:
@@ -666,11 +675,23 @@ def _write_copied(source, audio, sample_rate, out_path, bit_rate) -> bool:
     return True
 
 
-def _write_reencoded(frames_iter, width, height, rate, time_base, duration, first, audio, sample_rate, out_path, bit_rate):
+def _write_reencoded(
+    frames_iter: Iterator[av.VideoFrame],
+    size: Tuple[int, int],
+    rate: Fraction,
+    time_base: Fraction,
+    duration: Fraction,
+    first: Fraction,
+    audio: np.ndarray,
+    sample_rate: int,
+    out_path: str,
+    bit_rate: int,
+) -> None:
+    """Encodes `frames_iter` (timestamps in `time_base`, kept as they are) with H.264 next to the AAC audio."""
     with av.open(out_path, mode="w") as output:
-        stream = _add_encoded_video_stream(output, width, height, rate)
-        if time_base is not None:
-            stream.time_base = time_base
+        stream = _add_encoded_video_stream(output, size[0], size[1], rate)
+        # encode in the frames' own time base: variable frame rates keep their exact timestamps
+        stream.time_base = stream.codec_context.time_base = time_base
         _, audio_packets = _encode_audio_packets(output, audio, sample_rate, duration, first, bit_rate)
 
         def video_packets():
@@ -734,14 +755,17 @@ def write_video_with_audio(
                 frame.time_base = 1 / rate
                 yield frame
 
+        duration = Fraction(len(frames)) / rate
         _write_reencoded(
-            frame_iter(), width, height, rate, 1 / rate, Fraction(len(frames)) / rate, Fraction(0),
+            frame_iter(), (width, height), rate, 1 / rate, duration, Fraction(0),
             audio, sample_rate, out_path, audio_bit_rate,
         )
         return out_path
 
     if fps is not None:
         raise ValueError("`fps` is only for arrays of frames; a video file keeps its own timestamps.")
+    if hasattr(video, "read"):  # a file object is read twice below (extent, then packets)
+        video = video.read()
     if _write_copied(video, audio, sample_rate, out_path, audio_bit_rate):
         return out_path
 
@@ -760,7 +784,7 @@ def write_video_with_audio(
                 yield out
 
         _write_reencoded(
-            frame_iter(), width, height, rate, in_stream.time_base, duration, first,
+            frame_iter(), (width, height), rate, in_stream.time_base, duration, first,
             audio, sample_rate, out_path, audio_bit_rate,
         )
     finally:

@@ -164,9 +164,8 @@ def build_vision_encoder(
 ) -> CLIPVisionModelWithProjection:
     """Untrained `CLIPVisionModelWithProjection` (default: MetaCLIP bigG-14-quickgelu); `device="meta"` allocates
     nothing (the full size is 1.84B parameters, 7.4 GB in float32)."""
-    return _build(
-        CLIPVisionModelWithProjection, config if config is not None else metaclip_bigg_14_quickgelu_config(), device, dtype
-    )
+    config = config if config is not None else metaclip_bigg_14_quickgelu_config()
+    return _build(CLIPVisionModelWithProjection, config, device, dtype)
 
 
 def build_sync_encoder(

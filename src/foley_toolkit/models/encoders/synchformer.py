@@ -44,6 +44,11 @@ def _trunc_normal_(tensor: torch.Tensor, std: float = 0.02) -> torch.Tensor:
     return nn.init.trunc_normal_(tensor, std=std, a=-2 * std, b=2 * std)
 
 
+def _vit_mlp(dim: int, mlp_ratio: float, dropout: float) -> FeedForward:
+    # Linear -> exact GELU -> Linear, dropout after each (timm `Mlp`, torch `TransformerEncoderLayer`)
+    return FeedForward(dim, inner_dim=int(dim * mlp_ratio), dropout=dropout, activation_fn="gelu", final_dropout=True)
+
+
 class SynchformerPatchEmbed(nn.Module):
     """Tubelet embedding: `(batch, channels, frames, height, width)` -> `(batch, time * patches, hidden)`.
 
@@ -68,7 +73,9 @@ class SynchformerDividedAttention(nn.Module):
     The CLS token attends to every token in both cases.
     """
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, dropout: float = 0.0, attention_dropout: float = 0.0):
+    def __init__(
+        self, dim: int, num_heads: int, qkv_bias: bool = True, dropout: float = 0.0, attention_dropout: float = 0.0
+    ):
         super().__init__()
         if dim % num_heads != 0:
             raise ValueError(f"`hidden_size` ({dim}) must be divisible by `num_attention_heads` ({num_heads}).")
@@ -144,7 +151,7 @@ class SynchformerDividedSpaceTimeBlock(nn.Module):
         self.spatial_norm = nn.LayerNorm(dim, eps=layer_norm_eps)
         self.spatial_attn = SynchformerDividedAttention(dim, num_heads, qkv_bias, dropout, attention_dropout)
         self.ff_norm = nn.LayerNorm(dim, eps=layer_norm_eps)
-        self.ff = FeedForward(dim, inner_dim=int(dim * mlp_ratio), dropout=dropout, activation_fn="gelu", final_dropout=True)
+        self.ff = _vit_mlp(dim, mlp_ratio, dropout)
 
     def forward(self, hidden_states: torch.Tensor, num_frames: int, num_patches: int) -> torch.Tensor:
         hidden_states = hidden_states + self.temporal_attn(
@@ -163,7 +170,15 @@ class SynchformerSpatialPooling(nn.Module):
     the result. Only the pool token's query is computed: its output does not depend on the patches' outputs.
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, layer_norm_eps: float, dropout: float, attention_dropout: float):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        layer_norm_eps: float,
+        dropout: float,
+        attention_dropout: float,
+    ):
         super().__init__()
         self.heads = num_heads
         self.attention_dropout = attention_dropout
@@ -175,7 +190,7 @@ class SynchformerSpatialPooling(nn.Module):
         self.attn.to_v = nn.Linear(dim, dim)
         self.attn.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(dropout)])
         self.norm2 = nn.LayerNorm(dim, eps=layer_norm_eps)
-        self.ff = FeedForward(dim, inner_dim=int(dim * mlp_ratio), dropout=dropout, activation_fn="gelu", final_dropout=True)
+        self.ff = _vit_mlp(dim, mlp_ratio, dropout)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         """`(batch, patches, dim)` -> `(batch, dim)`."""
@@ -250,7 +265,8 @@ class SynchformerEncoder(ModelMixin, ConfigMixin):
             raise ValueError(f"`image_size` ({image_size}) must be a multiple of `patch_size` ({patch_size}).")
         if segment_frames % temporal_patch_size != 0:
             raise ValueError(
-                f"`segment_frames` ({segment_frames}) must be a multiple of `temporal_patch_size` ({temporal_patch_size})."
+                f"`segment_frames` ({segment_frames}) must be a multiple of "
+                f"`temporal_patch_size` ({temporal_patch_size})."
             )
         if segment_stride <= 0:
             raise ValueError(f"`segment_stride` must be positive, got {segment_stride}.")
@@ -297,10 +313,12 @@ class SynchformerEncoder(ModelMixin, ConfigMixin):
         return 0 if num_frames < segment_frames else (num_frames - segment_frames) // stride + 1
 
     def encode_segments(self, segments: torch.Tensor) -> torch.Tensor:
-        """`(num_segments, channels, segment_frames, height, width)` -> `(num_segments, tokens_per_segment, hidden)`."""
+        """`(segments, channels, segment_frames, height, width)` -> `(segments, tokens_per_segment, hidden_size)`."""
         num_frames, num_patches = self.tokens_per_segment, self.num_patches
         hidden_states = self.patch_embed(segments)  # (n, time * patches, hidden), time-major
-        position = self.pos_embed[:, 1:].repeat(1, num_frames, 1) + self.temporal_embed.repeat_interleave(num_patches, dim=1)
+        spatial = self.pos_embed[:, 1:].repeat(1, num_frames, 1)  # patch s of every time step
+        temporal = self.temporal_embed.repeat_interleave(num_patches, dim=1)  # time step t of every patch
+        position = spatial + temporal
         hidden_states = hidden_states + position
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(hidden_states.shape[0], -1, -1)
         hidden_states = torch.cat([cls, hidden_states], dim=1)
@@ -333,21 +351,24 @@ class SynchformerEncoder(ModelMixin, ConfigMixin):
         config = self.config
         if not isinstance(frames, torch.Tensor):
             raise ValueError(f"`frames` must be a torch.Tensor, got {type(frames).__name__}.")
-        if frames.ndim != 5 or frames.shape[2] != config.in_channels or frames.shape[-2:] != (config.image_size, config.image_size):
+        expected = (config.in_channels, config.image_size, config.image_size)
+        if frames.ndim != 5 or tuple(frames.shape[2:]) != expected:
             raise ValueError(
-                f"`frames` must have shape (batch, frames, {config.in_channels}, {config.image_size}, {config.image_size}), "
+                f"`frames` must have shape (batch, frames, {', '.join(map(str, expected))}), "
                 f"got {tuple(frames.shape)}."
             )
         if not frames.is_floating_point():
             raise ValueError(
-                f"`frames` must be float frames normalised to [-1, 1] (see `preprocess_sync_frames`), got {frames.dtype}."
+                f"`frames` must be float frames normalised to [-1, 1] (see `preprocess_sync_frames`), "
+                f"got {frames.dtype}."
             )
         batch, num_frames = frames.shape[:2]
         num_segments = self.num_segments(num_frames)
         if num_segments == 0:
             raise ValueError(
                 f"`frames` has {num_frames} frames; Synchformer needs at least {config.segment_frames} "
-                f"({config.segment_frames / 25:.2f} s at 25 fps). `load_video` pads short clips by repeating the last frame."
+                f"({config.segment_frames / 25:.2f} s at 25 fps). `load_video` pads short clips by repeating "
+                "the last frame."
             )
         if segment_batch_size is not None and segment_batch_size <= 0:
             raise ValueError(f"`segment_batch_size` must be a positive integer or None, got {segment_batch_size}.")
