@@ -80,16 +80,20 @@ def run(args) -> int:
         pipe.load_lora_weights(args.lora)
 
     start = time.perf_counter()
-    output = pipe(
-        video=args.video,
-        prompt=args.prompt,
-        negative_prompt=args.negative_prompt,
-        duration=args.duration,
-        num_inference_steps=args.steps,
-        guidance_scale=args.guidance,
-        generator=torch.Generator(device="cpu").manual_seed(args.seed),
-        output_type="np",
-    )
+    try:
+        output = pipe(
+            video=args.video,
+            prompt=args.prompt,
+            negative_prompt=args.negative_prompt,
+            duration=args.duration,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            generator=torch.Generator(device="cpu").manual_seed(args.seed),
+            output_type="np",
+        )
+    except (ValueError, FileNotFoundError) as error:  # bad input (not a video, duration too long, ...)
+        print(f"foley-toolkit generate: error: {error}", file=sys.stderr)
+        return 2
     audio = output.audios[0]  # (channels, samples)
     elapsed = time.perf_counter() - start
 

@@ -33,9 +33,9 @@ from ...models.vocoder import build_vocoder
 # Two upsampling stages whose product is the mel hop (512): the cheapest vocoder that keeps the real geometry.
 TINY_VOCODER_CONFIG = {
     "num_mels": 128,
-    "upsample_initial_channel": 16,
-    "upsample_rates": [16, 32],
-    "upsample_kernel_sizes": [32, 64],
+    "upsample_initial_channel": 8,
+    "upsample_rates": [32, 16],
+    "upsample_kernel_sizes": [64, 32],
     "resblock_kernel_sizes": [3],
     "resblock_dilation_sizes": [[1]],
 }
