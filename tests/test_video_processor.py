@@ -351,3 +351,24 @@ def test_write_errors_name_the_argument(tmp_path):
         write_video_with_audio(tmp_path / "missing.mp4", np.zeros(10), 44100, tmp_path / "out.mp4")
     with pytest.raises(ValueError, match="`fps`"):
         write_video_with_audio(np.zeros((5, 48, 64, 3), np.uint8), np.zeros(10), 44100, tmp_path / "out.mp4")
+
+
+def test_late_start_time_seeks_to_the_same_frames(tmp_path):
+    # keyframes every 12 frames: a start at 7.3 s seeks to the keyframe before it and decodes from there
+    path = tmp_path / "gop.mp4"
+    with av.open(str(path), "w") as output:
+        stream = output.add_stream("libx264", rate=24, options={"g": "12", "keyint_min": "12"})
+        stream.width, stream.height, stream.pix_fmt = _WIDTH, _HEIGHT, "yuv420p"
+        for index in range(24 * 10):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(_index_frame(index), format="rgb24")):
+                output.mux(packet)
+        for packet in stream.encode():
+            output.mux(packet)
+    reference = load_video(_decode_rgb(path), fps=24, start_time=7.3, duration=2.0)  # arrays: no seeking
+    seeked = load_video(path, start_time=7.3, duration=2.0)
+    assert seeked.duration == pytest.approx(2.0)
+    assert torch.equal(seeked.sync_frames, reference.sync_frames)
+    assert torch.equal(seeked.clip_frames, reference.clip_frames)
+    assert _read_index(seeked.sync_frames[0]) == math.floor(7.3 * 24)
+    tail = load_video(path, start_time=9.5)  # to the end: the full duration is still measured
+    assert tail.duration == pytest.approx(0.5)

@@ -11,13 +11,13 @@ every target frame is chosen by its timestamp, never by counting source frames.
 
 Conventions (documented choices):
 
-* **Timestamps.** Time 0 is the presentation time of the first decoded frame. Frame ``i`` of a track at
+* **Timestamps.** Time 0 is the start of the video stream (normally its first frame). Frame ``i`` of a track at
   ``rate`` fps is the source frame on screen at ``start_time + i / rate``: the last source frame whose
   presentation time is ``<= start_time + i / rate`` (exact rational arithmetic on the container's pts).
 * **Duration.** The video's duration is measured from its frames: last frame's presentation time plus its
   display duration (the container's frame duration, else the last frame interval, else ``1 / average_rate``),
   minus ``start_time``. It is never cut silently; ``duration=`` (exact cut) and ``max_duration=`` (cap) cut
-  explicitly.
+  explicitly. A late ``start_time`` seeks to the keyframe before it instead of decoding from the start.
 * **Frame counts.** ``floor(duration * 8)`` CLIP frames and ``floor(duration * 25)`` sync frames, computed on
   the exact rational duration, so a 29-frame 25 fps clip gives 29 sync frames (``int(1.16 * 25)`` in floating
   point gives 28).
@@ -35,6 +35,7 @@ Conventions (documented choices):
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import os
 from dataclasses import dataclass
@@ -297,14 +298,6 @@ def _open_input(video, name: str = "video"):
     return container
 
 
-def _frame_time(frame: av.VideoFrame, index: int, rate: Optional[Fraction]) -> Optional[Fraction]:
-    if frame.pts is not None and frame.time_base is not None:
-        return frame.pts * frame.time_base  # exact rational seconds
-    if rate:
-        return Fraction(index) / rate
-    return None
-
-
 def _decode_frames(container, stream) -> Iterator[Optional[av.VideoFrame]]:
     """Frames of `stream` in presentation order; None for each packet the decoder rejects."""
     for packet in container.demux(stream):
@@ -314,6 +307,25 @@ def _decode_frames(container, stream) -> Iterator[Optional[av.VideoFrame]]:
             yield None
             continue
         yield from frames
+
+
+def _frames_after_seek(container, stream, time: Fraction) -> Optional[Iterator[Optional[av.VideoFrame]]]:
+    """Frames from the keyframe at or before `time` (seconds on the stream's clock), so that a late `start_time`
+    does not decode everything before it. None (and the container back at its start) when the seek is not exact
+    enough: a first frame after `time`, or no timestamps."""
+    try:
+        container.seek(math.floor(time / stream.time_base), stream=stream, backward=True, any_frame=False)
+    except av.FFmpegError:
+        return None  # not seekable: nothing was read yet, decode from the start
+    frames = _decode_frames(container, stream)
+    for frame in frames:
+        if frame is None:
+            continue
+        if frame.pts is not None and frame.time_base is not None and frame.pts * frame.time_base <= time:
+            return itertools.chain([frame], frames)
+        break
+    container.seek(stream.start_time, stream=stream, backward=True, any_frame=False)
+    return None
 
 
 def _decode(container, name: str, start_time: Fraction, duration, max_duration) -> VideoInput:
@@ -330,22 +342,34 @@ def _decode(container, name: str, start_time: Fraction, duration, max_duration) 
         end = min(end, start_time + max_duration) if end is not None else start_time + max_duration
     sampler = _TwoRateSampler(start=start_time, end=end)
 
-    first_time = last_time = previous_time = None
+    # time 0 = the stream's start (its first frame's timestamp); the first decoded frame's time without one
+    first_time = None
+    if stream.start_time is not None and stream.time_base is not None:
+        first_time = stream.start_time * stream.time_base
+    last_time = previous_time = None
     last_frame_duration = None
     skipped_packets = 0
     try:
+        frames = None
+        if start_time > 0 and first_time is not None:
+            frames = _frames_after_seek(container, stream, first_time + start_time)
+        if frames is None:
+            frames = _decode_frames(container, stream)
         index = 0
-        for frame in _decode_frames(container, stream):
+        for frame in frames:
             if frame is None:  # a corrupt packet: skipped, as FFmpeg's command line does
                 skipped_packets += 1
                 continue
-            time = _frame_time(frame, index, rate)
-            index += 1
-            if time is None:
+            if frame.pts is not None and frame.time_base is not None:
+                absolute = frame.pts * frame.time_base  # exact rational seconds
+                if first_time is None:
+                    first_time = absolute
+                time = absolute - first_time
+            elif rate:  # no timestamps (some raw streams): frames are evenly spaced
+                time = Fraction(index) / rate
+            else:
                 raise ValueError(f"`{name}`: frames carry no timestamps and the stream has no frame rate.")
-            if first_time is None:
-                first_time = time
-            time = time - first_time
+            index += 1
             if last_time is not None and time <= last_time:
                 continue
             previous_time, last_time = last_time, time
