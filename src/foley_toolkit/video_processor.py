@@ -21,9 +21,10 @@ Conventions (documented choices):
 * **Frame counts.** ``floor(duration * 8)`` CLIP frames and ``floor(duration * 25)`` sync frames, computed on
   the exact rational duration, so a 29-frame 25 fps clip gives 29 sync frames (``int(1.16 * 25)`` in floating
   point gives 28).
-* **Short clips.** Synchformer needs one full 16-frame segment (0.64 s): shorter clips get their sync track
-  padded to 16 frames by repeating the last frame; clips shorter than 1/8 s get one CLIP frame. Padding is
-  the only case where a track is longer than ``floor(duration * rate)``.
+* **Short clips.** Synchformer needs one full 16-frame segment (0.64 s): a shorter clip's sync track is
+  padded to 16 frames (the timestamp rule continues up to the clip's end, then the video's last frame is
+  repeated); clips shorter than 1/8 s get one CLIP frame. Padding is the only case where a track is longer
+  than ``floor(duration * rate)``.
 * **Sizes.** Sync frames: resize the short side to 224 px (bicubic, aspect kept), then centre crop 224x224,
   as Synchformer was trained. CLIP frames: resized directly to 224x224 (bicubic, aspect not kept, whole field
   of view, as MMAudio feeds its CLIP encoder); this keeps them small in memory (147 KB each) and ready for
