@@ -497,3 +497,45 @@ def test_lora_missing_file(tmp_path):
         pipe.load_lora_weights(tmp_path)
     with pytest.raises(FileNotFoundError, match="no LoRA directory"):
         pipe.load_lora_weights(tmp_path / "missing")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Examples
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def load_example(name):
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "examples", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"example_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_examples_run_with_tiny_components(tmp_path, short_video):
+    import av
+    import soundfile as sf
+
+    generate = load_example("generate")
+    out = tmp_path / "foley.mp4"
+    generate.main(generate.parse_args(["--tiny", "--video", str(short_video), "--steps", "1", "--out", str(out)]))
+    with av.open(str(out)) as container:
+        assert [s.type for s in container.streams] == ["video", "audio"]
+
+    custom = load_example("custom_pipeline")
+    out = tmp_path / "rain.wav"
+    custom.main(custom.parse_args(["--tiny", "--steps", "2", "--duration", "0.5", "--out", str(out)]))
+    assert sf.info(out).frames == round(0.5 * SAMPLE_RATE)
+
+    pipe = custom.TextToFoleyPipeline(
+        **{k: v for k, v in get_dummy_components().items() if k not in ("vision_encoder", "sync_encoder", "mono2stereo")}
+    )
+    pipe.set_progress_bar_config(disable=True)
+    pipe.save_pretrained(tmp_path / "custom")
+    reloaded = custom.TextToFoleyPipeline.from_pretrained(tmp_path / "custom")
+    reloaded.set_progress_bar_config(disable=True)
+    first = pipe("rain", 0.5, num_inference_steps=1, generator=generator(0))
+    second = reloaded("rain", 0.5, num_inference_steps=1, generator=generator(0))
+    torch.testing.assert_close(first, second)

@@ -132,6 +132,7 @@ def make_test_video(
     import av
 
     path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     width, height = size
     rate = Fraction(fps).limit_denominator(1000)
     for ntsc in (Fraction(24000, 1001), Fraction(30000, 1001), Fraction(60000, 1001)):
