@@ -94,7 +94,7 @@ def test_metrics_order_degradations(reference):
 def test_inputs_lengths_and_errors(reference):
     tensor = torch.from_numpy(reference).float()
     # Tensors, (1, N) shapes and unequal lengths (cropped to the shorter) are accepted.
-    metrics = compute_codec_metrics(tensor[None], tensor[: 40000], metrics=["si_sdr", "lsd"])
+    metrics = compute_codec_metrics(tensor[None], tensor[:40000], metrics=["si_sdr", "lsd"])
     assert set(metrics) == {"si_sdr", "lsd"} and metrics["lsd"] == 0
     with pytest.raises(ValueError, match="Unknown codec metrics"):
         compute_codec_metrics(reference, reference, metrics=["fad"])

@@ -33,7 +33,9 @@ def test_bigvgan_v2_44khz_512x_config():
     assert 122e6 < sum(p.numel() for p in vocoder.parameters()) < 122.5e6  # BigVGAN-v2 44 kHz: 122M
     assert math.prod(tiny_vocoder_config()["upsample_rates"]) == 512
     with pytest.raises(ValueError, match="multiply to 256"):
-        validate_vocoder_config({**config, "upsample_rates": [4, 4, 2, 2, 2, 2], "upsample_kernel_sizes": [8, 8, 4, 4, 4, 4]})
+        validate_vocoder_config(
+            {**config, "upsample_rates": [4, 4, 2, 2, 2, 2], "upsample_kernel_sizes": [8, 8, 4, 4, 4, 4]}
+        )
     with pytest.raises(ValueError, match="num_mels"):
         validate_vocoder_config({**config, "num_mels": 100})
 
@@ -79,7 +81,10 @@ def test_eval_codec_cli(tmp_path, tiny_model_dir, capsys):
     audio_dir = tmp_path / "audio"
     write_recordings(audio_dir)
     out_json = tmp_path / "report" / "codec.json"
-    assert main(["eval-codec", "--model", str(tiny_model_dir), "--audio-dir", str(audio_dir), "--json", str(out_json)]) == 0
+    assert (
+        main(["eval-codec", "--model", str(tiny_model_dir), "--audio-dir", str(audio_dir), "--json", str(out_json)])
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "MelVAE + vocoder" in printed and "si_sdr ↑" in printed and "mcd ↓" in printed
     report = json.loads(out_json.read_text())
@@ -114,8 +119,19 @@ def test_eval_codec_vocoder_only_and_errors(tmp_path, tiny_model_dir, capsys):
     vocoder_dir = tmp_path / "vocoder_model"
     build_vocoder(tiny_vocoder_config()).save_pretrained(vocoder_dir / "vocoder")  # no vae/ needed
     code = main(
-        ["eval-codec", "--model", str(vocoder_dir), "--audio-dir", str(audio_dir), "--vocoder-only", "--max-files", "2",
-         "--metrics", "sdr", "lsd"]
+        [
+            "eval-codec",
+            "--model",
+            str(vocoder_dir),
+            "--audio-dir",
+            str(audio_dir),
+            "--vocoder-only",
+            "--max-files",
+            "2",
+            "--metrics",
+            "sdr",
+            "lsd",
+        ]
     )
     assert code == 0
     printed = capsys.readouterr().out

@@ -42,7 +42,9 @@ def test_default_config_is_the_papers_32_conv_encoder():
         vae = MelVAE()
     encoder_convs = [m for m in [*vae.encoder.modules(), vae.quant_conv] if isinstance(m, torch.nn.Conv1d)]
     decoder_convs = [
-        m for m in [vae.post_quant_conv, *vae.decoder.modules()] if isinstance(m, (torch.nn.Conv1d, torch.nn.ConvTranspose1d))
+        m
+        for m in [vae.post_quant_conv, *vae.decoder.modules()]
+        if isinstance(m, (torch.nn.Conv1d, torch.nn.ConvTranspose1d))
     ]
     assert len(encoder_convs) == 32 and len(decoder_convs) == 32
     assert vae.config.latent_channels == 40 and vae.config.mel_bins == 128
@@ -97,7 +99,9 @@ def test_kl_is_correct_for_3d_latents():
     per_element = expected / 35
     assert torch.allclose(margin_kl_loss(posterior, margin=0.0), per_element.mean(), atol=1e-6)
     delta = float(per_element.median())
-    assert torch.allclose(margin_kl_loss(posterior, margin=delta), (per_element - delta).clamp_min(0).mean(), atol=1e-6)
+    assert torch.allclose(
+        margin_kl_loss(posterior, margin=delta), (per_element - delta).clamp_min(0).mean(), atol=1e-6
+    )
     assert margin_kl_loss(posterior, margin=float(per_element.max()) + 1) == 0
     assert torch.allclose(margin_kl_loss(expected, margin=1.0, per_element=False), (expected - 1).clamp_min(0).mean())
 
@@ -106,11 +110,15 @@ def test_latent_normalisation_and_save_load_round_trip(tmp_path):
     vae = tiny_vae(scaling_factor=0.5)
     latents = torch.randn(2, 8, 20) * 3 + 1
     mean, std = latent_statistics([latents[:1], latents[1:]])
-    assert torch.allclose(torch.tensor(mean, dtype=torch.float64), latents.transpose(0, 1).reshape(8, -1).mean(1).double(), atol=1e-5)
+    assert torch.allclose(
+        torch.tensor(mean, dtype=torch.float64), latents.transpose(0, 1).reshape(8, -1).mean(1).double(), atol=1e-5
+    )
     vae.set_latent_statistics(mean, std)
     normalized = vae.normalize_latents(latents)
     # Standardised per channel, then scaled by 0.5.
-    assert torch.allclose(normalized.transpose(0, 1).reshape(8, -1).std(1, unbiased=False), torch.full((8,), 0.5), atol=1e-4)
+    assert torch.allclose(
+        normalized.transpose(0, 1).reshape(8, -1).std(1, unbiased=False), torch.full((8,), 0.5), atol=1e-4
+    )
     assert torch.allclose(vae.denormalize_latents(normalized), latents, atol=1e-5)
 
     vae.save_pretrained(tmp_path / "vae")
@@ -166,7 +174,9 @@ def test_tiny_vae_overfits_one_clip():
     torch.manual_seed(0)
     sample_rate, num_samples = 44100, 22050
     t = torch.arange(num_samples) / sample_rate
-    clip = 0.3 * torch.sin(2 * math.pi * 440 * t) * torch.exp(-3 * t) + 0.2 * torch.sin(2 * math.pi * (200 + 1000 * t) * t)
+    clip = 0.3 * torch.sin(2 * math.pi * 440 * t) * torch.exp(-3 * t) + 0.2 * torch.sin(
+        2 * math.pi * (200 + 1000 * t) * t
+    )
     clip = clip + 0.05 * torch.randn(num_samples) * (t > 0.25)
     vae = tiny_vae().train()
     mel = vae.mel_spectrogram(clip[None])
@@ -209,7 +219,9 @@ def test_mel_mse_crops_the_even_decoder_output():
 def test_algorithm_2_weights(step, expected):
     weights = codec_loss_weights(step, stage1_end=100, stage2_end=300, stage3_end=1000, kl_upper=0.5, gan_upper=0.1)
     assert weights.stage == expected.stage and weights.freeze_encoder == expected.freeze_encoder
-    assert weights.kl == pytest.approx(expected.kl, abs=1e-12) and weights.gan == pytest.approx(expected.gan, abs=1e-12)
+    assert weights.kl == pytest.approx(expected.kl, abs=1e-12) and weights.gan == pytest.approx(
+        expected.gan, abs=1e-12
+    )
     assert weights.mse == 1.0
 
 
@@ -240,11 +252,7 @@ def test_discriminator_and_gan_losses():
     assert hinge_discriminator_loss(real, fake).item() == pytest.approx((0 + 0.5) / 2 + (0 + 1) / 2)
     assert generator_adversarial_loss(fake).item() == pytest.approx(1.0)
     assert hinge_discriminator_loss(output, output).item() == pytest.approx(
-        sum(
-            (torch.relu(1 - lg).mean() + torch.relu(1 + lg).mean()).item()
-            for lg in output.logits
-        )
-        / 2,
+        sum((torch.relu(1 - lg).mean() + torch.relu(1 + lg).mean()).item() for lg in output.logits) / 2,
         rel=1e-5,
     )
     assert feature_matching_loss(output, output).item() == 0

@@ -1,4 +1,4 @@
-"""Mono2Stereo: identity at initialisation, shapes/errors, save/load, and learning a pan direction from video features."""
+"""Mono2Stereo: identity at initialisation, shapes/errors, save/load, learning a pan direction from video features."""
 
 import math
 
@@ -72,7 +72,9 @@ def panned_noise(count: int, direction: torch.Tensor, generator: torch.Generator
     angle = (pan + 1) * math.pi / 4
     stereo = torch.stack([noise * torch.cos(angle), noise * torch.sin(angle)], dim=1)
     video_pan = start[:, None] * (1 - 2 * torch.linspace(0, 1, VIDEO_FRAMES))
-    features = video_pan[..., None] * direction + 0.1 * torch.randn(count, VIDEO_FRAMES, VIDEO_DIM, generator=generator)
+    features = video_pan[..., None] * direction + 0.1 * torch.randn(
+        count, VIDEO_FRAMES, VIDEO_DIM, generator=generator
+    )
     return stereo, features, start
 
 

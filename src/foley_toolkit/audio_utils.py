@@ -159,7 +159,10 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, mono: bo
 
 
 def save_audio(
-    path: str | os.PathLike, audio: torch.Tensor | np.ndarray, sample_rate: int = SAMPLE_RATE, subtype: str | None = None
+    path: str | os.PathLike,
+    audio: torch.Tensor | np.ndarray,
+    sample_rate: int = SAMPLE_RATE,
+    subtype: str | None = None,
 ) -> str:
     r"""
     Write a waveform with soundfile (format from the extension: wav, flac, ogg).

@@ -29,14 +29,23 @@ def register(subparsers) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", required=True, help="Folder with `vae/` and `vocoder/` subfolders (diffusers layout).")
+    parser.add_argument(
+        "--model", required=True, help="Folder with `vae/` and `vocoder/` subfolders (diffusers layout)."
+    )
     parser.add_argument("--audio-dir", required=True, help="Folder of recordings (searched recursively).")
     parser.add_argument("--vocoder-only", action="store_true", help="Skip the MelVAE: mel -> vocoder -> waveform.")
     parser.add_argument(
-        "--max-files", type=int, default=None, help="Evaluate at most this many files (sorted by path; too-short files do not count)."
+        "--max-files",
+        type=int,
+        default=None,
+        help="Evaluate at most this many files (sorted by path; too-short files do not count).",
     )
-    parser.add_argument("--max-seconds", type=float, default=None, help="Crop every file to at most this many seconds.")
-    parser.add_argument("--json", dest="json_out", default=None, help="Write per-file and mean metrics to this JSON file.")
+    parser.add_argument(
+        "--max-seconds", type=float, default=None, help="Crop every file to at most this many seconds."
+    )
+    parser.add_argument(
+        "--json", dest="json_out", default=None, help="Write per-file and mean metrics to this JSON file."
+    )
     parser.add_argument("--metrics", nargs="+", default=None, help="Subset of metrics (default: all).")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu).")
     parser.add_argument("--per-file", action="store_true", help="Also print one table row per file.")

@@ -2,15 +2,16 @@
 
 All metrics compare a reference waveform with its reconstruction (same sample rate, time-aligned, mono):
 
-| metric | definition | better |
-|---|---|---|
-| `pesq` | wideband PESQ (ITU-T P.862.2, `pesq` package) after resampling both to 16 kHz; NaN when PESQ finds no speech | higher |
-| `si_sdr` | scale-invariant SDR in dB, zero-mean signals (Le Roux et al. 2019) | higher |
-| `sdr` | `10 log10(|s|^2 / |s - s_hat|^2)` in dB (no distortion filter allowed) | higher |
-| `lsd` | mean over frames of `sqrt(mean_f (log10 P - log10 P_hat)^2)`, power STFT 2048/512 | lower |
-| `mcd` | `10 / ln 10 * sqrt(2 * sum_{d=1..13} (c_d - c_hat_d)^2)` per frame, mean; `c` = DCT-II (ortho) of the log-mel | lower |
-| `mel_loss` | mean L1 distance of the codec's log-mels (`LogMelSpectrogram`) | lower |
-| `stft_loss` | multi-resolution STFT loss: mean over (2048/512, 1024/256, 512/128) of spectral convergence + L1 log magnitude | lower |
+- `pesq` (higher is better): wideband PESQ (ITU-T P.862.2, `pesq` package) after resampling both to 16 kHz;
+  NaN when PESQ finds no speech.
+- `si_sdr` (higher): scale-invariant SDR in dB on zero-mean signals (Le Roux et al. 2019).
+- `sdr` (higher): `10 log10(|s|^2 / |s - s_hat|^2)` in dB (no distortion filter allowed).
+- `lsd` (lower): mean over frames of `sqrt(mean_f (log10 P - log10 P_hat)^2)`, power STFT 2048/512.
+- `mcd` (lower): `10 / ln 10 * sqrt(2 * sum_{d=1..13} (c_d - c_hat_d)^2)` per frame, averaged; `c` is the
+  DCT-II (ortho) of the codec's log-mel, no DTW (reconstructions are time-aligned).
+- `mel_loss` (lower): mean L1 distance of the codec's log-mels (`LogMelSpectrogram`).
+- `stft_loss` (lower): multi-resolution STFT loss, the mean over (2048/512, 1024/256, 512/128) of spectral
+  convergence + L1 log magnitude.
 """
 
 from __future__ import annotations
@@ -50,7 +51,9 @@ def _as_1d_float64(signal: np.ndarray | torch.Tensor, name: str) -> torch.Tensor
     if signal.ndim == 2 and signal.shape[0] == 1:
         signal = signal[0]
     if signal.ndim != 1:
-        raise ValueError(f"`{name}` must be a mono waveform (num_samples,) or (1, num_samples), got {tuple(signal.shape)}.")
+        raise ValueError(
+            f"`{name}` must be a mono waveform (num_samples,) or (1, num_samples), got {tuple(signal.shape)}."
+        )
     return signal
 
 
@@ -98,7 +101,7 @@ def _stft_magnitude(signal: torch.Tensor, n_fft: int, hop_length: int) -> torch.
 
 
 def log_spectral_distance(reference, estimate, n_fft: int = 2048, hop_length: int = 512, eps: float = 1e-10) -> float:
-    """LSD: per frame, the RMS over frequency of `log10(|X|^2 + eps) - log10(|X_hat|^2 + eps)`, averaged over frames."""
+    """LSD: per frame, the RMS over frequency of `log10(|X|^2 + eps) - log10(|X_hat|^2 + eps)`; mean over frames."""
     reference, estimate = _aligned(reference, estimate)
     log_ref = torch.log10(_stft_magnitude(reference, n_fft, hop_length).pow(2) + eps)
     log_est = torch.log10(_stft_magnitude(estimate, n_fft, hop_length).pow(2) + eps)
@@ -129,9 +132,7 @@ def _dct_matrix(num_bands: int, num_coefficients: int) -> torch.Tensor:
     return basis
 
 
-def mel_cepstral_distortion(
-    reference, estimate, sample_rate: int = SAMPLE_RATE, num_coefficients: int = 13
-) -> float:
+def mel_cepstral_distortion(reference, estimate, sample_rate: int = SAMPLE_RATE, num_coefficients: int = 13) -> float:
     """MCD in dB between time-aligned signals (no DTW): cepstra `c = DCT-II(log-mel)` of the codec's log-mel,
     coefficients 1..`num_coefficients` (c0, the energy, excluded), `10/ln10 * sqrt(2 * sum (c_d - c_hat_d)^2)` per
     frame, averaged over frames."""

@@ -163,7 +163,9 @@ def stereo_mel_targets(
         `(mono_mel, left_mel, right_mel)`, each `(batch, mel_bins, frames)`.
     """
     if stereo_waveform.ndim != 3 or stereo_waveform.shape[1] != 2:
-        raise ValueError(f"`stereo_waveform` must have shape (batch, 2, num_samples), got {tuple(stereo_waveform.shape)}.")
+        raise ValueError(
+            f"`stereo_waveform` must have shape (batch, 2, num_samples), got {tuple(stereo_waveform.shape)}."
+        )
     mono = stereo_waveform.mean(dim=1)
     mels = mel_transform(torch.cat([mono.unsqueeze(1), stereo_waveform], dim=1))  # (B, 3, mel_bins, T)
     return mels[:, 0], mels[:, 1], mels[:, 2]

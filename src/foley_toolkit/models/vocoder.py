@@ -58,8 +58,8 @@ def validate_vocoder_config(config: dict[str, Any], hop_length: int = 512, num_m
     kernels = list(config.get("upsample_kernel_sizes", ()))
     if not rates or math.prod(rates) != hop_length:
         raise ValueError(
-            f"The vocoder's `upsample_rates` {rates} multiply to {math.prod(rates) if rates else 0}; they must multiply "
-            f"to the mel hop length {hop_length}."
+            f"The vocoder's `upsample_rates` {rates} multiply to {math.prod(rates) if rates else 0}; they must "
+            f"multiply to the mel hop length {hop_length}."
         )
     if len(kernels) != len(rates):
         raise ValueError(f"`upsample_kernel_sizes` {kernels} must have one entry per upsample rate {rates}.")
@@ -71,7 +71,9 @@ def validate_vocoder_config(config: dict[str, Any], hop_length: int = 512, num_m
 def build_vocoder(config: dict[str, Any] | None = None, hop_length: int = 512) -> MMAudioVocoder:
     """An untrained `MMAudioVocoder` from `config` (the full BigVGAN-v2 44 kHz 512x config if `None`), validated."""
     config = dict(bigvgan_v2_44khz_128band_512x_config() if config is None else config)
-    return MMAudioVocoder(**validate_vocoder_config(config, hop_length=hop_length, num_mels=config.get("num_mels", 128)))
+    return MMAudioVocoder(
+        **validate_vocoder_config(config, hop_length=hop_length, num_mels=config.get("num_mels", 128))
+    )
 
 
 def vocoder_hop_length(vocoder: MMAudioVocoder) -> int:
@@ -96,7 +98,9 @@ def vocode(vocoder: MMAudioVocoder, mel: torch.Tensor, num_samples: int | None =
     if mel.ndim == 3:
         mel = mel.unsqueeze(1)
     if mel.ndim != 4:
-        raise ValueError(f"`mel` must be (batch, num_mels, frames) or (batch, channels, num_mels, frames), got {tuple(mel.shape)}.")
+        raise ValueError(
+            f"`mel` must be (batch, num_mels, frames) or (batch, channels, num_mels, frames), got {tuple(mel.shape)}."
+        )
     batch, channels = mel.shape[:2]
     param = next(vocoder.parameters())
     waveform = vocoder(mel.reshape(batch * channels, *mel.shape[2:]).to(param.device, param.dtype)).sample

@@ -20,7 +20,6 @@ from diffusers.models.autoencoders.vae import AutoencoderMixin, DecoderOutput, D
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.utils.accelerate_utils import apply_forward_hook
 
-
 # ---------------------------------------------------------------------------------------------------------------
 # Mel front end
 # ---------------------------------------------------------------------------------------------------------------
@@ -202,7 +201,9 @@ class DiagonalGaussianDistribution1D(DiagonalGaussianDistribution):
         if other is None:
             terms = self.mean.pow(2) + self.var - 1.0 - self.logvar
         else:
-            terms = (self.mean - other.mean).pow(2) / other.var + self.var / other.var - 1.0 - self.logvar + other.logvar
+            terms = (
+                (self.mean - other.mean).pow(2) / other.var + self.var / other.var - 1.0 - self.logvar + other.logvar
+            )
         return 0.5 * terms.sum(dim=self._reduce_dims())
 
     def nll(self, sample: torch.Tensor, dims: list[int] | None = None) -> torch.Tensor:
@@ -355,7 +356,8 @@ class MelVAE(ModelMixin, AutoencoderMixin, ConfigMixin):
     Args:
         mel_bins (`int`, defaults to 128): Mel bands.
         latent_channels (`int`, defaults to 40): Latent channels.
-        block_out_channels (`tuple[int, int]`, defaults to `(384, 768)`): Widths at the mel rate and at the latent rate.
+        block_out_channels (`tuple[int, int]`, defaults to `(384, 768)`): Widths at the mel rate and at the latent
+            rate.
         layers_per_block (`int`, defaults to 7): Residual blocks (two convolutions each) per rate, in both encoder
             and decoder.
         kernel_size (`int`, defaults to 5): Temporal kernel of the residual convolutions (odd).
@@ -405,10 +407,14 @@ class MelVAE(ModelMixin, AutoencoderMixin, ConfigMixin):
 
         self.log_mel = LogMelSpectrogram(sample_rate, n_fft, hop_length, mel_bins, f_min, f_max)
         block_out_channels = tuple(block_out_channels)
-        self.encoder = MelEncoder1D(mel_bins, latent_channels, block_out_channels, layers_per_block, kernel_size, norm_eps)
+        self.encoder = MelEncoder1D(
+            mel_bins, latent_channels, block_out_channels, layers_per_block, kernel_size, norm_eps
+        )
         self.quant_conv = nn.Conv1d(2 * latent_channels, 2 * latent_channels, 1)
         self.post_quant_conv = nn.Conv1d(latent_channels, latent_channels, 1)
-        self.decoder = MelDecoder1D(mel_bins, latent_channels, block_out_channels, layers_per_block, kernel_size, norm_eps)
+        self.decoder = MelDecoder1D(
+            mel_bins, latent_channels, block_out_channels, layers_per_block, kernel_size, norm_eps
+        )
 
         # Chunked ("tiled") processing along time, off by default; see `enable_tiling`.
         self.use_tiling = False
@@ -526,11 +532,14 @@ class MelVAE(ModelMixin, AutoencoderMixin, ConfigMixin):
         """
         if waveform.ndim == 3:
             if waveform.shape[1] != 1:
-                raise ValueError(f"`waveform` must be mono (batch, 1, num_samples), got shape {tuple(waveform.shape)}.")
+                raise ValueError(
+                    f"`waveform` must be mono (batch, 1, num_samples), got shape {tuple(waveform.shape)}."
+                )
             waveform = waveform[:, 0]
         if waveform.ndim != 2:
             raise ValueError(
-                f"`waveform` must have shape (batch, num_samples) or (batch, 1, num_samples), got {tuple(waveform.shape)}."
+                "`waveform` must have shape (batch, num_samples) or (batch, 1, num_samples), got "
+                f"{tuple(waveform.shape)}."
             )
         return self.log_mel(waveform)
 
