@@ -8,6 +8,8 @@ import sys
 
 # Sub-command modules, in the order `foley-toolkit --help` lists them.
 COMMAND_MODULES: list[str] = [
+    "make_synthetic",
+    "eval_sync",
     "eval_codec",
     "generate",
 ]
