@@ -618,13 +618,14 @@ def run_training_loop(
     for epoch in range(first_epoch, num_epochs):
         if global_step >= max_train_steps:
             break
-        # The data order of an epoch is a function of (seed, epoch): resumed runs see the same batches.
-        for seeded in (batch_sampler, getattr(train_dataloader, "dataset", None)):
-            if hasattr(seeded, "set_epoch"):
-                seeded.set_epoch(epoch)
         epoch_dataloader = train_dataloader
         if epoch == first_epoch and resume_batches > 0:
             epoch_dataloader = accelerator.skip_first_batches(train_dataloader, resume_batches)
+        # The data order (and crops) of an epoch are a function of (seed, epoch): resumed runs see the same batches.
+        # accelerate's loaders re-apply their own epoch counter to the sampler when iterated: set it, then ours.
+        for seeded in (epoch_dataloader, batch_sampler, getattr(train_dataloader, "dataset", None)):
+            if hasattr(seeded, "set_epoch"):
+                seeded.set_epoch(epoch)
         for batch in epoch_dataloader:
             with accelerator.accumulate(*accumulate_models):
                 step_logs = training_step(batch, global_step)

@@ -331,19 +331,27 @@ def plan_items(
     for has_video in (True, False):
         pool = short[has_video]
         order = rng.permutation(len(pool)) if pool else []
+        queue = [pool[i] for i in order]
         group: list[ClipPiece] = []
         total = 0.0
-        for position, i in enumerate(order):
-            piece = pool[i]
+        while queue:
+            piece = queue.pop(0)
             take = min(piece.duration, segment_seconds - total)
             group.append(ClipPiece(piece.source_index, piece.start, take, offset=total))
             total += take
-            if total >= segment_seconds - eps or position == len(order) - 1:
+            if piece.duration - take > eps:
+                # The rest of a piece cut at the segment end opens the next segment.
+                queue.insert(0, ClipPiece(piece.source_index, piece.start + take, piece.duration - take))
+            if total >= segment_seconds - eps or not queue:
                 if total >= min_seconds:
                     captions = [sources[p.source_index].caption for p in group]
-                    kind = "concat" if len(group) > 1 else "clip"
+                    kind = "concat" if len(group) > 1 else "segment"
                     first = sources[group[0].source_index]
-                    item_id = f"concat-{'v' if has_video else 'a'}{len(items)}" if len(group) > 1 else first.id
+                    item_id = (
+                        f"concat-{'v' if has_video else 'a'}{len(items)}"
+                        if len(group) > 1
+                        else f"{first.id}@{group[0].start:g}"
+                    )
                     items.append(ClipItem(item_id, merge_captions(captions), group, total, has_video, kind=kind))
                 group, total = [], 0.0
 
