@@ -442,3 +442,33 @@ def pad_sequences(
     mask = torch.arange(max_length)[None, :] < torch.tensor(lengths)[:, None]
     return torch.stack(padded), mask
 
+
+
+def multi_resolution_stft_loss(
+    prediction: torch.Tensor,
+    target: torch.Tensor,
+    resolutions: _Sequence[tuple[int, int, int]] = ((512, 128, 512), (1024, 256, 1024), (2048, 512, 2048)),
+) -> torch.Tensor:
+    r"""
+    Multi-resolution STFT loss for waveform generators (Parallel WaveGAN): spectral convergence plus L1 of log
+    magnitudes, averaged over `(n_fft, hop_length, win_length)` resolutions.
+
+    Args:
+        prediction, target (`torch.Tensor` of shape `(batch, num_samples)` or `(batch, 1, num_samples)`).
+    """
+    if prediction.shape != target.shape:
+        raise ValueError(f"`prediction` shape {tuple(prediction.shape)} != `target` shape {tuple(target.shape)}.")
+    prediction = prediction.reshape(-1, prediction.shape[-1]).float()
+    target = target.reshape(-1, target.shape[-1]).float()
+    losses = []
+    for n_fft, hop_length, win_length in resolutions:
+        window = torch.hann_window(win_length, device=prediction.device)
+        magnitudes = []
+        for waveform in (prediction, target):
+            spectrum = torch.stft(waveform, n_fft, hop_length, win_length, window, return_complex=True)
+            magnitudes.append(torch.sqrt(spectrum.real.pow(2) + spectrum.imag.pow(2) + 1e-7))
+        predicted, reference = magnitudes
+        spectral_convergence = torch.linalg.norm(reference - predicted) / torch.linalg.norm(reference).clamp_min(1e-7)
+        log_magnitude = F.l1_loss(torch.log(predicted), torch.log(reference))
+        losses.append(spectral_convergence + log_magnitude)
+    return torch.stack(losses).mean()
