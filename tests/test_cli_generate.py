@@ -4,6 +4,7 @@ import av
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from foley_toolkit import KlingFoleyPipeline
 from foley_toolkit.cli import main
@@ -13,6 +14,15 @@ from utils import get_dummy_components, make_test_video
 
 SAMPLE_RATE = 44100
 
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny models: on a shared 2-core machine, thread hand-offs cost more than the work (5-20x slower with 2).
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):

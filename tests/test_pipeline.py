@@ -37,6 +37,15 @@ def generator(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny models: on a shared 2-core machine, thread hand-offs cost more than the work (5-20x slower with 2).
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
 @pytest.fixture(scope="module")
 def video_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("videos")
