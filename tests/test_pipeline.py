@@ -208,6 +208,14 @@ def test_encode_helpers(pipe, short_video):
     assert clip.shape == (2, lengths["clip_frames"], pipe.vision_encoder.config.projection_dim)
     assert sync.shape == (2, lengths["sync_tokens"], pipe.sync_encoder.config.hidden_size)
     torch.testing.assert_close(clip[0], clip[1])
+    # Encoding in small chunks (bounded memory for long videos) gives the same features.
+    pipe.vision_batch_size, pipe.sync_segment_batch_size = 3, 1
+    try:
+        chunked_clip, chunked_sync, _ = pipe.encode_video([short_video, short_video])
+    finally:
+        del pipe.vision_batch_size, pipe.sync_segment_batch_size
+    torch.testing.assert_close(chunked_clip, clip)
+    torch.testing.assert_close(chunked_sync, sync)
 
     embeds, mask, negative, negative_mask = pipe.encode_prompt(
         ["a", "bb"], num_waveforms_per_prompt=2, do_classifier_free_guidance=True, negative_prompt="music"

@@ -75,7 +75,7 @@ def run(args) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)
-    pipe = KlingFoleyPipeline.from_pretrained(args.model, torch_dtype=dtype).to(device)
+    pipe = KlingFoleyPipeline.from_pretrained(args.model, dtype=dtype).to(device)
     if args.lora:
         pipe.load_lora_weights(args.lora)
 

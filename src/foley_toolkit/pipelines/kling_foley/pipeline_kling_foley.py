@@ -23,7 +23,13 @@ from ...models.autoencoders.autoencoder_mel_vae import MelVAE
 from ...models.encoders.synchformer import SynchformerEncoder
 from ...models.mono2stereo import Mono2Stereo
 from ...models.transformers.transformer_foley_mmdit import FoleyMMDiTConditions, FoleyMMDiTTransformer
-from ...video_processor import VideoInput, load_video, preprocess_clip_frames, preprocess_sync_frames
+from ...video_processor import (
+    SYNC_IMAGE_SIZE,
+    VideoInput,
+    load_video,
+    preprocess_clip_frames,
+    preprocess_sync_frames,
+)
 from .lora import KlingFoleyLoraLoaderMixin
 from .pipeline_output import KlingFoleyPipelineOutput
 
@@ -104,8 +110,9 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
     max_duration_seconds: float = 600.0
     # How much longer than the video a requested `duration` may be (float round-off of frame counts).
     duration_tolerance_seconds: float = 1e-3
-    # CLIP frames per vision-encoder forward.
+    # CLIP frames per vision-encoder forward, and Synchformer segments per forward (bounds memory on long videos).
     vision_batch_size: int = 64
+    sync_segment_batch_size: int = 32
     output_types = ("np", "pt", "latent", "mel")
 
     def __init__(
@@ -145,7 +152,7 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
         A Hub id is fetched with `huggingface_hub.snapshot_download` first (diffusers cannot resolve a pipeline class
         that lives outside diffusers from the Hub on its own), then loaded like a local directory. Components passed
         as keyword arguments (e.g. `scheduler=FlowMatchHeunDiscreteScheduler(...)`, `mono2stereo=None`) replace the
-        saved ones; other keyword arguments (`torch_dtype`, ...) go to [`DiffusionPipeline.from_pretrained`].
+        saved ones; other keyword arguments (`dtype`, ...) go to [`DiffusionPipeline.from_pretrained`].
         """
         path = os.fspath(pretrained_model_name_or_path)
         if not os.path.isdir(path):
@@ -171,7 +178,9 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
                 f"`pretrained_model_name_or_path`: {path!r} has no `model_index.json`; save a pipeline there with "
                 "`save_pretrained` first."
             )
-        return super().from_pretrained(path, **kwargs)
+        pipe = super().from_pretrained(path, **kwargs)
+        pipe.register_to_config(_name_or_path=os.fspath(pretrained_model_name_or_path))
+        return pipe
 
     # ------------------------------------------------------------------------------------------------------------
     # Properties
@@ -317,9 +326,12 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
                 raise FileNotFoundError(f"{name}: no video file at {os.fspath(item)!r}.")
             try:
                 clip = load_video(item, fps=video_fps, max_duration=max_duration)
-            except (FileNotFoundError, TypeError) as error:
+            except (FileNotFoundError, ValueError) as error:
+                # `load_video` names its argument `video`; in a batch, say which one.
+                if len(videos) == 1:
+                    raise
                 raise type(error)(f"{name}: {error}") from error
-            except Exception as error:  # PyAV raises its own error types for files that are not videos
+            except Exception as error:  # anything else from the decoder: not a usable video
                 source = os.fspath(item) if isinstance(item, (str, os.PathLike)) else type(item).__name__
                 raise ValueError(f"{name}: could not decode {source!r} as a video ({error}).") from error
             if clip.clip_frames.shape[0] == 0 or clip.sync_frames.shape[0] == 0 or not clip.duration > 0:
@@ -385,35 +397,47 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
         num_clip_frames = max(int(lengths["clip_frames"]), 1)
         num_sync_frames = max(int(lengths["sync_frames"]), SYNC_SEGMENT_FRAMES)
 
-        # CLIP: every frame of every clip in batches of `vision_batch_size`; frames are independent images.
+        # CLIP: the frames of all clips in batches of `vision_batch_size` (frames are independent images),
+        # normalised batch by batch so that long videos never hold all frames in float.
         image_size = getattr(self.vision_encoder.config, "image_size", 224)
-        pixel_values = torch.cat(
-            [
-                preprocess_clip_frames(self._fit_frames(clip.clip_frames, num_clip_frames), image_size=image_size)
-                for clip in clips
-            ]
-        )
-        vision_dtype = self.vision_encoder.dtype
+        frames = torch.cat([self._fit_frames(clip.clip_frames, num_clip_frames) for clip in clips])
+        self._onload(self.vision_encoder)
         image_embeds = [
-            self.vision_encoder(pixel_values=chunk.to(device=device, dtype=vision_dtype)).image_embeds
-            for chunk in pixel_values.split(self.vision_batch_size)
+            self.vision_encoder(
+                pixel_values=preprocess_clip_frames(chunk, image_size=image_size, dtype=self.vision_encoder.dtype,
+                                                    device=device)  # fmt: skip
+            ).image_embeds
+            for chunk in frames.split(self.vision_batch_size)
         ]
         clip_features = torch.cat(image_embeds).view(len(clips), num_clip_frames, -1)
 
-        # Synchformer: (batch, frames, 3, 224, 224) at 25 fps.
-        sync_frames = torch.stack(
-            [preprocess_sync_frames(self._fit_frames(clip.sync_frames, num_sync_frames)) for clip in clips]
+        # Synchformer at 25 fps, clip by clip.
+        sync_features = torch.stack(
+            [self._encode_sync_frames(self._fit_frames(clip.sync_frames, num_sync_frames), device) for clip in clips]
         )
-        sync_size = getattr(self.sync_encoder.config, "image_size", sync_frames.shape[-1])
-        if sync_frames.shape[-1] != sync_size:
-            # Encoders configured for another resolution (tiny test models) see the same 224 px crop, resized.
-            sync_frames = F.interpolate(
-                sync_frames.flatten(0, 1), size=(sync_size, sync_size), mode="bilinear", antialias=True
-            ).unflatten(0, sync_frames.shape[:2])
-        sync_features = self.sync_encoder(sync_frames.to(device=device, dtype=self.sync_encoder.dtype))
-        if not isinstance(sync_features, torch.Tensor):
-            sync_features = sync_features[0]
         return clip_features, sync_features, duration
+
+    def _encode_sync_frames(self, frames: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """uint8 frames `(frames, 3, H, W)` at 25 fps -> Synchformer tokens `(segments * 8, sync_dim)`.
+
+        Segments (16 frames, stride 8) are encoded `sync_segment_batch_size` at a time from the frames they cover,
+        which equals encoding the whole clip at once but keeps only a window of frames in float.
+        """
+        config = self.sync_encoder.config
+        segment_frames, stride = config.segment_frames, config.segment_stride
+        image_size = getattr(config, "image_size", SYNC_IMAGE_SIZE)
+        num_segments = (frames.shape[0] - segment_frames) // stride + 1
+        self._onload(self.sync_encoder)
+        features = []
+        for first in range(0, num_segments, self.sync_segment_batch_size):
+            count = min(self.sync_segment_batch_size, num_segments - first)
+            window = frames[first * stride : first * stride + (count - 1) * stride + segment_frames]
+            window = preprocess_sync_frames(window, dtype=self.sync_encoder.dtype, device=device)
+            if window.shape[-1] != image_size:
+                # Encoders configured for another resolution (tiny test models) see the same 224 px crop, resized.
+                window = F.interpolate(window, size=(image_size, image_size), mode="bilinear", antialias=True)
+            features.append(self.sync_encoder(window.unsqueeze(0))[0])
+        return torch.cat(features)
 
     # ------------------------------------------------------------------------------------------------------------
     # Checks
@@ -713,12 +737,12 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
         timesteps = self._set_timesteps(num_inference_steps, device, latent_frames)
         self._num_timesteps = len(timesteps)
 
-        # 6. Initial noise
+        # 6. Initial noise. The scheduler integrates in float32 whatever the weights' dtype.
         latents = self.prepare_latents(
             total_batch,
             self.transformer.config.in_channels,
             latent_frames,
-            torch.float32 if transformer_dtype == torch.float32 else transformer_dtype,
+            torch.float32,
             device,
             generator,
             latents,
