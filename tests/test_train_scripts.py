@@ -241,8 +241,10 @@ def test_train_lora_file_holds_only_adapters_and_unloads_exactly(tmp_path, tiny_
     output = tmp_path / "lora"
     result = _run(
         train_lora,
-        _transformer_argv(tiny_pipeline_dir, feature_dir, output, 2, "--rank", 4, "--learning_rate", 1e-2),
+        _transformer_argv(tiny_pipeline_dir, feature_dir, output, 2, "--rank", 4, "--learning_rate", 1e-2,
+                          "--mixed_precision", "bf16", "--gradient_checkpointing"),  # frozen base in bf16
     )
+    assert all(h["loss"] > 0 for h in result["history"])
     lora_file = Path(result["lora_file"])
     assert lora_file == output / "pytorch_lora_weights.safetensors"
     with safe_open(str(lora_file), framework="pt") as f:
