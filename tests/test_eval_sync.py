@@ -19,7 +19,6 @@ from foley_toolkit.evaluation.sync_metrics import (
     stereo_balance,
 )
 
-
 SAMPLE_RATE = 44100
 
 
@@ -27,8 +26,25 @@ SAMPLE_RATE = 44100
 def synthetic_dir(tmp_path_factory):
     """Three short clips written through the CLI (seed 4 covers every class and 4 moving events)."""
     out = tmp_path_factory.mktemp("sync")
-    argv = ["make-synthetic", "--out", str(out), "--num-clips", "3", "--seed", "4", "--min-duration", "2",
-            "--max-duration", "3", "--fps-choices", "12,25,30", "--width", "64", "--height", "48"]
+    argv = [
+        "make-synthetic",
+        "--out",
+        str(out),
+        "--num-clips",
+        "3",
+        "--seed",
+        "4",
+        "--min-duration",
+        "2",
+        "--max-duration",
+        "3",
+        "--fps-choices",
+        "12,25,30",
+        "--width",
+        "64",
+        "--height",
+        "48",
+    ]
     assert cli_main(argv) == 0
     return out
 
@@ -91,12 +107,21 @@ def test_mp4_audio_scores_like_the_wav(synthetic_dir, ground_truth):
 
 def test_cli_prints_table_and_writes_json(synthetic_dir, tmp_path, capsys):
     out_json = tmp_path / "sync.json"
-    argv = ["eval-sync", "--audio-dir", str(synthetic_dir), "--events", str(synthetic_dir / "metadata.jsonl"),
-            "--tolerance-ms", "80", "--json", str(out_json)]
+    argv = [
+        "eval-sync",
+        "--audio-dir",
+        str(synthetic_dir),
+        "--events",
+        str(synthetic_dir / "metadata.jsonl"),
+        "--tolerance-ms",
+        "80",
+        "--json",
+        str(out_json),
+    ]
     assert cli_main(argv) == 0
     printed = capsys.readouterr().out
     assert "onset F1" in printed and "shuffled control F1" in printed
-    summary = json.loads(printed[printed.index("{"):])
+    summary = json.loads(printed[printed.index("{") :])
     written = json.loads(out_json.read_text())
     assert written["f1"] == summary["f1"] >= 0.95
     assert len(written["clips"]) == 3 and written["clips"][0]["name"] == "clip_00000.wav"

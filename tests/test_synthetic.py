@@ -19,7 +19,6 @@ from foley_toolkit.synthetic import (
     render_video,
 )
 
-
 SAMPLE_RATE = 44100
 AAC_FRAME = 1024
 
@@ -47,7 +46,14 @@ def test_generate_clip_is_deterministic():
 def test_dataset_is_deterministic_and_clips_regenerate_from_their_seed(dataset, tmp_path):
     out, records = dataset
     again = generate_dataset(
-        tmp_path, num_clips=3, seed=4, min_duration=2.0, max_duration=3.0, fps_choices=(12, 25, 30), width=64, height=48
+        tmp_path,
+        num_clips=3,
+        seed=4,
+        min_duration=2.0,
+        max_duration=3.0,
+        fps_choices=(12, 25, 30),
+        width=64,
+        height=48,
     )
     assert again == records
     assert (tmp_path / "metadata.jsonl").read_text() == (out / "metadata.jsonl").read_text()
@@ -56,7 +62,9 @@ def test_dataset_is_deterministic_and_clips_regenerate_from_their_seed(dataset, 
             assert (tmp_path / name).read_bytes() == (out / name).read_bytes()
     # The recorded per-clip seed regenerates the clip alone.
     assert records[1]["seed"] == clip_seed(4, 1)
-    clip = generate_clip(records[1]["seed"], min_duration=2.0, max_duration=3.0, fps_choices=(12, 25, 30), width=64, height=48)
+    clip = generate_clip(
+        records[1]["seed"], min_duration=2.0, max_duration=3.0, fps_choices=(12, 25, 30), width=64, height=48
+    )
     assert [e.to_dict() for e in clip.events] == records[1]["events"]
 
 

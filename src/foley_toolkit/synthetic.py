@@ -44,7 +44,6 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-
 SAMPLE_RATE = 44100
 DEFAULT_FPS_CHOICES: tuple[float, ...] = (12, 24, 25, 30, 60)
 
@@ -75,9 +74,7 @@ class EventClass:
 
 EVENT_CLASSES: dict[str, EventClass] = {
     "bounce": EventClass("bounce", True, "wooden knock", 0.5, "a red ball bounces", "a red ball bounces {count}"),
-    "collide": EventClass(
-        "collide", True, "metallic clang", 1.1, "two blocks collide", "two blocks collide {count}"
-    ),
+    "collide": EventClass("collide", True, "metallic clang", 1.1, "two blocks collide", "two blocks collide {count}"),
     "flash": EventClass("flash", False, "noise burst", 0.3, "a white flash", "{number} white flashes"),
     "beep": EventClass("beep", False, "sine beep", 0.3, "a green light beeps", "a green light beeps {count}"),
 }
@@ -240,7 +237,9 @@ def make_caption(events: Sequence[SyntheticEvent]) -> str:
             phrases.append(spec.caption_one)
         else:
             phrases.append(
-                spec.caption_many.format(count=_COUNT_WORDS.get(count, f"{count} times"), number=_NUMBER_WORDS.get(count, str(count)))
+                spec.caption_many.format(
+                    count=_COUNT_WORDS.get(count, f"{count} times"), number=_NUMBER_WORDS.get(count, str(count))
+                )
             )
     return ", ".join(phrases)
 
@@ -260,7 +259,9 @@ def constant_power_pan(x: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.cos(theta), np.sin(theta)
 
 
-def _damped_partials(t: np.ndarray, freqs: Iterable[float], decays: Iterable[float], amps: Iterable[float]) -> np.ndarray:
+def _damped_partials(
+    t: np.ndarray, freqs: Iterable[float], decays: Iterable[float], amps: Iterable[float]
+) -> np.ndarray:
     out = np.zeros_like(t)
     for f, d, a in zip(freqs, decays, amps):
         out += a * np.sin(2 * np.pi * f * t) * np.exp(-t / d)
@@ -465,7 +466,9 @@ class _Scene:
             gap = np.where(dt < 0, -dt * _BLOCK_SPEED, dt * _BLOCK_SPEED * 0.5)  # distance of each face, x units
             gap_px = gap * 0.5 * width
             centre = _to_pixels(event.x, width)
-            fade = np.where(dt < 0, np.clip((dt + _BLOCK_APPROACH) / 0.1, 0, 1), np.clip(1 - dt / _BLOCK_APPROACH, 0, 1))
+            fade = np.where(
+                dt < 0, np.clip((dt + _BLOCK_APPROACH) / 0.1, 0, 1), np.clip(1 - dt / _BLOCK_APPROACH, 0, 1)
+            )
             fade = fade.astype(np.float32)[:, None, None]
             cy = const(0.45 * height, len(dt))
             paint(active, box((centre - gap_px - half).astype(np.float32), cy, half) * fade, _BLOCK_LEFT)
@@ -630,7 +633,9 @@ def write_clip(
         # Single-threaded x264 keeps output bytes identical across runs and machines; frames are tiny.
         video_stream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
         # FFmpeg's "fast" AAC coder is twice as fast as the default at no audible cost at 192 kb/s.
-        audio_stream = container.add_stream("aac", rate=clip.sample_rate, layout="stereo", options={"aac_coder": "fast"})
+        audio_stream = container.add_stream(
+            "aac", rate=clip.sample_rate, layout="stereo", options={"aac_coder": "fast"}
+        )
         audio_stream.bit_rate = audio_bit_rate
 
         for frame in clip.frames:

@@ -18,7 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "onsets and prints a table and the JSON summary, including a shuffled-pair control."
         ),
     )
-    parser.add_argument("--audio-dir", required=True, help="folder with the audio (.wav/.flac) or videos (.mp4) to score")
+    parser.add_argument(
+        "--audio-dir", required=True, help="folder with the audio (.wav/.flac) or videos (.mp4) to score"
+    )
     parser.add_argument("--events", required=True, help="metadata.jsonl with the known events of each clip")
     parser.add_argument("--tolerance-ms", type=float, default=80.0, help="matching tolerance in milliseconds")
     parser.add_argument(

@@ -33,7 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--min-duration", type=float, default=2.0, help="shortest clip, seconds")
     parser.add_argument("--max-duration", type=float, default=12.0, help="longest clip, seconds")
     parser.add_argument(
-        "--fps-choices", type=_float_list, default=[12, 24, 25, 30, 60], help="comma-separated frame rates to draw from"
+        "--fps-choices",
+        type=_float_list,
+        default=[12, 24, 25, 30, 60],
+        help="comma-separated frame rates to draw from",
     )
     parser.add_argument("--width", type=int, default=96, help="frame width in pixels (even)")
     parser.add_argument("--height", type=int, default=96, help="frame height in pixels (even)")
@@ -44,7 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"comma-separated event classes to use (default: all of {','.join(EVENT_CLASSES)})",
     )
     parser.add_argument("--no-wav", action="store_true", help="do not write the lossless .wav beside each .mp4")
-    parser.add_argument("--num-workers", type=int, default=1, help="worker processes (output is the same for any value)")
+    parser.add_argument(
+        "--num-workers", type=int, default=1, help="worker processes (output is the same for any value)"
+    )
     parser.set_defaults(func=run)
 
 

@@ -38,7 +38,6 @@ import numpy as np
 from scipy.ndimage import maximum_filter1d, median_filter
 from scipy.optimize import linear_sum_assignment
 
-
 SAMPLE_RATE = 44100
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp4", ".m4a", ".mkv", ".mov", ".webm", ".aac", ".mp3")
 _SOUNDFILE_EXTENSIONS = (".wav", ".flac", ".ogg")
@@ -112,7 +111,9 @@ def _to_mono(audio: np.ndarray) -> np.ndarray:
     raise ValueError(f"audio must be (samples,) or (channels, samples), got shape {audio.shape}")
 
 
-def _band_matrix(n_fft: int, sample_rate: int, bands_per_octave: int, fmin: float, fmax: float, min_bins: int) -> np.ndarray:
+def _band_matrix(
+    n_fft: int, sample_rate: int, bands_per_octave: int, fmin: float, fmax: float, min_bins: int
+) -> np.ndarray:
     """`(n_fft // 2 + 1, bands)` 0/1 matrix assigning STFT bins to log-spaced bands.
 
     Bands narrower than `min_bins` bins are merged with their upper neighbours: the level of a band of one
@@ -246,7 +247,15 @@ def detect_onsets(
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
     novelty, times, level_db = onset_envelope(
-        audio, sample_rate, n_fft, hop_length, bands_per_octave, fmin, fmax, lag, min_bins,
+        audio,
+        sample_rate,
+        n_fft,
+        hop_length,
+        bands_per_octave,
+        fmin,
+        fmax,
+        lag,
+        min_bins,
         dynamic_range_db=dynamic_range_db,
     )
     if novelty.size == 0:
@@ -278,7 +287,9 @@ def detect_onsets(
 # ----------------------------------------------------------------------------------------------------
 
 
-def match_onsets(reference: Sequence[float], estimated: Sequence[float], tolerance: float = 0.08) -> list[tuple[int, int]]:
+def match_onsets(
+    reference: Sequence[float], estimated: Sequence[float], tolerance: float = 0.08
+) -> list[tuple[int, int]]:
     """One-to-one matching of reference and estimated times (seconds) within `tolerance`.
 
     Maximum-cardinality matching with the smallest total distance (Hungarian algorithm): pairs farther apart
@@ -332,7 +343,9 @@ def onset_scores(reference: Sequence[float], estimated: Sequence[float], toleran
     }
 
 
-def stereo_balance(audio: np.ndarray, time: float, sample_rate: int = SAMPLE_RATE, window_ms: float = 50.0, guard_ms: float = 5.0) -> float:
+def stereo_balance(
+    audio: np.ndarray, time: float, sample_rate: int = SAMPLE_RATE, window_ms: float = 50.0, guard_ms: float = 5.0
+) -> float:
     """Left/right balance of the sound starting at `time` in stereo `audio` `(2, samples)`, in [-1, 1].
 
     Uses the energy each channel gains in `[time - guard, time + window]` over the same-length window just
@@ -589,7 +602,9 @@ def load_events(path: str | os.PathLike) -> list[dict]:
     return records
 
 
-def find_audio_file(audio_dir: str | os.PathLike, stem: str, extensions: Sequence[str] = AUDIO_EXTENSIONS) -> Path | None:
+def find_audio_file(
+    audio_dir: str | os.PathLike, stem: str, extensions: Sequence[str] = AUDIO_EXTENSIONS
+) -> Path | None:
     """First `audio_dir/<stem><ext>` that exists, trying `extensions` in order (lossless .wav first)."""
     for ext in extensions:
         candidate = Path(audio_dir) / f"{stem}{ext if ext.startswith('.') else '.' + ext}"
