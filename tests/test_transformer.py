@@ -11,7 +11,11 @@ import pytest
 import torch
 
 from foley_toolkit import FoleyMMDiTConditions, FoleyMMDiTTransformer
-from foley_toolkit.models.transformers.transformer_foley_mmdit import FoleyAttnProcessor, aligned_rope_positions
+from foley_toolkit.models.transformers.transformer_foley_mmdit import (
+    FoleyAttnProcessor,
+    aligned_rope_positions,
+    conv1d_channel_last,
+)
 
 
 TEXT_DIM, CLIP_DIM, SYNC_DIM, LATENT_CHANNELS = 24, 20, 12, 8
@@ -105,6 +109,17 @@ def test_missing_modality_equals_its_empty_embedding(model, feature, drop):
     mixed = run(model, **inputs, **{drop: torch.tensor([False, True])})
     torch.testing.assert_close(mixed[0], full[0], atol=ATOL, rtol=0)
     torch.testing.assert_close(mixed[1], missing[1], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("kernel_size", [1, 3, 7])
+def test_channel_last_conv_equals_conv1d(kernel_size):
+    conv = torch.nn.Conv1d(12, 20, kernel_size, padding=kernel_size // 2)
+    x = torch.randn(2, 33, 12)
+    expected = conv(x.transpose(1, 2)).transpose(1, 2)
+    torch.testing.assert_close(conv1d_channel_last(conv, x), expected, atol=1e-5, rtol=0)
+    # A hooked (or LoRA-wrapped) conv runs through its own forward, so the hook is honoured.
+    conv.register_forward_hook(lambda module, args, output: output * 2)
+    torch.testing.assert_close(conv1d_channel_last(conv, x), 2 * expected, atol=1e-5, rtol=0)
 
 
 def test_aligned_rope_gives_equal_phase_at_equal_time(model):

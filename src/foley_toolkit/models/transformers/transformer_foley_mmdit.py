@@ -77,6 +77,29 @@ def aligned_rope_positions(
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def conv1d_channel_last(conv: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+    r"""
+    Applies `conv`, an `nn.Conv1d` over `(batch, channels, frames)` (stride 1, "same" padding), to channel-last
+    `hidden_states` `(batch, frames, channels)` and returns `(batch, frames, out_channels)`.
+
+    Computed as one matmul over the unfolded frames, whose `(channels, kernel)` order matches the conv weight's
+    layout (no weight copy): on CPU oneDNN's bf16 Conv1d runs at about a third of the matmul rate, and the streams
+    are channel-last anyway. A wrapped or hooked conv (e.g. a LoRA layer) runs through its own forward instead.
+    """
+    plain = (
+        type(conv) is nn.Conv1d
+        and "forward" not in conv.__dict__
+        and not conv._forward_hooks
+        and not conv._forward_pre_hooks
+    )
+    if not plain:
+        return conv(hidden_states.transpose(1, 2)).transpose(1, 2)
+    kernel_size, padding = conv.kernel_size[0], conv.padding[0]
+    if kernel_size > 1:
+        hidden_states = F.pad(hidden_states, (0, 0, padding, padding)).unfold(1, kernel_size, 1).flatten(2)
+    return F.linear(hidden_states, conv.weight.flatten(1), conv.bias)
+
+
 class FoleyFeedForward(nn.Module):
     r"""
     SwiGLU feed-forward over a token sequence `(batch, frames, dim)`; with `kernel_size > 1` its two projections are
@@ -101,9 +124,8 @@ class FoleyFeedForward(nn.Module):
         if self.kernel_size == 1:
             hidden_states, gate = self.proj_in(hidden_states).chunk(2, dim=-1)
             return self.proj_out(F.silu(gate) * hidden_states)
-        # Conv1d wants (batch, channels, frames); the streams are channel-last.
-        hidden_states, gate = self.proj_in(hidden_states.transpose(1, 2)).chunk(2, dim=1)
-        return self.proj_out(F.silu(gate) * hidden_states).transpose(1, 2)
+        hidden_states, gate = conv1d_channel_last(self.proj_in, hidden_states).chunk(2, dim=-1)
+        return conv1d_channel_last(self.proj_out, F.silu(gate) * hidden_states)
 
 
 class FoleyInputProjection(nn.Module):
@@ -128,7 +150,7 @@ class FoleyInputProjection(nn.Module):
         if self.kernel_size == 1:
             hidden_states = self.proj(hidden_states)
         else:
-            hidden_states = self.proj(hidden_states.transpose(1, 2)).transpose(1, 2)
+            hidden_states = conv1d_channel_last(self.proj, hidden_states)
         return self.ff(self.act(hidden_states))
 
 
@@ -1087,7 +1109,7 @@ class FoleyMMDiTTransformer(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapter
 
         # 5. Output: adaLN (per token) + LayerNorm + Conv1d
         hidden_states = self.norm_out(hidden_states, token_temb)[0]
-        output = self.proj_out(hidden_states.transpose(1, 2))  # (batch, out_channels, frames)
+        output = conv1d_channel_last(self.proj_out, hidden_states).transpose(1, 2)  # (batch, out_channels, frames)
 
         if not return_dict:
             return (output,)
