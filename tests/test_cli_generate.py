@@ -39,9 +39,8 @@ def video(tmp_path_factory):
 
 def test_generate_wav_for_a_video(model_dir, video, tmp_path, capsys):
     out = tmp_path / "foley.wav"
-    code = main(
-        ["generate", "--model", model_dir, "--video", video, "--prompt", "footsteps", "--steps", "2", "--out", str(out)]
-    )
+    code = main(["generate", "--model", model_dir, "--video", video, "--prompt", "footsteps", "--steps", "2",
+                 "--out", str(out)])  # fmt: skip
     assert code == 0
     info = sf.info(out)
     assert (info.samplerate, info.channels, info.frames) == (SAMPLE_RATE, 2, round(1.2 * SAMPLE_RATE))

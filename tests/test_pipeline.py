@@ -13,7 +13,6 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
 
 from foley_toolkit import KlingFoleyPipeline, KlingFoleyPipelineOutput
-from foley_toolkit.video_processor import load_video
 
 from utils import get_dummy_components, make_test_video
 
@@ -452,7 +451,9 @@ def lora_dir(tmp_path_factory):
     from peft.utils import get_peft_model_state_dict
 
     transformer = get_dummy_components()["transformer"]
-    config = LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False)
+    # Random A and B (peft's default B = 0 would make the adapter a no-op).
+    targets = ["to_q", "to_k", "to_v", "to_out.0"]
+    config = LoraConfig(r=4, lora_alpha=4, target_modules=targets, init_lora_weights=False)
     transformer.add_adapter(config)
     directory = tmp_path_factory.mktemp("lora")
     KlingFoleyPipeline.save_lora_weights(
@@ -546,9 +547,8 @@ def test_examples_run_with_tiny_components(tmp_path, short_video):
     custom.main(custom.parse_args(["--tiny", "--steps", "2", "--duration", "0.5", "--out", str(out)]))
     assert sf.info(out).frames == round(0.5 * SAMPLE_RATE)
 
-    pipe = custom.TextToFoleyPipeline(
-        **{k: v for k, v in get_dummy_components().items() if k not in ("vision_encoder", "sync_encoder", "mono2stereo")}
-    )
+    video_parts = ("vision_encoder", "sync_encoder", "mono2stereo")
+    pipe = custom.TextToFoleyPipeline(**{k: v for k, v in get_dummy_components().items() if k not in video_parts})
     pipe.set_progress_bar_config(disable=True)
     pipe.save_pretrained(tmp_path / "custom")
     reloaded = custom.TextToFoleyPipeline.from_pretrained(tmp_path / "custom")

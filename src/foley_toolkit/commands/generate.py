@@ -9,7 +9,6 @@ The output format follows the extension of `--out`: `.wav` / `.flac` (soundfile)
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -105,5 +104,8 @@ def run(args) -> int:
 
         write_video_with_audio(args.video, audio, output.sample_rate, args.out)
     seconds = audio.shape[-1] / output.sample_rate
-    print(f"wrote {args.out}: {audio.shape[0]} channel(s), {seconds:.2f} s at {output.sample_rate} Hz ({elapsed:.1f} s)")
+    print(
+        f"wrote {args.out}: {audio.shape[0]} channel(s), {seconds:.2f} s at {output.sample_rate} Hz "
+        f"(generated in {elapsed:.1f} s)"
+    )
     return 0

@@ -572,7 +572,8 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
         return torch.stack([stereo.left_mel, stereo.right_mel], dim=1)
 
     def mel_to_waveform(self, mel: torch.Tensor, num_samples: int) -> torch.Tensor:
-        """Vocode `(batch, channels, mel_bins, frames)` mels, all channels in one batch -> `(batch, channels, num_samples)`."""
+        """Vocode `(batch, channels, mel_bins, frames)` log-mels, all channels in one vocoder batch, and trim to
+        `(batch, channels, num_samples)` float32."""
         batch_size, channels = mel.shape[:2]
         waveform = self.vocoder(mel.flatten(0, 1).to(self.vocoder.dtype)).sample
         waveform = waveform.view(batch_size, channels, -1)
@@ -748,7 +749,10 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
             latents,
         )
 
-        # 7. Denoising loop
+        # 7. Denoising loop (stochastic flow-match schedulers draw their noise from `generator` too)
+        step_kwargs = {}
+        if "generator" in inspect.signature(self.scheduler.step).parameters:
+            step_kwargs["generator"] = generator
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
                 if self.interrupt:
@@ -766,7 +770,9 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
                     velocity_uncond, velocity_cond = velocity.chunk(2)
                     velocity = velocity_uncond + guidance_scale * (velocity_cond - velocity_uncond)
 
-                latents = self.scheduler.step(velocity.to(latents.dtype), t, latents, return_dict=False)[0]
+                latents = self.scheduler.step(
+                    velocity.to(latents.dtype), t, latents, return_dict=False, **step_kwargs
+                )[0]
 
                 if callback_on_step_end is not None:
                     callback_kwargs = {}
