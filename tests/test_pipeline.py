@@ -200,6 +200,23 @@ def test_video_text_and_both_use_their_conditions(pipe, short_video, other_short
             assert (outputs[i] - outputs[j]).abs().max() > 1e-6, (i, j)
 
 
+def test_videos_of_different_durations_need_a_duration(pipe, video_dir, short_video):
+    longer = make_test_video(video_dir / "longer.mp4", duration=1.2, fps=25)
+    with pytest.raises(ValueError, match="different durations"):
+        pipe(video=[short_video, longer], num_inference_steps=1)
+    latents = run(pipe, video=[short_video, longer], duration=1.0, output_type="latent").audios
+    assert tuple(latents.shape) == (2, pipe.transformer.config.in_channels, math.ceil(SAMPLE_RATE / 1024))
+    with pytest.raises(FileNotFoundError, match=r"`video\[1\]`"):
+        pipe(video=[short_video, video_dir / "missing.mp4"], num_inference_steps=1)
+
+
+def test_very_short_clips(pipe, video_dir):
+    # 3 frames: fewer than one CLIP frame (1/8 s) and one Synchformer segment (16 frames) -> padded, still works.
+    tiny_clip = make_test_video(video_dir / "blink.mp4", duration=0.1, fps=30)
+    assert run(pipe, video=tiny_clip, num_inference_steps=1).audios.shape == (1, 2, expected_samples(0.1))
+    assert run(pipe, prompt="click", duration=0.01, num_inference_steps=1).audios.shape == (1, 2, 441)
+
+
 def test_encode_helpers(pipe, short_video):
     clip, sync, duration = pipe.encode_video([short_video, short_video])
     lengths = {"clip_frames": 8, "sync_tokens": ((25 - 16) // 8 + 1) * 8}
@@ -272,6 +289,10 @@ def test_guidance_and_negative_prompt(pipe, short_video):
     cfg = run(pipe, guidance_scale=4.5, **kwargs).audios
     negative = run(pipe, guidance_scale=4.5, negative_prompt="music", **kwargs).audios
     no_cfg_negative = run(pipe, guidance_scale=1.0, negative_prompt="music", **kwargs).audios
+    # Video-only with a negative prompt: the conditional half keeps the empty text, the unconditional one gets it.
+    video_only = run(pipe, video=short_video, guidance_scale=4.5, output_type="latent").audios
+    video_only_negative = run(pipe, video=short_video, negative_prompt="music", output_type="latent").audios
+    assert np.abs(video_only_negative - video_only).max() > 1e-6
     assert np.abs(cfg - no_cfg).max() > 1e-6
     assert np.abs(negative - cfg).max() > 1e-6
     np.testing.assert_array_equal(no_cfg, no_cfg_negative)  # without guidance the negative prompt is unused
