@@ -94,11 +94,17 @@ def test_train_transformer_writes_loadable_pipeline_with_ema_weights(tmp_path, t
         train_transformer,
         _transformer_argv(tiny_pipeline_dir, feature_dir, output, 2, "--use_ema", "--ema_decay", "0.9",
                           "--validation_steps", 2, "--validation_prompt", "a ball bounces", "--validation_duration", 1.0,
-                          "--num_validation_inference_steps", 2, "--gradient_checkpointing"),
+                          "--num_validation_inference_steps", 2, "--gradient_checkpointing",
+                          "--duration_batching", "pad", "--gradient_accumulation_steps", 2, "--lr_scheduler", "inverse",
+                          "--lr_warmup", 0.5, "--lr_inv_gamma", 10),
     )  # fmt: skip
     assert result["global_step"] == 2 and result["num_processes"] == 1
     assert [h["step"] for h in result["history"]] == [1, 2]
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in result["history"])
+    # The logged LR is eq. 8 after each optimizer step (accumulation micro-batches do not advance it).
+    for h in result["history"]:
+        expected = 1e-3 * (1 + h["step"] / 10) ** -0.5 * (1 - 0.5 ** (h["step"] + 1))
+        assert abs(h["lr"] - expected) < 1e-9
     assert (output / "validation" / "step-2.wav").is_file()
 
     pipe = KlingFoleyPipeline.from_pretrained(output / "pipeline")

@@ -40,6 +40,8 @@ logger = get_logger(__name__)
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 TRAINING_STATE_NAME = "training_state.json"
 LOG_FILE_NAME = "train_log.jsonl"
+# Logged values that describe the optimizer step rather than a micro-batch.
+LAST_VALUE_KEYS = {"lr", "stage"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -636,9 +638,13 @@ def run_training_loop(
             global_step += 1
             progress_bar.update(1)
             extra_logs = on_optimizer_step(global_step) if on_optimizer_step is not None else None
-            # Average the step's values over accumulation micro-batches, then over processes.
+            # Average the step's values over accumulation micro-batches (the learning rate and the stage are taken
+            # after the optimizer step), then over processes.
             keys = sorted(accumulated)
-            local = torch.tensor([sum(accumulated[k]) / len(accumulated[k]) for k in keys], device=accelerator.device)
+            local = torch.tensor(
+                [accumulated[k][-1] if k in LAST_VALUE_KEYS else sum(accumulated[k]) / len(accumulated[k]) for k in keys],
+                device=accelerator.device,
+            )
             reduced = accelerator.reduce(local, reduction="mean") if accelerator.num_processes > 1 else local
             logs = {k: float(v) for k, v in zip(keys, reduced.tolist())}
             logs.update(extra_logs or {})
