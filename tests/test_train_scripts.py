@@ -8,7 +8,6 @@ losses actually go down on a fixed batch.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest

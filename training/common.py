@@ -517,7 +517,7 @@ def load_module(module: torch.nn.Module, folder: str) -> None:
 
 
 def create_ema(model: torch.nn.Module, args: argparse.Namespace):
-    """A diffusers `EMAModel` of `model`'s trainable parameters (saved with checkpoints by the hooks)."""
+    """A diffusers `EMAModel` of all of `model`'s parameters (saved with checkpoints by the hooks)."""
     from diffusers.training_utils import EMAModel
 
     return EMAModel(

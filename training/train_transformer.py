@@ -19,7 +19,6 @@ nothing is padded; ``pad`` batches any items, pads to the longest and masks the 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from pathlib import Path
