@@ -224,7 +224,9 @@ def main():
             with torch.inference_mode(), autocast:
                 model(latents, timestep, **inputs)  # warm-up
                 forward_ms = median_ms(lambda: model(latents, timestep, **inputs), args.runs, device)
-                prepare_ms = median_ms(lambda: model.prepare_conditions(latents.shape[-1], **inputs), args.runs, device)
+                prepare_ms = median_ms(
+                    lambda: model.prepare_conditions(latents.shape[-1], **inputs), args.runs, device
+                )
                 conditions = model.prepare_conditions(latents.shape[-1], **inputs)
                 step_ms = median_ms(lambda: model(latents, timestep, conditions=conditions), args.runs, device)
             cases.append(

@@ -95,7 +95,8 @@ def test_output_shape_matches_input_for_any_duration(model, duration):
 
 
 @pytest.mark.parametrize(
-    "feature,drop", [("encoder_hidden_states", "drop_text"), ("clip_features", "drop_clip"), ("sync_features", "drop_sync")]
+    "feature,drop",
+    [("encoder_hidden_states", "drop_text"), ("clip_features", "drop_clip"), ("sync_features", "drop_sync")],
 )
 def test_missing_modality_equals_its_empty_embedding(model, feature, drop):
     inputs = make_inputs(batch_size=2, duration=8.0)
@@ -205,6 +206,16 @@ def test_gradient_checkpointing_gives_same_outputs_and_gradients():
         torch.testing.assert_close(grads_ckpt[name], grads[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_every_parameter_gets_a_gradient_when_drop_flags_are_passed():
+    # Training passes drop_* (condition dropout) at every step; then the empty embeddings are always in the graph
+    # and DDP needs no find_unused_parameters.
+    model = make_model().train()
+    no_drop = torch.zeros(2, dtype=torch.bool)
+    inputs = make_inputs(batch_size=2, duration=1.0)
+    model(**inputs, drop_text=no_drop, drop_clip=no_drop, drop_sync=no_drop).sample.square().mean().backward()
+    assert [name for name, p in model.named_parameters() if p.grad is None] == []
+
+
 def test_lora_reaches_every_attention_layer_and_round_trips(tmp_path):
     from peft import LoraConfig
     from peft.tuners.lora import LoraLayer
@@ -303,7 +314,8 @@ def test_presets_land_within_ten_percent_of_paper_sizes():
         config = FoleyMMDiTTransformer.preset_config(name)
         assert config["num_attention_heads"] == heads[name]
         assert config["num_joint_layers"] + config["num_single_layers"] == depth[name]
-        assert (config["in_channels"], config["text_dim"], config["clip_dim"], config["sync_dim"]) == (40, 768, 1280, 768)
+        widths = (config["in_channels"], config["text_dim"], config["clip_dim"], config["sync_dim"])
+        assert widths == (40, 768, 1280, 768)
         with torch.device("meta"):
             preset_model = FoleyMMDiTTransformer(**config)
         assert preset_model.inner_dim == 64 * heads[name]

@@ -12,6 +12,7 @@ block, single block), the conditions container, then the one public model class.
 import copy
 import inspect
 import math
+import operator
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -673,7 +674,9 @@ class FoleyMMDiTTransformer(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapter
     ):
         super().__init__()
         if num_joint_layers < 1:
-            raise ValueError(f"`num_joint_layers` must be >= 1 (CLIP and text only enter there), got {num_joint_layers}.")
+            raise ValueError(
+                f"`num_joint_layers` must be >= 1 (CLIP and text only enter there), got {num_joint_layers}."
+            )
         if attention_head_dim % 2:
             raise ValueError(f"`attention_head_dim` must be even for RoPE, got {attention_head_dim}.")
         self.out_channels = out_channels or in_channels
@@ -718,7 +721,12 @@ class FoleyMMDiTTransformer(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapter
         self.single_transformer_blocks = nn.ModuleList(
             [
                 FoleySingleTransformerBlock(
-                    dim, num_attention_heads, attention_head_dim, ff_inner_dim, conv_kernel_size=conv_kernel_size, eps=eps
+                    dim,
+                    num_attention_heads,
+                    attention_head_dim,
+                    ff_inner_dim,
+                    conv_kernel_size=conv_kernel_size,
+                    eps=eps,
                 )
                 for _ in range(num_single_layers)
             ]
@@ -888,8 +896,13 @@ class FoleyMMDiTTransformer(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapter
         Returns:
             [`FoleyMMDiTConditions`]
         """
-        if not isinstance(num_audio_tokens, int) or num_audio_tokens < 1:
-            raise ValueError(f"`num_audio_tokens` must be a positive int, got {num_audio_tokens!r}.")
+        try:
+            valid = operator.index(num_audio_tokens) >= 1
+        except TypeError:
+            valid = False
+        if not valid:
+            raise ValueError(f"`num_audio_tokens` must be a positive int (audio frames), got {num_audio_tokens!r}.")
+        num_audio_tokens = operator.index(num_audio_tokens)
         config = self.config
         for name, value, width in (
             ("encoder_hidden_states", encoder_hidden_states, config.text_dim),
@@ -921,7 +934,9 @@ class FoleyMMDiTTransformer(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapter
                         f"{tuple(encoder_attention_mask.shape)}."
                     )
                 text_mask = encoder_attention_mask.to(device=device).bool()
-            if drops["drop_text"] is not None and bool(drops["drop_text"].any()):
+            if drops["drop_text"] is not None:
+                # Applied even when nothing is dropped, so that training with `drop_*` always has the empty
+                # embeddings in the graph (DDP without find_unused_parameters).
                 drop = drops["drop_text"]
                 empty = F.pad(self.empty_text_embedding, (0, 0, 0, text.shape[1] - 1))  # empty token, then zeros
                 text = torch.where(drop[:, None, None], empty.unsqueeze(0), text)
@@ -934,10 +949,12 @@ class FoleyMMDiTTransformer(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapter
                 text_mask = None  # no padding: let SDPA take its unmasked fast path
 
         lengths = self.default_condition_lengths(num_audio_tokens)
-        clip = self._fill_empty(clip_features, self.empty_clip_embedding, drops["drop_clip"], batch_size,
-                                lengths["clip_frames"], device, dtype)  # fmt: skip
-        sync = self._fill_empty(sync_features, self.empty_sync_embedding, drops["drop_sync"], batch_size,
-                                lengths["sync_tokens"], device, dtype)  # fmt: skip
+        clip = self._fill_empty(
+            clip_features, self.empty_clip_embedding, drops["drop_clip"], batch_size, lengths["clip_frames"]
+        )
+        sync = self._fill_empty(
+            sync_features, self.empty_sync_embedding, drops["drop_sync"], batch_size, lengths["sync_tokens"]
+        )
 
         # Projections into the model width.
         text = self.text_input_proj(text)
@@ -956,7 +973,9 @@ class FoleyMMDiTTransformer(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapter
             text_pooled = (text * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
         seconds_start = self._per_sample("seconds_start", seconds_start, batch_size, 0.0, device, torch.float32)
         default_total = num_audio_tokens * config.samples_per_latent_frame / config.sample_rate
-        seconds_total = self._per_sample("seconds_total", seconds_total, batch_size, default_total, device, torch.float32)
+        seconds_total = self._per_sample(
+            "seconds_total", seconds_total, batch_size, default_total, device, torch.float32
+        )
         pooled = torch.cat(
             [
                 clip_pooled,
@@ -976,11 +995,11 @@ class FoleyMMDiTTransformer(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapter
         )
 
     @staticmethod
-    def _fill_empty(features, empty, drop, batch_size, default_length, device, dtype) -> torch.Tensor:
+    def _fill_empty(features, empty, drop, batch_size, default_length) -> torch.Tensor:
         """Features with missing (`None`) or dropped samples replaced by the learned empty embedding."""
         if features is None:
             return empty.expand(batch_size, default_length, -1)
-        features = features.to(device=device, dtype=dtype)
+        features = features.to(device=empty.device, dtype=empty.dtype)
         if drop is not None:
             features = torch.where(drop[:, None, None], empty, features)
         return features
@@ -1043,8 +1062,17 @@ class FoleyMMDiTTransformer(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapter
         if num_audio_tokens < 1:
             raise ValueError("`hidden_states` must have at least one audio frame.")
 
-        raw_conditions = (encoder_hidden_states, encoder_attention_mask, clip_features, sync_features, seconds_start,
-                          seconds_total, drop_text, drop_clip, drop_sync)  # fmt: skip
+        raw_conditions = (
+            encoder_hidden_states,
+            encoder_attention_mask,
+            clip_features,
+            sync_features,
+            seconds_start,
+            seconds_total,
+            drop_text,
+            drop_clip,
+            drop_sync,
+        )
         if conditions is None:
             conditions = self.prepare_conditions(num_audio_tokens, *raw_conditions, batch_size=batch_size)
         else:
@@ -1082,22 +1110,36 @@ class FoleyMMDiTTransformer(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapter
         audio_rotary_emb = (cos[:num_audio_tokens], sin[:num_audio_tokens])
         attention_mask = None
         if conditions.text_attention_mask is not None:
-            keep_av = torch.ones(batch_size, num_audio_tokens + num_clip_frames, dtype=torch.bool,
-                                 device=hidden_states.device)  # fmt: skip
+            keep_av = torch.ones(
+                batch_size, num_audio_tokens + num_clip_frames, dtype=torch.bool, device=hidden_states.device
+            )
             attention_mask = torch.cat([keep_av, conditions.text_attention_mask], dim=1)[:, None, None, :]
 
         # 4. Joint blocks, then audio-only blocks
         for block in self.transformer_blocks:
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 hidden_states, clip_hidden_states, encoder_hidden_states = self._gradient_checkpointing_func(
-                    block, hidden_states, clip_hidden_states, encoder_hidden_states, temb, token_temb,
-                    joint_rotary_emb, attention_mask, attention_kwargs,
-                )  # fmt: skip
+                    block,
+                    hidden_states,
+                    clip_hidden_states,
+                    encoder_hidden_states,
+                    temb,
+                    token_temb,
+                    joint_rotary_emb,
+                    attention_mask,
+                    attention_kwargs,
+                )
             else:
                 hidden_states, clip_hidden_states, encoder_hidden_states = block(
-                    hidden_states, clip_hidden_states, encoder_hidden_states, temb, token_temb,
-                    joint_rotary_emb, attention_mask, attention_kwargs,
-                )  # fmt: skip
+                    hidden_states,
+                    clip_hidden_states,
+                    encoder_hidden_states,
+                    temb,
+                    token_temb,
+                    joint_rotary_emb,
+                    attention_mask,
+                    attention_kwargs,
+                )
 
         for block in self.single_transformer_blocks:
             if torch.is_grad_enabled() and self.gradient_checkpointing:
