@@ -13,6 +13,7 @@ from foley_toolkit.evaluation import (
     format_codec_metrics_table,
     log_spectral_distance,
     mel_cepstral_distortion,
+    mel_cepstral_distortion_from_log_mels,
     mel_distance,
     multi_resolution_stft_loss,
     pesq_wideband,
@@ -75,6 +76,19 @@ def test_white_noise_at_known_snr(reference, snr_db):
     assert sdr(reference, noisy) == pytest.approx(snr_db, abs=0.5)
     assert si_sdr(reference, noisy) == pytest.approx(snr_db, abs=0.5)
     assert log_spectral_distance(reference, noisy) > 0 and mel_cepstral_distortion(reference, noisy) > 0
+
+
+def test_mcd_known_answer():
+    # A log-spectral difference a * cos(pi * m (n + 0.5) / N) across the bands is exactly cepstral coefficient m
+    # with value a / 2: MCD = 10 / ln 10 * sqrt(2) * a / 2. Beyond coefficient 13 it is invisible; offsets are c0.
+    bands = torch.arange(128, dtype=torch.float64)
+    reference = torch.randn(128, 20, dtype=torch.float64) - 5
+    for order, amplitude in ((1, 0.3), (7, 1.0), (13, 0.5)):
+        ripple = amplitude * torch.cos(math.pi * order * (bands + 0.5) / 128)[:, None]
+        expected = 10 / math.log(10) * math.sqrt(2) * amplitude / 2
+        assert mel_cepstral_distortion_from_log_mels(reference, reference + ripple) == pytest.approx(expected)
+    ripple = torch.cos(math.pi * 20 * (bands + 0.5) / 128)[:, None]
+    assert mel_cepstral_distortion_from_log_mels(reference, reference + ripple + 3.0) == pytest.approx(0, abs=1e-9)
 
 
 def test_metrics_order_degradations(reference):

@@ -25,7 +25,7 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "eval-codec",
-        help="Measure codec reconstruction quality (PESQ, SI-SDR, SDR, LSD, MCD, mel and STFT loss).",
+        help="measure codec reconstruction quality (PESQ, SI-SDR, SDR, LSD, MCD, mel and STFT loss).",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

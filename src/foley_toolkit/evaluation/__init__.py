@@ -7,6 +7,7 @@ from .codec_metrics import (
     format_codec_metrics_table,
     log_spectral_distance,
     mel_cepstral_distortion,
+    mel_cepstral_distortion_from_log_mels,
     mel_distance,
     multi_resolution_stft_loss,
     pesq_wideband,

@@ -7,8 +7,8 @@ All metrics compare a reference waveform with its reconstruction (same sample ra
 - `si_sdr` (higher): scale-invariant SDR in dB on zero-mean signals (Le Roux et al. 2019).
 - `sdr` (higher): `10 log10(|s|^2 / |s - s_hat|^2)` in dB (no distortion filter allowed).
 - `lsd` (lower): mean over frames of `sqrt(mean_f (log10 P - log10 P_hat)^2)`, power STFT 2048/512.
-- `mcd` (lower): `10 / ln 10 * sqrt(2 * sum_{d=1..13} (c_d - c_hat_d)^2)` per frame, averaged; `c` is the
-  DCT-II (ortho) of the codec's log-mel, no DTW (reconstructions are time-aligned).
+- `mcd` (lower): `10 / ln 10 * sqrt(2 * sum_{d=1..13} (c_d - c_hat_d)^2)` per frame, averaged; `c` are the
+  cosine-series (SPTK-convention) cepstra of the codec's natural-log mel, no DTW (reconstructions are time-aligned).
 - `mel_loss` (lower): mean L1 distance of the codec's log-mels (`LogMelSpectrogram`).
 - `stft_loss` (lower): multi-resolution STFT loss, the mean over (2048/512, 1024/256, 512/128) of spectral
   convergence + L1 log magnitude.
@@ -123,24 +123,38 @@ def _log_mel(signal: torch.Tensor, sample_rate: int) -> torch.Tensor:
     return transform(signal.float()).double()
 
 
-def _dct_matrix(num_bands: int, num_coefficients: int) -> torch.Tensor:
-    """Orthonormal DCT-II basis `(num_coefficients, num_bands)` (what `scipy.fft.dct(norm="ortho")` applies)."""
+def _cepstrum_matrix(num_bands: int, num_coefficients: int) -> torch.Tensor:
+    """`(num_coefficients, num_bands)` map from a log spectrum sampled at band centres to its cosine-series
+    coefficients, `log S(w) = c_0 + 2 * sum_m c_m cos(m w)`: `c_m = 1/N * sum_n log S_n cos(pi m (n + 0.5) / N)` (a
+    DCT-II scaled by `1/N`). This is the cepstrum convention the MCD constant `10 / ln 10 * sqrt(2 * ...)` assumes
+    (SPTK), so `2 * sum_m dc_m^2` is the band variance of the log difference carried by the first coefficients."""
     n = torch.arange(num_bands, dtype=torch.float64)
-    k = torch.arange(num_coefficients, dtype=torch.float64)[:, None]
-    basis = torch.cos(math.pi / num_bands * (n + 0.5) * k) * math.sqrt(2.0 / num_bands)
-    basis[0] /= math.sqrt(2.0)
-    return basis
+    m = torch.arange(num_coefficients, dtype=torch.float64)[:, None]
+    return torch.cos(math.pi / num_bands * (n + 0.5) * m) / num_bands
 
 
 def mel_cepstral_distortion(reference, estimate, sample_rate: int = SAMPLE_RATE, num_coefficients: int = 13) -> float:
-    """MCD in dB between time-aligned signals (no DTW): cepstra `c = DCT-II(log-mel)` of the codec's log-mel,
-    coefficients 1..`num_coefficients` (c0, the energy, excluded), `10/ln10 * sqrt(2 * sum (c_d - c_hat_d)^2)` per
-    frame, averaged over frames."""
+    """MCD in dB between time-aligned signals (no DTW): mel cepstra of the codec's natural-log mel magnitudes
+    (`_cepstrum_matrix`), coefficients 1..`num_coefficients` (c0, the energy, excluded), per frame
+    `10 / ln 10 * sqrt(2 * sum_d (c_d - c_hat_d)^2)`, averaged over frames."""
     reference, estimate = _aligned(reference, estimate)
-    log_mel_ref, log_mel_est = _log_mel(reference, sample_rate), _log_mel(estimate, sample_rate)
-    dct = _dct_matrix(log_mel_ref.shape[0], num_coefficients + 1)
-    difference = (dct @ log_mel_ref - dct @ log_mel_est)[1:]
-    per_frame = (10.0 / math.log(10.0)) * torch.sqrt(2.0 * difference.pow(2).sum(dim=0))
+    return mel_cepstral_distortion_from_log_mels(
+        _log_mel(reference, sample_rate), _log_mel(estimate, sample_rate), num_coefficients
+    )
+
+
+def mel_cepstral_distortion_from_log_mels(
+    log_mel_reference: torch.Tensor, log_mel_estimate: torch.Tensor, num_coefficients: int = 13
+) -> float:
+    """MCD in dB from natural-log mel magnitudes of shape `(bands, frames)` (see `mel_cepstral_distortion`)."""
+    if log_mel_reference.shape != log_mel_estimate.shape or log_mel_reference.ndim != 2:
+        raise ValueError(
+            f"Log-mels must both be (bands, frames), got {tuple(log_mel_reference.shape)} and "
+            f"{tuple(log_mel_estimate.shape)}."
+        )
+    difference = log_mel_reference.double() - log_mel_estimate.double()
+    cepstrum = _cepstrum_matrix(difference.shape[0], num_coefficients + 1).to(difference.device)
+    per_frame = (10.0 / math.log(10.0)) * torch.sqrt(2.0 * (cepstrum @ difference)[1:].pow(2).sum(dim=0))
     return float(per_frame.mean())
 
 
