@@ -15,3 +15,6 @@ from .codec_metrics import (
     si_sdr,
     summarize_codec_metrics,
 )
+
+# sync (onsets against known event times; `foley-toolkit eval-sync`)
+from .sync_metrics import SyncReport, detect_onsets, evaluate_sync, evaluate_sync_folder

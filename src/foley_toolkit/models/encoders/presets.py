@@ -228,12 +228,6 @@ def build_tiny_t5_tokenizer(model_max_length: int = 512) -> T5Tokenizer:
     return T5Tokenizer(vocab=_tiny_t5_vocab(), extra_ids=0, model_max_length=model_max_length)
 
 
-# Alternative names (used by `pipelines/kling_foley/testing.py`); the functions above are the documented ones.
-build_t5_encoder = build_text_encoder
-build_clip_vision_encoder = build_vision_encoder
-tiny_t5_tokenizer = build_tiny_t5_tokenizer
-
-
 __all__ = [
     "t5_base_config",
     "tiny_t5_config",
