@@ -250,7 +250,29 @@ class MelResnetBlock1D(nn.Module):
         return residual + hidden_states
 
 
-class MelEncoder1D(nn.Module):
+class _MelConvStack1D(nn.Module):
+    """What the encoder and the decoder share: stacks of residual blocks run with optional gradient checkpointing
+    (diffusers' `enable_gradient_checkpointing` sets `gradient_checkpointing` and `_gradient_checkpointing_func`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gradient_checkpointing = False
+
+    @staticmethod
+    def _resnet_blocks(channels: int, kernel_size: int, eps: float, num_blocks: int) -> nn.ModuleList:
+        return nn.ModuleList([MelResnetBlock1D(channels, kernel_size, eps) for _ in range(num_blocks)])
+
+    def _run_blocks(self, blocks: nn.ModuleList, hidden_states: torch.Tensor) -> torch.Tensor:
+        """`(batch, channels, frames)` through every block of `blocks`, same shape out."""
+        for block in blocks:
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                hidden_states = self._gradient_checkpointing_func(block, hidden_states)
+            else:
+                hidden_states = block(hidden_states)
+        return hidden_states
+
+
+class MelEncoder1D(_MelConvStack1D):
     """conv_in -> blocks at the mel rate -> stride-2 conv -> blocks at the latent rate -> norm -> conv_out
     (`2 * latent_channels`: mean and log-variance)."""
 
@@ -266,34 +288,21 @@ class MelEncoder1D(nn.Module):
         super().__init__()
         mel_rate_channels, latent_rate_channels = block_out_channels
         self.conv_in = nn.Conv1d(mel_bins, mel_rate_channels, kernel_size, padding=kernel_size // 2)
-        self.mel_rate_blocks = nn.ModuleList(
-            [MelResnetBlock1D(mel_rate_channels, kernel_size, eps) for _ in range(layers_per_block)]
-        )
+        self.mel_rate_blocks = self._resnet_blocks(mel_rate_channels, kernel_size, eps, layers_per_block)
         # kernel 3, stride 2, padding 1: ceil(T / 2) output frames, latent j centred on mel frame 2j.
         self.downsample = nn.Conv1d(mel_rate_channels, latent_rate_channels, 3, stride=2, padding=1)
-        self.latent_rate_blocks = nn.ModuleList(
-            [MelResnetBlock1D(latent_rate_channels, kernel_size, eps) for _ in range(layers_per_block)]
-        )
+        self.latent_rate_blocks = self._resnet_blocks(latent_rate_channels, kernel_size, eps, layers_per_block)
         self.norm_out = ChannelLayerNorm(latent_rate_channels, eps)
         self.conv_out = nn.Conv1d(latent_rate_channels, 2 * latent_channels, kernel_size, padding=kernel_size // 2)
-        self.gradient_checkpointing = False
-
-    def _run_block(self, block: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and self.gradient_checkpointing:
-            return self._gradient_checkpointing_func(block, hidden_states)
-        return block(hidden_states)
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.conv_in(mel)
-        for block in self.mel_rate_blocks:
-            hidden_states = self._run_block(block, hidden_states)
-        hidden_states = self.downsample(hidden_states)
-        for block in self.latent_rate_blocks:
-            hidden_states = self._run_block(block, hidden_states)
+        """`(batch, mel_bins, frames)` normalised log-mel -> moments `(batch, 2 * latent_channels, ceil(frames / 2))`."""
+        hidden_states = self._run_blocks(self.mel_rate_blocks, self.conv_in(mel))
+        hidden_states = self._run_blocks(self.latent_rate_blocks, self.downsample(hidden_states))
         return self.conv_out(F.silu(self.norm_out(hidden_states)))
 
 
-class MelDecoder1D(nn.Module):
+class MelDecoder1D(_MelConvStack1D):
     """Mirror of the encoder: conv_in -> blocks at the latent rate -> 2x transposed conv -> blocks at the mel rate ->
     norm -> conv_out (`mel_bins`)."""
 
@@ -309,36 +318,31 @@ class MelDecoder1D(nn.Module):
         super().__init__()
         mel_rate_channels, latent_rate_channels = block_out_channels
         self.conv_in = nn.Conv1d(latent_channels, latent_rate_channels, kernel_size, padding=kernel_size // 2)
-        self.latent_rate_blocks = nn.ModuleList(
-            [MelResnetBlock1D(latent_rate_channels, kernel_size, eps) for _ in range(layers_per_block)]
-        )
+        self.latent_rate_blocks = self._resnet_blocks(latent_rate_channels, kernel_size, eps, layers_per_block)
         # kernel 4, stride 2, padding 1: exactly 2 * T output frames.
         self.upsample = nn.ConvTranspose1d(latent_rate_channels, mel_rate_channels, 4, stride=2, padding=1)
-        self.mel_rate_blocks = nn.ModuleList(
-            [MelResnetBlock1D(mel_rate_channels, kernel_size, eps) for _ in range(layers_per_block)]
-        )
+        self.mel_rate_blocks = self._resnet_blocks(mel_rate_channels, kernel_size, eps, layers_per_block)
         self.norm_out = ChannelLayerNorm(mel_rate_channels, eps)
         self.conv_out = nn.Conv1d(mel_rate_channels, mel_bins, kernel_size, padding=kernel_size // 2)
-        self.gradient_checkpointing = False
-
-    def _run_block(self, block: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and self.gradient_checkpointing:
-            return self._gradient_checkpointing_func(block, hidden_states)
-        return block(hidden_states)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.conv_in(latents)
-        for block in self.latent_rate_blocks:
-            hidden_states = self._run_block(block, hidden_states)
-        hidden_states = self.upsample(hidden_states)
-        for block in self.mel_rate_blocks:
-            hidden_states = self._run_block(block, hidden_states)
+        """`(batch, latent_channels, frames)` -> normalised log-mel `(batch, mel_bins, 2 * frames)`."""
+        hidden_states = self._run_blocks(self.latent_rate_blocks, self.conv_in(latents))
+        hidden_states = self._run_blocks(self.mel_rate_blocks, self.upsample(hidden_states))
         return self.conv_out(F.silu(self.norm_out(hidden_states)))
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # MelVAE
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def _chunk_windows(latent_frames: int, chunk_size: int, overlap: int):
+    """Yield `(start, end, window_start, window_end)` in latent frames: each chunk `[start, end)` of `chunk_size`
+    frames and the window around it with `overlap` frames of context on each side (clipped to the sequence)."""
+    for start in range(0, latent_frames, chunk_size):
+        end = min(start + chunk_size, latent_frames)
+        yield start, end, max(0, start - overlap), min(latent_frames, end + overlap)
 
 
 class MelVAE(ModelMixin, AutoencoderMixin, ConfigMixin):
@@ -554,6 +558,23 @@ class MelVAE(ModelMixin, AutoencoderMixin, ConfigMixin):
             f"(batch, {self.config.mel_bins}, frames), got shape {tuple(x.shape)}."
         )
 
+    # -- chunking and slicing, shared by encode and decode ----------------------------------------------------------
+
+    def _resolve_chunk_size(self, chunk_size: int | None, latent_frames: int) -> int | None:
+        """The chunk length in latent frames: `chunk_size` if given, else `tile_latent_frames` when tiling is on and
+        the input is longer than one tile, else `None` (no chunking)."""
+        if chunk_size is None and self.use_tiling and latent_frames > self.tile_latent_frames:
+            chunk_size = self.tile_latent_frames
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"`chunk_size` must be >= 1 latent frame, got {chunk_size}.")
+        return chunk_size
+
+    def _map_batch_slices(self, function, inputs: torch.Tensor) -> torch.Tensor:
+        """`function` over the batch: sample by sample when slicing is on (`enable_slicing`), else all at once."""
+        if self.use_slicing and inputs.shape[0] > 1:
+            return torch.cat([function(batch_slice) for batch_slice in inputs.split(1)])
+        return function(inputs)
+
     # -- encode ---------------------------------------------------------------------------------------------------
 
     def _encode_mel(self, mel: torch.Tensor) -> torch.Tensor:
@@ -562,12 +583,8 @@ class MelVAE(ModelMixin, AutoencoderMixin, ConfigMixin):
 
     def _chunked_encode_mel(self, mel: torch.Tensor, chunk_size: int, overlap: int) -> torch.Tensor:
         mel_frames = mel.shape[-1]
-        latent_frames = math.ceil(mel_frames / 2)
         chunks = []
-        for start in range(0, latent_frames, chunk_size):
-            end = min(start + chunk_size, latent_frames)
-            window_start = max(0, start - overlap)
-            window_end = min(latent_frames, end + overlap)
+        for start, end, window_start, window_end in _chunk_windows(math.ceil(mel_frames / 2), chunk_size, overlap):
             # Windows start on even mel frames, so latent frame j of a window is latent frame window_start + j.
             moments = self._encode_mel(mel[..., 2 * window_start : min(mel_frames, 2 * window_end)])
             chunks.append(moments[..., start - window_start : end - window_start])
@@ -591,8 +608,7 @@ class MelVAE(ModelMixin, AutoencoderMixin, ConfigMixin):
             `(batch, latent_channels, ceil(mel_frames / 2))`.
         """
         mel = self._as_mel(x)
-        if chunk_size is None and self.use_tiling and math.ceil(mel.shape[-1] / 2) > self.tile_latent_frames:
-            chunk_size = self.tile_latent_frames
+        chunk_size = self._resolve_chunk_size(chunk_size, math.ceil(mel.shape[-1] / 2))
         overlap = self.tile_overlap_frames if self.tile_overlap_frames is not None else self.encoder_receptive_radius
 
         def encode_one(mel_batch: torch.Tensor) -> torch.Tensor:
@@ -600,10 +616,7 @@ class MelVAE(ModelMixin, AutoencoderMixin, ConfigMixin):
                 return self._chunked_encode_mel(mel_batch, chunk_size, overlap)
             return self._encode_mel(mel_batch)
 
-        if self.use_slicing and mel.shape[0] > 1:
-            moments = torch.cat([encode_one(mel_slice) for mel_slice in mel.split(1)])
-        else:
-            moments = encode_one(mel)
+        moments = self._map_batch_slices(encode_one, mel)
         posterior = DiagonalGaussianDistribution1D(moments)
         if not return_dict:
             return (posterior,)
@@ -616,12 +629,8 @@ class MelVAE(ModelMixin, AutoencoderMixin, ConfigMixin):
         return mel * self.config.mel_std + self.config.mel_mean
 
     def _chunked_decode_latents(self, latents: torch.Tensor, chunk_size: int, overlap: int) -> torch.Tensor:
-        latent_frames = latents.shape[-1]
         chunks = []
-        for start in range(0, latent_frames, chunk_size):
-            end = min(start + chunk_size, latent_frames)
-            window_start = max(0, start - overlap)
-            window_end = min(latent_frames, end + overlap)
+        for start, end, window_start, window_end in _chunk_windows(latents.shape[-1], chunk_size, overlap):
             mel = self._decode_latents(latents[..., window_start:window_end])
             chunks.append(mel[..., 2 * (start - window_start) : 2 * (end - window_start)])
         return torch.cat(chunks, dim=-1)
@@ -646,10 +655,7 @@ class MelVAE(ModelMixin, AutoencoderMixin, ConfigMixin):
             raise ValueError(
                 f"`z` must have shape (batch, {self.config.latent_channels}, latent_frames), got {tuple(z.shape)}."
             )
-        if chunk_size is None and self.use_tiling and z.shape[-1] > self.tile_latent_frames:
-            chunk_size = self.tile_latent_frames
-        if chunk_size is not None and chunk_size < 1:
-            raise ValueError(f"`chunk_size` must be >= 1 latent frame, got {chunk_size}.")
+        chunk_size = self._resolve_chunk_size(chunk_size, z.shape[-1])
         overlap = self.tile_overlap_frames if self.tile_overlap_frames is not None else self.decoder_receptive_radius
 
         def decode_one(latents: torch.Tensor) -> torch.Tensor:
@@ -657,10 +663,7 @@ class MelVAE(ModelMixin, AutoencoderMixin, ConfigMixin):
                 return self._chunked_decode_latents(latents, chunk_size, overlap)
             return self._decode_latents(latents)
 
-        if self.use_slicing and z.shape[0] > 1:
-            mel = torch.cat([decode_one(z_slice) for z_slice in z.split(1)])
-        else:
-            mel = decode_one(z)
+        mel = self._map_batch_slices(decode_one, z)
         if not return_dict:
             return (mel,)
         return DecoderOutput(sample=mel)
