@@ -581,6 +581,26 @@ def save_pipeline_with_components(
 # ------------------------------------------------------------------------------------------------
 
 
+def backward_and_step(
+    accelerator: Accelerator,
+    loss: torch.Tensor,
+    parameters: Iterable[torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler: Any,
+    max_grad_norm: float,
+) -> None:
+    """The end of every ``training_step``: ``accelerator.backward(loss)``, gradient clipping of `parameters` to
+    `max_grad_norm` (``<= 0``: off) when gradients are synchronised, then ``optimizer.step()``,
+    ``lr_scheduler.step()`` and ``optimizer.zero_grad()`` (prepared optimizers and schedulers only act at
+    accumulation boundaries)."""
+    accelerator.backward(loss)
+    if accelerator.sync_gradients and max_grad_norm > 0:
+        accelerator.clip_grad_norm_(parameters, max_grad_norm)
+    optimizer.step()
+    lr_scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def run_training_loop(
     accelerator: Accelerator,
     args: argparse.Namespace,

@@ -146,12 +146,7 @@ def main(args: argparse.Namespace) -> dict:
 
     def training_step(batch: dict, step: int) -> dict:
         loss = flow_matching_loss(transformer, vae, batch, args, generator, accelerator.device)
-        accelerator.backward(loss)
-        if accelerator.sync_gradients and args.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(lora_parameters, args.max_grad_norm)
-        optimizer.step()
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        common.backward_and_step(accelerator, loss, lora_parameters, optimizer, lr_scheduler, args.max_grad_norm)
         return {"loss": loss.detach().item(), "lr": lr_scheduler.get_last_lr()[0]}
 
     def on_optimizer_step(step: int) -> None:

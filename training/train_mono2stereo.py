@@ -171,12 +171,7 @@ def main(args: argparse.Namespace) -> dict:
             drop_video = drop.to(accelerator.device)
         output = model(mono_mel, video_features=video_features, drop_video=drop_video)
         loss = mono2stereo_loss(output.left_mel, output.right_mel, left_target, right_target)
-        accelerator.backward(loss)
-        if accelerator.sync_gradients and args.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-        optimizer.step()
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        common.backward_and_step(accelerator, loss, model.parameters(), optimizer, lr_scheduler, args.max_grad_norm)
         return {"loss": loss.detach().item()}
 
     global_step, history = common.run_training_loop(

@@ -89,12 +89,7 @@ def discriminator_update(accelerator, discriminator, optimizer, lr_scheduler, re
         r1 = r1_gradient_penalty(real_logits, real_mel)
         loss = loss + r1_weight * r1
         logs["r1"] = r1.detach().item()
-    accelerator.backward(loss)
-    if accelerator.sync_gradients and max_grad_norm > 0:
-        accelerator.clip_grad_norm_(discriminator.parameters(), max_grad_norm)
-    optimizer.step()
-    lr_scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+    common.backward_and_step(accelerator, loss, discriminator.parameters(), optimizer, lr_scheduler, max_grad_norm)
     return logs
 
 
@@ -176,12 +171,8 @@ def vae_training_step(
         g_loss = generator_gan_loss(accelerator, discriminator, reconstruction, mel, args.feature_matching_weight)
         loss = loss + weights.gan * g_loss
         logs["g_loss"] = g_loss.detach().item()
-    accelerator.backward(loss)
-    if accelerator.sync_gradients and args.max_grad_norm > 0:
-        accelerator.clip_grad_norm_([p for p in module.parameters() if p.requires_grad], args.max_grad_norm)
-    optimizer_g.step()
-    scheduler_g.step()
-    optimizer_g.zero_grad(set_to_none=True)
+    trainable = [p for p in module.parameters() if p.requires_grad]  # the encoder is frozen in stage 4
+    common.backward_and_step(accelerator, loss, trainable, optimizer_g, scheduler_g, args.max_grad_norm)
     logs["loss"] = loss.detach().item()
     return logs
 

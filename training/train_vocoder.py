@@ -142,12 +142,7 @@ def main(args: argparse.Namespace) -> dict:
             g_loss = generator_gan_loss(accelerator, discriminator, generated_mel, real_mel, args.feature_matching_weight)
             loss = loss + args.gan_weight * g_loss
             logs["g_loss"] = g_loss.detach().item()
-        accelerator.backward(loss)
-        if accelerator.sync_gradients and args.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(vocoder.parameters(), args.max_grad_norm)
-        optimizer_g.step()
-        scheduler_g.step()
-        optimizer_g.zero_grad(set_to_none=True)
+        common.backward_and_step(accelerator, loss, vocoder.parameters(), optimizer_g, scheduler_g, args.max_grad_norm)
         logs["loss"] = loss.detach().item()
         return logs
 
