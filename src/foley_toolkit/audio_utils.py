@@ -127,9 +127,15 @@ def _read_with_pyav(path: str) -> tuple[np.ndarray, int]:
                 sr = out.sample_rate
         for out in resampler.resample(None):
             chunks.append(out.to_ndarray())
-    if not chunks:
-        raise ValueError(f"`path` {path!r} has an empty audio stream.")
-    return np.concatenate(chunks, axis=-1).astype(np.float32), int(sr)
+        if not chunks:
+            raise ValueError(f"`path` {path!r} has an empty audio stream.")
+        audio = np.concatenate(chunks, axis=-1)
+        # AAC pads its last frame: keep only the samples the stream says it holds.
+        if stream.duration is not None and stream.time_base is not None:
+            expected = int(round(float(stream.duration * stream.time_base) * sr))
+            if 0 < expected < audio.shape[-1]:
+                audio = audio[:, :expected]
+    return audio.astype(np.float32), int(sr)
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, mono: bool = True) -> torch.Tensor:

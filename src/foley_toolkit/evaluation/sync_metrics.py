@@ -38,9 +38,9 @@ import numpy as np
 from scipy.ndimage import maximum_filter1d, median_filter
 from scipy.optimize import linear_sum_assignment
 
-SAMPLE_RATE = 44100
+from ..audio_utils import SAMPLE_RATE, load_audio
+
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp4", ".m4a", ".mkv", ".mov", ".webm", ".aac", ".mp3")
-_SOUNDFILE_EXTENSIONS = (".wav", ".flac", ".ogg")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -51,50 +51,11 @@ _SOUNDFILE_EXTENSIONS = (".wav", ".flac", ".ogg")
 def load_audio_for_sync(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Reads audio as float32 `(channels, samples)` at `sample_rate`, keeping the channels.
 
-    `.wav`/`.flac`/`.ogg` are read with soundfile, anything else (e.g. `.mp4` with an audio track) with PyAV.
-    For containers the decoded audio is trimmed to the stream's duration: AAC pads its last frame.
+    The package's one audio reader, `audio_utils.load_audio` (soundfile for `.wav`/`.flac`/`.ogg`, PyAV for
+    anything else, e.g. `.mp4` with an audio track; container audio trimmed to the stream's duration, since AAC
+    pads its last frame), as a NumPy array.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"audio file not found: {path}")
-    if path.suffix.lower() in _SOUNDFILE_EXTENSIONS:
-        import soundfile as sf
-
-        data, file_rate = sf.read(str(path), dtype="float32", always_2d=True)
-        audio = data.T
-    else:
-        audio, file_rate = _decode_with_pyav(path)
-    if file_rate != sample_rate:
-        from scipy.signal import resample_poly
-
-        divisor = math.gcd(int(file_rate), int(sample_rate))
-        audio = resample_poly(audio, sample_rate // divisor, int(file_rate) // divisor, axis=-1).astype(np.float32)
-    return np.ascontiguousarray(audio, dtype=np.float32)
-
-
-def _decode_with_pyav(path: Path) -> tuple[np.ndarray, int]:
-    import av
-
-    with av.open(str(path)) as container:
-        if not container.streams.audio:
-            raise ValueError(f"{path} has no audio stream")
-        stream = container.streams.audio[0]
-        rate = stream.codec_context.sample_rate
-        resampler = av.AudioResampler(format="fltp", layout=stream.codec_context.layout, rate=rate)
-        chunks = []
-        for frame in container.decode(stream):
-            for converted in resampler.resample(frame):
-                chunks.append(converted.to_ndarray())
-        for converted in resampler.resample(None):
-            chunks.append(converted.to_ndarray())
-        if not chunks:
-            raise ValueError(f"{path}: the audio stream decoded to no samples")
-        audio = np.concatenate(chunks, axis=1)
-        if stream.duration is not None and stream.time_base is not None:
-            expected = int(round(float(stream.duration * stream.time_base) * rate))
-            if 0 < expected < audio.shape[1]:
-                audio = audio[:, :expected]
-    return audio.astype(np.float32), int(rate)
+    return load_audio(path, sample_rate=sample_rate, mono=False).numpy()
 
 
 # ----------------------------------------------------------------------------------------------------
