@@ -18,7 +18,6 @@ also counts the parameters of every preset on the meta device. Prints one JSON o
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
@@ -29,6 +28,7 @@ import time
 import torch
 
 from foley_toolkit import FoleyMMDiTTransformer
+from foley_toolkit.audio_utils import sequence_lengths
 
 
 PRESETS = ["small", "kling-foley-1.5b", "kling-foley-3b", "kling-foley-6b"]
@@ -45,16 +45,6 @@ def parse_args():
     parser.add_argument("--skip_memory", action="store_true", help="Do not measure peak memory.")
     parser.add_argument("--_memory_only", default=None, help=argparse.SUPPRESS)  # internal: one memory sub-run
     return parser.parse_args()
-
-
-def sequence_lengths(duration: float) -> dict[str, int]:
-    # DESIGN.md section 4 (the same numbers as foley_toolkit.audio_utils.sequence_lengths)
-    sync_frames = int(duration * 25)
-    return {
-        "audio_tokens": math.ceil(duration * 44100 / 1024),
-        "clip_frames": int(duration * 8),
-        "sync_tokens": ((sync_frames - 16) // 8 + 1) * 8,
-    }
 
 
 def count_parameters() -> dict[str, int]:

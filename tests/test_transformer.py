@@ -5,12 +5,10 @@ Tiny configs of the real class; every parameter is re-drawn at random so that ze
 output conv, empty embeddings) cannot make an equality hold trivially.
 """
 
-import math
-
 import pytest
 import torch
 
-from foley_toolkit import FoleyMMDiTConditions, FoleyMMDiTTransformer
+from foley_toolkit import FoleyMMDiTConditions, FoleyMMDiTTransformer, sequence_lengths
 from foley_toolkit.models.transformers.transformer_foley_mmdit import (
     FoleyAttnProcessor,
     aligned_rope_positions,
@@ -50,13 +48,9 @@ def make_model(**overrides):
 
 
 def lengths(duration):
-    """Sequence lengths of DESIGN.md section 4 for a clip of `duration` seconds."""
-    sync_frames = int(duration * 25)
-    return {
-        "audio": math.ceil(duration * 44100 / 1024),
-        "clip": int(duration * 8),
-        "sync": ((sync_frames - 16) // 8 + 1) * 8,
-    }
+    """Sequence lengths of DESIGN.md section 4 for a clip of `duration` seconds (from the one place that has them)."""
+    n = sequence_lengths(duration)
+    return {"audio": n["audio_tokens"], "clip": n["clip_frames"], "sync": n["sync_tokens"]}
 
 
 def make_inputs(batch_size=2, duration=1.0, text_tokens=7, seed=0):
@@ -110,6 +104,16 @@ def test_missing_modality_equals_its_empty_embedding(model, feature, drop):
     mixed = run(model, **inputs, **{drop: torch.tensor([False, True])})
     torch.testing.assert_close(mixed[0], full[0], atol=ATOL, rtol=0)
     torch.testing.assert_close(mixed[1], missing[1], atol=ATOL, rtol=0)
+
+
+def test_default_condition_lengths_agree_with_sequence_lengths(model):
+    # The empty CLIP/sync sequences of a missing modality have the lengths the pipeline feeds for a clip of the same
+    # duration: `sequence_lengths`, with at least one CLIP frame and one Synchformer segment for very short clips.
+    for num_audio_tokens in range(1, 1400):  # up to ~32 s
+        expected = sequence_lengths(num_audio_tokens * 1024 / 44100)
+        got = model.default_condition_lengths(num_audio_tokens)
+        assert got["clip_frames"] == max(expected["clip_frames"], 1), num_audio_tokens
+        assert got["sync_tokens"] == max(expected["sync_segments"], 1) * 8, num_audio_tokens
 
 
 @pytest.mark.parametrize("kernel_size", [1, 3, 7])

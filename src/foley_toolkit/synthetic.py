@@ -44,7 +44,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-SAMPLE_RATE = 44100
+from .audio_utils import SAMPLE_RATE
 DEFAULT_FPS_CHOICES: tuple[float, ...] = (12, 24, 25, 30, 60)
 
 # Horizontal positions of events stay inside the frame; moving objects hit at least this far off centre.

@@ -48,13 +48,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+# Frame rates, the 16-frame Synchformer segment (0.64 s at 25 fps) and the audio rate: DESIGN.md's fixed numbers,
+# defined once in `audio_utils`.
+from .audio_utils import CLIP_FRAME_RATE, SYNC_FRAME_RATE, SYNC_SEGMENT_FRAMES
+from .audio_utils import SAMPLE_RATE as AUDIO_OUTPUT_SAMPLE_RATE
 
-CLIP_FRAME_RATE = 8
-SYNC_FRAME_RATE = 25
+
 CLIP_IMAGE_SIZE = 224
 SYNC_IMAGE_SIZE = 224
-# Synchformer consumes 16-frame segments (0.64 s at 25 fps) with a stride of 8 frames.
-SYNC_SEGMENT_FRAMES = 16
 
 # OpenAI CLIP statistics, also used by MetaCLIP (open_clip `OPENAI_DATASET_MEAN/STD`).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -63,7 +64,6 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 SYNC_MEAN = (0.5, 0.5, 0.5)
 SYNC_STD = (0.5, 0.5, 0.5)
 
-AUDIO_OUTPUT_SAMPLE_RATE = 44100
 _VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv")
 
 VideoLike = Union[str, os.PathLike, bytes, bytearray, memoryview, io.IOBase, np.ndarray, torch.Tensor]

@@ -18,7 +18,7 @@ from diffusers.utils import logging, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPVisionModelWithProjection, T5EncoderModel, T5Tokenizer, T5TokenizerFast
 
-from ...audio_utils import sequence_lengths
+from ...audio_utils import HOP_LENGTH, SAMPLE_RATE, SYNC_SEGMENT_FRAMES, sequence_lengths
 from ...models.autoencoders.autoencoder_mel_vae import MelVAE
 from ...models.encoders.synchformer import SynchformerEncoder
 from ...models.mono2stereo import Mono2Stereo
@@ -35,11 +35,6 @@ from .pipeline_output import KlingFoleyPipelineOutput
 
 
 logger = logging.get_logger(__name__)  # pylint: disable=invalid-name
-
-SAMPLE_RATE = 44_100
-MEL_HOP_LENGTH = 512
-# Synchformer needs at least one 16-frame segment (0.64 s at 25 fps).
-SYNC_SEGMENT_FRAMES = 16
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -426,7 +421,7 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
         config = self.sync_encoder.config
         segment_frames, stride = config.segment_frames, config.segment_stride
         image_size = getattr(config, "image_size", SYNC_IMAGE_SIZE)
-        num_segments = (frames.shape[0] - segment_frames) // stride + 1
+        num_segments = self.sync_encoder.num_segments(frames.shape[0])
         self._onload(self.sync_encoder)
         features = []
         for first in range(0, num_segments, self.sync_segment_batch_size):
@@ -457,17 +452,11 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
         """Validate the arguments of `__call__`; return the batch size (number of clips/prompts)."""
         if video is None and prompt is None:
             raise ValueError("Provide `video`, `prompt` or both; got neither.")
-        if prompt is not None and not (
-            isinstance(prompt, str) or (isinstance(prompt, (list, tuple)) and all(isinstance(p, str) for p in prompt))
-        ):
-            raise ValueError(f"`prompt` must be a string or a list of strings, got {type(prompt).__name__}.")
-        if negative_prompt is not None and not (
-            isinstance(negative_prompt, str)
-            or (isinstance(negative_prompt, (list, tuple)) and all(isinstance(p, str) for p in negative_prompt))
-        ):
-            raise ValueError(
-                f"`negative_prompt` must be a string or a list of strings, got {type(negative_prompt).__name__}."
-            )
+        for name, value in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+            if value is not None and not (
+                isinstance(value, str) or (isinstance(value, (list, tuple)) and all(isinstance(p, str) for p in value))
+            ):
+                raise ValueError(f"`{name}` must be a string or a list of strings, got {type(value).__name__}.")
         if video is None and duration is None:
             raise ValueError("`duration` (seconds) is required for text-to-audio generation (no `video`).")
         if duration is not None:
@@ -580,7 +569,7 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
         if waveform.shape[-1] < num_samples:
             raise RuntimeError(
                 f"The vocoder produced {waveform.shape[-1]} samples for {num_samples} requested; its upsampling "
-                f"factor must be {MEL_HOP_LENGTH} and the VAE's temporal upsampling 2."
+                f"factor must be {HOP_LENGTH} and the VAE's temporal upsampling 2."
             )
         return waveform[..., :num_samples].float()
 
@@ -788,7 +777,7 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
         else:
             mel = self.decode_latents(latents, clip_features)
             if output_type == "mel":
-                audios = mel[..., : math.ceil(num_samples / MEL_HOP_LENGTH)].float()
+                audios = mel[..., : math.ceil(num_samples / HOP_LENGTH)].float()
             else:
                 audios = self.mel_to_waveform(mel, num_samples)
         if output_type in ("np", "mel"):
