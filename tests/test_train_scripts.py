@@ -206,6 +206,22 @@ def test_interrupted_checkpoint_write_never_replaces_last_good_one(tmp_path):
         common.resolve_checkpoint_path(tmp_path, "checkpoint-7")
 
 
+def test_scale_lr_multiplies_the_learning_rates_by_the_global_batch_size(tmp_path):
+    import common
+    import train_vocoder
+    from accelerate import Accelerator
+
+    flags = ["--output_dir", str(tmp_path), "--train_batch_size", "3", "--gradient_accumulation_steps", "2",
+             "--learning_rate", "1e-4", "--discriminator_learning_rate", "5e-5"]  # fmt: skip
+    accelerator = Accelerator()
+    scaled = train_vocoder.parse_args(flags + ["--scale_lr"])
+    common.scale_learning_rates(scaled, accelerator)
+    assert scaled.learning_rate == pytest.approx(6e-4) and scaled.discriminator_learning_rate == pytest.approx(3e-4)
+    plain = train_vocoder.parse_args(flags)
+    common.scale_learning_rates(plain, accelerator)
+    assert plain.learning_rate == 1e-4 and plain.discriminator_learning_rate == 5e-5
+
+
 def test_transformer_overfits_a_fixed_batch(tiny_pipeline_dir, feature_dir):
     """Algorithm 1's loss on one batch with fixed noise falls by more than half in 10 AdamW steps."""
     import train_transformer

@@ -225,7 +225,19 @@ def unwrap_model(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.M
     return getattr(model, "_orig_mod", model)
 
 
+def scale_learning_rates(args: argparse.Namespace, accelerator: Accelerator) -> None:
+    """``--scale_lr``: multiply ``--learning_rate`` (and ``--discriminator_learning_rate`` when a script has and sets
+    it) by the global batch size ``train_batch_size * num_processes * gradient_accumulation_steps``, in place."""
+    if not args.scale_lr:
+        return
+    global_batch_size = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    args.learning_rate *= global_batch_size
+    if getattr(args, "discriminator_learning_rate", None) is not None:
+        args.discriminator_learning_rate *= global_batch_size
+
+
 def build_optimizer(args: argparse.Namespace, params: Iterable, learning_rate: float | None = None) -> torch.optim.AdamW:
+    """AdamW over `params` with the ``--adam_*`` flags, at `learning_rate` (default ``--learning_rate``)."""
     return torch.optim.AdamW(
         params,
         lr=learning_rate if learning_rate is not None else args.learning_rate,

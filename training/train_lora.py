@@ -129,8 +129,7 @@ def main(args: argparse.Namespace) -> dict:
     )  # fmt: skip
 
     dataset, sampler, dataloader = build_feature_dataloader(args)
-    if args.scale_lr:
-        args.learning_rate *= args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    common.scale_learning_rates(args, accelerator)
     lora_parameters = [p for p in transformer.parameters() if p.requires_grad]
     optimizer = common.build_optimizer(args, lora_parameters)
     transformer, optimizer, dataloader = accelerator.prepare(transformer, optimizer, dataloader)

@@ -149,6 +149,7 @@ def main(args: argparse.Namespace) -> dict:
     dataloader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, collate_fn=collate_stereo, num_workers=args.dataloader_num_workers
     )
+    common.scale_learning_rates(args, accelerator)
     optimizer = common.build_optimizer(args, model.parameters())
     model, optimizer, dataloader = accelerator.prepare(model, optimizer, dataloader)
     max_train_steps, steps_per_epoch = common.resolve_max_train_steps(args, len(dataloader))

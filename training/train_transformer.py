@@ -263,8 +263,7 @@ def main(args: argparse.Namespace) -> dict:
     common.register_checkpoint_hooks(accelerator, {"transformer": transformer}, {"transformer": ema} if ema else None)
 
     dataset, sampler, dataloader = build_feature_dataloader(args)
-    if args.scale_lr:
-        args.learning_rate *= args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    common.scale_learning_rates(args, accelerator)
     optimizer = common.build_optimizer(args, [p for p in transformer.parameters() if p.requires_grad])
     transformer, optimizer, dataloader = accelerator.prepare(transformer, optimizer, dataloader)
     max_train_steps, steps_per_epoch = common.resolve_max_train_steps(args, len(dataloader))

@@ -224,6 +224,7 @@ def main(args: argparse.Namespace) -> dict:
     )  # fmt: skip
 
     dataset, sampler, dataloader = common.build_audio_dataloader(args, mono=True)
+    common.scale_learning_rates(args, accelerator)
     optimizer_g = common.build_optimizer(args, module.parameters())
     optimizer_d = common.build_optimizer(args, discriminator.parameters(), args.discriminator_learning_rate)
     module, discriminator, optimizer_g, optimizer_d, dataloader = accelerator.prepare(

@@ -106,6 +106,7 @@ def main(args: argparse.Namespace) -> dict:
     common.register_checkpoint_hooks(accelerator, {"vocoder": vocoder, "discriminator": discriminator})
 
     dataset, sampler, dataloader = common.build_audio_dataloader(args, mono=True)
+    common.scale_learning_rates(args, accelerator)
     optimizer_g = common.build_optimizer(args, vocoder.parameters())
     optimizer_d = common.build_optimizer(args, discriminator.parameters(), args.discriminator_learning_rate)
     vocoder, discriminator, optimizer_g, optimizer_d, dataloader = accelerator.prepare(
