@@ -222,6 +222,39 @@ def test_scale_lr_multiplies_the_learning_rates_by_the_global_batch_size(tmp_pat
     assert plain.learning_rate == 1e-4 and plain.discriminator_learning_rate == 5e-5
 
 
+def test_report_to_trackers_get_the_config_and_the_logged_values(tmp_path):
+    import common
+    import train_vae
+    from accelerate import Accelerator
+    from accelerate.tracking import GeneralTracker
+
+    class RecordingTracker(GeneralTracker):
+        name, requires_logging_directory = "recording", False
+
+        def __init__(self):
+            super().__init__()
+            self.config, self.logs = None, []
+
+        @property
+        def tracker(self):
+            return self
+
+        def store_init_configuration(self, values):
+            self.config = values
+
+        def log(self, values, step=None, **kwargs):
+            self.logs.append((step, values))
+
+    args = train_vae.parse_args(["--output_dir", str(tmp_path), "--max_train_steps", "7"])
+    recorder = RecordingTracker()
+    accelerator = Accelerator(log_with=[recorder])
+    common.init_trackers(accelerator, args, "train_vae")
+    accelerator.log({"loss": 0.5}, step=3)
+    assert recorder.config["max_train_steps"] == 7 and recorder.config["output_dir"] == str(tmp_path)
+    assert all(isinstance(v, (int, float, str, bool)) for v in recorder.config.values())
+    assert recorder.logs == [(3, {"loss": 0.5})]
+
+
 def test_transformer_overfits_a_fixed_batch(tiny_pipeline_dir, feature_dir):
     """Algorithm 1's loss on one batch with fixed noise falls by more than half in 10 AdamW steps."""
     import train_transformer

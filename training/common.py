@@ -213,6 +213,14 @@ def setup_accelerator(args: argparse.Namespace, find_unused_parameters: bool = F
     return accelerator
 
 
+def init_trackers(accelerator: Accelerator, args: argparse.Namespace, project_name: str) -> None:
+    """Start the ``--report_to`` trackers (main process) with the scalar flags as the run's config; without this,
+    ``accelerator.log`` in `run_training_loop` reaches no tracker."""
+    if accelerator.is_main_process:
+        config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers(project_name, config=config)
+
+
 def make_generator(accelerator: Accelerator, seed: int | None) -> torch.Generator:
     """The per-process generator that drives all the randomness of training steps (saved in checkpoints)."""
     generator = torch.Generator(device="cpu")

@@ -155,6 +155,7 @@ def main(args: argparse.Namespace) -> dict:
     max_train_steps, steps_per_epoch = common.resolve_max_train_steps(args, len(dataloader))
     lr_scheduler = accelerator.prepare(common.build_lr_scheduler(args, optimizer, accelerator, max_train_steps))
     common.log_run_summary(accelerator, args, len(dataset), max_train_steps)
+    common.init_trackers(accelerator, args, "train_mono2stereo")
     global_step = common.resume_from_checkpoint(accelerator, args, generator)
 
     def training_step(batch: dict, step: int) -> dict:

@@ -270,8 +270,7 @@ def main(args: argparse.Namespace) -> dict:
     lr_scheduler = accelerator.prepare(common.build_lr_scheduler(args, optimizer, accelerator, max_train_steps))
     common.log_run_summary(accelerator, args, len(dataset), max_train_steps)
     log_num_parameters(common.unwrap_model(accelerator, transformer))
-    if accelerator.is_main_process:
-        accelerator.init_trackers("train_transformer", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+    common.init_trackers(accelerator, args, "train_transformer")
 
     global_step = common.resume_from_checkpoint(accelerator, args, generator)
     validator = Validator(args, accelerator, transformer, ema)

@@ -116,6 +116,7 @@ def main(args: argparse.Namespace) -> dict:
     scheduler_g = accelerator.prepare(common.build_lr_scheduler(args, optimizer_g, accelerator, max_train_steps))
     scheduler_d = accelerator.prepare(common.build_lr_scheduler(args, optimizer_d, accelerator, max_train_steps))
     common.log_run_summary(accelerator, args, len(dataset), max_train_steps)
+    common.init_trackers(accelerator, args, "train_vocoder")
     global_step = common.resume_from_checkpoint(accelerator, args, generator)
 
     def training_step(batch: dict, step: int) -> dict:
