@@ -100,6 +100,7 @@ def add_training_args(parser: argparse.ArgumentParser, default_learning_rate: fl
 
 
 def add_ema_args(parser: argparse.ArgumentParser) -> None:
+    """Flags of the EMA of the trained weights (``--use_ema`` and diffusers `EMAModel` settings)."""
     group = parser.add_argument_group("ema")
     group.add_argument("--use_ema", action="store_true", help="Keep an EMA of the weights (diffusers EMAModel).")
     group.add_argument("--ema_decay", type=float, default=0.999, help="Maximum EMA decay.")
@@ -229,6 +230,7 @@ def make_generator(accelerator: Accelerator, seed: int | None) -> torch.Generato
 
 
 def unwrap_model(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
+    """The bare module behind accelerate's wrappers (DDP, ``torch.compile``)."""
     model = accelerator.unwrap_model(model)
     return getattr(model, "_orig_mod", model)
 
@@ -519,6 +521,7 @@ def register_checkpoint_hooks(
 
 
 def save_module(module: torch.nn.Module, folder: str) -> None:
+    """Save `module` to `folder`: ``save_pretrained`` when it has one, else its state dict as ``model.safetensors``."""
     if hasattr(module, "save_pretrained"):
         module.save_pretrained(folder)
     else:
@@ -528,6 +531,7 @@ def save_module(module: torch.nn.Module, folder: str) -> None:
 
 
 def load_module(module: torch.nn.Module, folder: str) -> None:
+    """Load what `save_module` wrote in `folder` into `module`, in place."""
     if hasattr(module, "save_pretrained") and hasattr(module, "from_pretrained"):
         loaded = type(module).from_pretrained(folder)
         module.load_state_dict(loaded.state_dict())

@@ -58,6 +58,8 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
 
 
 def lora_config(args: argparse.Namespace):
+    """The peft `LoraConfig` of ``--rank``, ``--lora_alpha`` (default: the rank), ``--lora_dropout`` and
+    ``--lora_target_modules``."""
     from peft import LoraConfig
 
     targets = [name.strip() for name in args.lora_target_modules.split(",") if name.strip()]

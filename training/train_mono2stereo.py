@@ -94,6 +94,8 @@ class StereoCropDataset(torch.utils.data.Dataset):
 
 
 def collate_stereo(examples: list[dict]) -> dict:
+    """Audio crops batched by `collate_audio_crops`, plus ``has_video`` `(batch,)` and ``clip_features``
+    `(batch, clip_frames, clip_dim)` (zeros for clips without video; `None` when no clip has video)."""
     from foley_toolkit.data import collate_audio_crops
 
     batch = collate_audio_crops(examples)
@@ -107,6 +109,8 @@ def collate_stereo(examples: list[dict]) -> dict:
 
 
 def load_mono2stereo(args: argparse.Namespace):
+    """The Mono2Stereo to train: from ``--mono2stereo_config``, else ``--mono2stereo`` / the pipeline's folder, else
+    a default-size new one."""
     from foley_toolkit.models.mono2stereo import Mono2Stereo
 
     if args.mono2stereo_config is not None:

@@ -39,6 +39,8 @@ logger = get_logger(__name__)
 
 
 def add_flow_matching_args(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by train_transformer.py and train_lora.py: model, cached features, noise sampling, condition
+    dropout, validation."""
     group = parser.add_argument_group("flow matching")
     group.add_argument("--pretrained_model", type=str, required=True,
                        help="KlingFoleyPipeline folder: its VAE normalises latents, its transformer is the starting point "
@@ -73,6 +75,8 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
 
 
 def check_flow_matching_args(args: argparse.Namespace) -> None:
+    """Fail early, naming the flag, on dropout rates outside [0, 1], a missing ``--pretrained_model`` folder or
+    validation without an input."""
     for name in ("text_dropout", "video_dropout"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             raise ValueError(f"`--{name}` must be in [0, 1], got {getattr(args, name)}.")
@@ -219,6 +223,7 @@ class Validator:
 
 
 def log_num_parameters(model: torch.nn.Module) -> None:
+    """Log total and trainable parameter counts of `model`."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     logger.info(f"  parameters: {total / 1e6:.2f}M, trainable: {trainable / 1e6:.4f}M")
@@ -230,6 +235,8 @@ def log_num_parameters(model: torch.nn.Module) -> None:
 
 
 def load_transformer(args: argparse.Namespace):
+    """The transformer to train: the pipeline's, or a new one from ``--transformer_config`` (a JSON file or a preset
+    name)."""
     import json
 
     from foley_toolkit.models.transformers.transformer_foley_mmdit import FoleyMMDiTTransformer

@@ -58,6 +58,8 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
 
 
 def load_vocoder(args: argparse.Namespace):
+    """The vocoder to train: new from ``--vocoder_config`` (a preset name or a JSON file), else ``--vocoder`` / the
+    pipeline's."""
     from foley_toolkit.models.vocoder import (
         MMAudioVocoder,
         bigvgan_v2_44khz_128band_512x_config,

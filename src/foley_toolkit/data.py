@@ -76,6 +76,7 @@ class ClipSource:
 
     @property
     def has_video(self) -> bool:
+        """Whether the clip has a video (CLIP/Synchformer conditions) besides its audio."""
         return self.video is not None
 
 
@@ -226,6 +227,7 @@ def probe_duration(media: str | bytes, is_video: bool) -> float:
 
 
 def source_duration(source: ClipSource) -> float:
+    """Seconds of `source`: its `duration`, else probed from the video (or the audio) once and stored on it."""
     if source.duration is None:
         if source.video is not None:
             source.duration = probe_duration(source.video, is_video=True)
@@ -565,6 +567,7 @@ class FoleyClipDataset(torch.utils.data.Dataset):
 
     @property
     def durations(self) -> list[float]:
+        """Seconds of every item, in index order (for `LengthGroupedBatchSampler`)."""
         return [item.duration for item in self.items]
 
     def _source_audio(self, source_index: int) -> torch.Tensor:
@@ -669,6 +672,7 @@ def collate_audio_crops(examples: list[dict]) -> dict[str, Any]:
 
 
 def feature_file_name(item_id: str) -> str:
+    """The cached-feature file of item `item_id`: the id made file-system safe, plus ``.safetensors``."""
     return f"{_safe_id(item_id)}.safetensors"
 
 

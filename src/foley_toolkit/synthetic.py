@@ -94,6 +94,7 @@ class SyntheticEvent:
     frame: int
 
     def to_dict(self) -> dict:
+        """The event as a JSON-able dict, one entry of a clip's ``events`` in ``metadata.jsonl`` (time in seconds)."""
         return {
             "time": round(self.time, 6),
             "class": self.event_class,

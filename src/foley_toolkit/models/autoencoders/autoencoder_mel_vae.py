@@ -296,7 +296,8 @@ class MelEncoder1D(_MelConvStack1D):
         self.conv_out = nn.Conv1d(latent_rate_channels, 2 * latent_channels, kernel_size, padding=kernel_size // 2)
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        """`(batch, mel_bins, frames)` normalised log-mel -> moments `(batch, 2 * latent_channels, ceil(frames / 2))`."""
+        """Normalised log-mel `(batch, mel_bins, frames)` -> posterior moments
+        `(batch, 2 * latent_channels, ceil(frames / 2))`."""
         hidden_states = self._run_blocks(self.mel_rate_blocks, self.conv_in(mel))
         hidden_states = self._run_blocks(self.latent_rate_blocks, self.downsample(hidden_states))
         return self.conv_out(F.silu(self.norm_out(hidden_states)))

@@ -533,6 +533,7 @@ class FoleyMMDiTConditions:
 
     @property
     def batch_size(self) -> int:
+        """Samples the conditions were prepared for (`pooled_conditions` is `(batch, 4 * dim)`)."""
         return self.pooled_conditions.shape[0]
 
     @classmethod
