@@ -167,7 +167,7 @@ def sources_from_records(records: Sequence[dict], data_dir: str | os.PathLike | 
             )
         )
     if not sources:
-        raise ValueError("The metadata has no rows.")
+        raise ValueError("`records` is empty: the metadata has no rows.")
     return sources
 
 
@@ -531,7 +531,10 @@ class FoleyClipDataset(torch.utils.data.Dataset):
         video_column = pick(video_column, ["video", "file_name"], "video", False)
         audio_column = pick(audio_column, ["audio", "audio_file_name", "audio_file"], "audio", False)
         if video_column is None and audio_column is None:
-            raise ValueError(f"The dataset has neither a video nor an audio column ({sorted(columns)}).")
+            raise ValueError(
+                f"`dataset` has neither a video nor an audio column; name one with `video_column` or `audio_column` "
+                f"(columns: {sorted(columns)})."
+            )
         base = Path(data_dir) if data_dir is not None else None
         sources = []
         for index in range(len(dataset)):

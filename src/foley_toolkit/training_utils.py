@@ -140,7 +140,9 @@ def hinge_discriminator_loss(real_logits, fake_logits) -> torch.Tensor:
     """
     real, fake = _as_logit_list(real_logits), _as_logit_list(fake_logits)
     if len(real) != len(fake):
-        raise ValueError(f"Got {len(real)} real and {len(fake)} fake logit maps.")
+        raise ValueError(
+            f"`real_logits` and `fake_logits` must have as many logit maps, got {len(real)} and {len(fake)}."
+        )
     losses = [F.relu(1.0 - r.float()).mean() + F.relu(1.0 + f.float()).mean() for r, f in zip(real, fake)]
     return torch.stack(losses).mean()
 
@@ -181,7 +183,7 @@ def feature_matching_loss(real_features, fake_features) -> torch.Tensor:
         for real, fake in zip(real_scale, fake_scale)
     ]
     if not losses:
-        raise ValueError("No discriminator features to match.")
+        raise ValueError("`real_features` / `fake_features` hold no discriminator features to match.")
     return torch.stack(losses).mean()
 
 
@@ -210,7 +212,7 @@ def latent_statistics(latents: torch.Tensor | _Iterable[torch.Tensor]) -> tuple[
     count, total, total_sq = 0, None, None
     for z in batches:
         if z.ndim != 3:
-            raise ValueError(f"Latents must have shape (batch, channels, frames), got {tuple(z.shape)}.")
+            raise ValueError(f"`latents` must have shape (batch, channels, frames), got {tuple(z.shape)}.")
         z = z.double().transpose(0, 1).reshape(z.shape[1], -1)
         total = z.sum(1) if total is None else total + z.sum(1)
         total_sq = z.pow(2).sum(1) if total_sq is None else total_sq + z.pow(2).sum(1)

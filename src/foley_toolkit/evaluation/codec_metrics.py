@@ -149,8 +149,8 @@ def mel_cepstral_distortion_from_log_mels(
     """MCD in dB from natural-log mel magnitudes of shape `(bands, frames)` (see `mel_cepstral_distortion`)."""
     if log_mel_reference.shape != log_mel_estimate.shape or log_mel_reference.ndim != 2:
         raise ValueError(
-            f"Log-mels must both be (bands, frames), got {tuple(log_mel_reference.shape)} and "
-            f"{tuple(log_mel_estimate.shape)}."
+            f"`log_mel_reference` and `log_mel_estimate` must both be (bands, frames) of the same shape, got "
+            f"{tuple(log_mel_reference.shape)} and {tuple(log_mel_estimate.shape)}."
         )
     difference = log_mel_reference.double() - log_mel_estimate.double()
     cepstrum = _cepstrum_matrix(difference.shape[0], num_coefficients + 1).to(difference.device)
@@ -227,7 +227,7 @@ def compute_codec_metrics(
     metrics = list(CODEC_METRICS if metrics is None else metrics)
     unknown = [name for name in metrics if name not in _METRIC_FUNCTIONS]
     if unknown:
-        raise ValueError(f"Unknown codec metrics {unknown}; choose from {list(CODEC_METRICS)}.")
+        raise ValueError(f"Unknown codec metrics {unknown} in `metrics`; choose from {list(CODEC_METRICS)}.")
     reference, estimate = _aligned(reference, estimate)
     return {name: _METRIC_FUNCTIONS[name](reference, estimate, sample_rate) for name in metrics}
 
