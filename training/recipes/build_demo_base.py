@@ -5,10 +5,14 @@ The demo pipeline is trained on the synthetic dataset of `foley_toolkit.syntheti
 Synchformer, MM-DiT transformer, MelVAE, BigVGAN-v2 vocoder, Mono2Stereo) but at sizes that train in
 minutes and ship in a few MB:
 
-* the three conditioning encoders are small and stay frozen at their random initialisation: the
+* the three conditioning encoders are small and stay frozen at a random initialisation: the
   synthetic world has four event classes on a plain background, so fixed random features of the
   frames (brightness, where the objects are) and of the caption words already separate what the
-  transformer must see; training real encoders is the paper's pre-training, not the demo's job;
+  transformer must see; training real encoders is the paper's pre-training, not the demo's job.
+  The vision and sync encoders are re-drawn with variance-growing weights (`rescale_random_encoder`):
+  at the usual ViT initialisation (std 0.02) their outputs barely change from frame to frame (the
+  Synchformer's features varied by 0.2% over a clip), too little signal for the transformer to find;
+  the demo run whose encoders kept that initialisation learned to ignore the video;
 * the MelVAE, vocoder, transformer and Mono2Stereo are trained by the project's own scripts.
 
 Usage: `python training/recipes/build_demo_base.py --output_dir outputs/demo/base`
@@ -34,6 +38,18 @@ from foley_toolkit.models.vocoder import build_vocoder
 
 LATENT_CHANNELS = 16
 FRAME_SIZE = 112  # CLIP and Synchformer frames are resized to this (the synthetic videos are 96-128 px)
+
+
+def rescale_random_encoder(encoder: torch.nn.Module, generator: torch.Generator, gain: float = 2.0) -> None:
+    """Re-draw every linear/conv weight of a random encoder as N(0, gain^2 / fan_in) with zero bias, so that
+    differences between frames survive the depth of the network (gain > 1 grows them through each layer)."""
+    for module in encoder.modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)):
+            fan_in = module.weight[0].numel()
+            with torch.no_grad():
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * gain / fan_in**0.5)
+                if module.bias is not None:
+                    module.bias.zero_()
 
 
 def build_demo_components(seed: int = 0) -> dict:
@@ -85,6 +101,10 @@ def build_demo_components(seed: int = 0) -> dict:
     mono2stereo = Mono2Stereo(
         hidden_channels=64, num_layers=2, kernel_size=5, video_feature_dim=vision_encoder.config.projection_dim
     )
+    # A separate generator: the other components' initialisation does not depend on this step.
+    encoder_generator = torch.Generator().manual_seed(seed + 1)
+    rescale_random_encoder(vision_encoder, encoder_generator)
+    rescale_random_encoder(sync_encoder, encoder_generator)
     return {
         "tokenizer": tokenizer,
         "text_encoder": text_encoder,

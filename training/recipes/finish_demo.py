@@ -97,11 +97,14 @@ Real videos will get noise-like sound from it. Use it to try the API, the CLI an
    0.1, InverseLR, EMA.
 5. `training/train_mono2stereo.py`: Mono2Stereo conditioned on the CLIP frame features.
 
-The conditioning encoders (T5, CLIP vision, Synchformer) are small (64 wide, 2 layers) and keep their
+The conditioning encoders (T5, CLIP vision, Synchformer) are small (64 wide, 2 layers) and frozen at a
 random initialisation: the synthetic world is four event classes on a plain background, so fixed random
 features of the frames (brightness, object positions) and of the caption words already tell the
 transformer what it needs, and pre-training real encoders is outside what 2 CPU cores can do in a demo.
-For real use, load T5-Base, MetaCLIP and Synchformer weights (see the main README).
+The vision and sync encoders are drawn with variance-growing weights (`rescale_random_encoder` in
+`training/recipes/build_demo_base.py`): at the usual ViT initialisation their features hardly change
+from frame to frame, and a first run trained on those learned to ignore the video (onset F1 0.02).
+For real use, load T5-Base, MetaCLIP and Synchformer weights.
 
 ## Measured on held-out clips
 
