@@ -14,6 +14,7 @@ from foley_toolkit.models.transformers.transformer_foley_mmdit import (
     aligned_rope_positions,
     conv1d_channel_last,
 )
+from utils import RELOAD_ATOL, RELOAD_RTOL, assert_same_weights
 
 
 TEXT_DIM, CLIP_DIM, SYNC_DIM, LATENT_CHANNELS = 24, 20, 12, 8
@@ -186,7 +187,8 @@ def test_save_and_load_pretrained_round_trip(model, tmp_path):
     loaded = FoleyMMDiTTransformer.from_pretrained(tmp_path).eval()
     assert loaded.config.clip_dim == CLIP_DIM
     inputs = make_inputs(batch_size=1, duration=1.0)
-    torch.testing.assert_close(run(loaded, **inputs), run(model, **inputs), atol=0, rtol=0)
+    assert_same_weights(loaded, model)
+    torch.testing.assert_close(run(loaded, **inputs), run(model, **inputs), atol=RELOAD_ATOL, rtol=RELOAD_RTOL)
 
 
 def test_gradient_checkpointing_gives_same_outputs_and_gradients():
