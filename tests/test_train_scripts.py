@@ -421,7 +421,18 @@ def test_melvae_reconstruction_overfits_a_fixed_batch(clip_data_dir):
     assert losses[-1] < 0.5 * losses[0], losses
 
 
-def test_train_vocoder_on_vae_mels_updates_vocoder(tmp_path, tiny_pipeline_dir, clip_data_dir, discriminator_config):
+TINY_MPD = {"periods": [2, 3, 5, 7, 11], "channels": [4, 8], "kernel_size": 5, "stride": 3}
+TINY_MRD = {"resolutions": [[512, 128, 512], [1024, 256, 1024]], "channels": 4, "num_strided": 2}
+
+
+@pytest.fixture
+def waveform_discriminator_args(tmp_path) -> list:
+    (tmp_path / "mpd.json").write_text(json.dumps(TINY_MPD))
+    (tmp_path / "mrd.json").write_text(json.dumps(TINY_MRD))
+    return ["--mpd_config", tmp_path / "mpd.json", "--mrd_config", tmp_path / "mrd.json"]
+
+
+def test_train_vocoder_on_vae_mels_updates_vocoder(tmp_path, tiny_pipeline_dir, clip_data_dir, waveform_discriminator_args):
     import train_vocoder
 
     from foley_toolkit.models.vocoder import MMAudioVocoder
@@ -430,15 +441,63 @@ def test_train_vocoder_on_vae_mels_updates_vocoder(tmp_path, tiny_pipeline_dir, 
     result = _run(
         train_vocoder,
         ["--pretrained_model", tiny_pipeline_dir, "--data_dir", clip_data_dir, "--output_dir", output,
-         "--discriminator_config", discriminator_config, "--train_batch_size", 2, "--crop_seconds", 0.25,
-         "--max_train_steps", 2, "--mel_source", "vae", "--r1_weight", 0.1, "--base_pipeline", tiny_pipeline_dir],
+         *waveform_discriminator_args, "--train_batch_size", 2, "--crop_seconds", 0.25,
+         "--max_train_steps", 2, "--mel_source", "vae", "--base_pipeline", tiny_pipeline_dir],
     )  # fmt: skip
     assert [h["step"] for h in result["history"]] == [1, 2]
-    assert all(k in result["history"][0] for k in ("mel_l1", "stft", "d_loss", "g_loss", "r1"))
+    assert all(k in result["history"][0] for k in ("mel_l1", "stft", "d_loss", "d_mpd", "d_mrd", "g_loss", "fm_loss"))
     trained = MMAudioVocoder.from_pretrained(output / "vocoder")
     base = load_safetensors_dir(tiny_pipeline_dir / "vocoder")
     assert any(not torch.equal(v, base[k]) for k, v in trained.state_dict().items() if k in base)
     assert (output / "pipeline" / "vocoder").is_dir()
+    assert (output / "mpd" / "config.json").is_file() and (output / "mrd" / "config.json").is_file()
+
+
+def test_train_vocos_gan_schedule_resume_and_pipeline(tmp_path, tiny_pipeline_dir, clip_data_dir, waveform_discriminator_args):
+    """`--vocoder_type vocos` builds a fresh VocosVocoder, warms the discriminators up one step before the generator
+    sees them, resumes exactly (2 steps + 1 resumed = 3 uninterrupted, bit for bit) and writes a pipeline whose
+    model_index.json names the new vocoder class."""
+    import train_vocoder
+
+    from foley_toolkit.models.vocoder_vocos import VocosVocoder
+    from foley_toolkit.pipelines import KlingFoleyPipeline
+
+    def argv(output, steps):
+        return ["--vocoder_type", "vocos", "--vocoder_config", "tiny", "--data_dir", clip_data_dir,
+                "--output_dir", output, *waveform_discriminator_args, "--train_batch_size", 2, "--crop_seconds", 0.25,
+                "--max_train_steps", steps, "--discriminator_start_step", 1, "--gan_start_step", 2,
+                "--stft_loss_weight", 0, "--learning_rate", 1e-3, "--base_pipeline", tiny_pipeline_dir,
+                "--resume_from_checkpoint", "latest"]  # fmt: skip
+
+    full = _run(train_vocoder, argv(tmp_path / "full", 3))["history"]
+    assert "d_loss" not in full[0] and "g_loss" not in full[0] and "stft" not in full[0]
+    assert "d_loss" in full[1] and "g_loss" not in full[1]
+    assert "d_loss" in full[2] and "g_loss" in full[2] and "fm_loss" in full[2]
+    _run(train_vocoder, argv(tmp_path / "split", 2))
+    resumed = _run(train_vocoder, argv(tmp_path / "split", 3))["history"]
+    assert [h["step"] for h in resumed] == [3]
+    assert resumed[0]["loss"] == full[2]["loss"]
+    for name in ("vocoder", "mpd", "mrd"):
+        a, b = load_safetensors_dir(tmp_path / "full" / name), load_safetensors_dir(tmp_path / "split" / name)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    vocoder = VocosVocoder.from_pretrained(tmp_path / "full" / "vocoder")
+    assert vocoder.config.dim == 32
+    index = json.loads((tmp_path / "full" / "pipeline" / "model_index.json").read_text())
+    assert index["vocoder"] == ["foley_toolkit.models.vocoder_vocos", "VocosVocoder"]
+    pipe = KlingFoleyPipeline.from_pretrained(tmp_path / "full" / "pipeline")
+    assert isinstance(pipe.vocoder, VocosVocoder)
+
+
+def test_train_vocoder_rejects_bad_gan_schedule_and_wrong_vocoder_folder(tmp_path, tiny_pipeline_dir):
+    import train_vocoder
+
+    with pytest.raises(ValueError, match="discriminator_start_step"):
+        train_vocoder.parse_args(["--output_dir", str(tmp_path), "--gan_start_step", "2", "--discriminator_start_step", "3"])
+    args = train_vocoder.parse_args(["--output_dir", str(tmp_path), "--vocoder_type", "vocos",
+                                     "--vocoder", str(tiny_pipeline_dir / "vocoder")])  # fmt: skip
+    with pytest.raises(ValueError, match="VocosVocoder"):
+        train_vocoder.load_vocoder(args)
 
 
 def test_train_mono2stereo_with_cached_video_features(tmp_path, tiny_pipeline_dir, clip_data_dir, feature_dir):

@@ -589,9 +589,9 @@ def save_pipeline_with_components(
     for name, module in components.items():
         module.save_pretrained(tmp_dir / name)
         entry = model_index.get(name)
-        if not entry or entry[0] is None:
-            # The base pipeline had no such component: record its class as diffusers does for a library it does
-            # not know (the full module path).
+        if not entry or entry[0] is None or entry[1] != type(module).__name__:
+            # A component the base pipeline lacked, or one of another class (a Vocos vocoder in place of BigVGAN):
+            # record its class as diffusers does for a library it does not know (the full module path).
             model_index[name] = [type(module).__module__, type(module).__name__]
     (tmp_dir / "model_index.json").write_text(json.dumps(model_index, indent=2, sort_keys=True) + "\n")
     if output_dir.exists():

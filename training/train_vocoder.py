@@ -1,20 +1,27 @@
 #!/usr/bin/env python
-"""Train (or fine-tune) the BigVGAN-v2 vocoder (`MMAudioVocoder`) on log-mels of the codec's front end.
+"""Train (or fine-tune) a vocoder on log-mels of the codec's front end, the way HiFi-GAN and BigVGAN are trained.
 
-Losses on the generated waveform: L1 between its log-mel and the target log-mel (BigVGAN's mel loss), a
-multi-resolution STFT loss, and a hinge GAN whose discriminator is the codec's multi-scale mel discriminator applied
-to the log-mel of the generated waveform (plus optional feature matching and R1).
+Two vocoders (``--vocoder_type``): ``bigvgan``, diffusers' `MMAudioVocoder` (BigVGAN-v2), and ``vocos``,
+`VocosVocoder` (ConvNeXt at the mel frame rate + inverse STFT), which converges far faster on a small budget.
+
+Generator loss: ``45 * L1(log-mel)`` (HiFi-GAN / BigVGAN), optional multi-resolution STFT loss, and from
+``--gan_start_step`` a least-squares GAN (HiFi-GAN / BigVGAN, summed over sub-discriminators) against a
+multi-period discriminator (periods 2, 3, 5, 7, 11) and a multi-resolution spectrogram discriminator, plus
+``2 * feature matching`` (HiFi-GAN's L_FM, summed over the activation maps). The discriminators train from
+``--discriminator_start_step`` (default: ``--gan_start_step``); starting them earlier warms them up before
+the generator sees their gradient.
 
 ``--mel_source vae`` feeds the vocoder MelVAE reconstructions instead of ground-truth mels, the paper's remedy for
 error propagation (section 4.5.2): the vocoder learns to turn the decoder's mels into the recorded waveform.
 
-    accelerate launch training/train_vocoder.py --pretrained_model my-pipeline --data_dir audio/ \
-        --output_dir runs/vocoder --mel_source vae --crop_seconds 1 --max_train_steps 100000
+    accelerate launch training/train_vocoder.py --vocoder_type vocos --base_pipeline my-pipeline \
+        --data_dir audio/ --output_dir runs/vocoder --crop_seconds 1 --max_train_steps 100000
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -26,57 +33,172 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # `common.py` si
 
 import common  # noqa: E402
 from accelerate.logging import get_logger  # noqa: E402
-from train_vae import build_discriminator, discriminator_update, generator_gan_loss  # noqa: E402
 
 logger = get_logger(__name__)
 
+VOCODER_TYPES = ("bigvgan", "vocos")
+
 
 def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Vocoder (MMAudioVocoder / BigVGAN-v2) training.")
+    parser = argparse.ArgumentParser(description="Vocoder (BigVGAN-v2 or Vocos) training.")
     group = parser.add_argument_group("models")
-    group.add_argument("--pretrained_model", type=str, default=None, help="Pipeline folder: start from its vocoder/ (and use its vae/).")
+    group.add_argument("--vocoder_type", type=str, default="bigvgan", choices=VOCODER_TYPES,
+                       help="bigvgan: MMAudioVocoder (BigVGAN-v2); vocos: VocosVocoder.")  # fmt: skip
+    group.add_argument("--pretrained_model", type=str, default=None,
+                       help="Pipeline folder: start from its vocoder/ (when of --vocoder_type) and use its vae/.")  # fmt: skip
     group.add_argument("--vocoder", type=str, default=None, help="Vocoder folder to start from (overrides the pipeline's).")
     group.add_argument("--vocoder_config", type=str, default=None,
-                       help="Train from scratch: 'bigvgan_v2_44khz_128band_512x', 'tiny' or a config JSON file.")  # fmt: skip
+                       help="Train from scratch: a preset ('bigvgan_v2_44khz_128band_512x' or 'tiny' for bigvgan; "
+                            "'small' or 'tiny' for vocos) or a config JSON file. Vocos without any vocoder to start "
+                            "from builds the 'small' preset.")  # fmt: skip
     group.add_argument("--vae", type=str, default=None, help="MelVAE folder for --mel_source vae (overrides the pipeline's).")
     group.add_argument("--mel_source", type=str, default="ground_truth", choices=["ground_truth", "vae"],
                        help="Vocoder input: mels of the recordings, or their MelVAE reconstructions.")  # fmt: skip
-    group.add_argument("--discriminator", type=str, default=None, help="MelDiscriminator folder to start from.")
-    group.add_argument("--discriminator_config", type=str, default=None, help="MelDiscriminator config JSON.")
+    group.add_argument("--discriminator", type=str, default=None,
+                       help="Folder with mpd/ and mrd/ subfolders (a previous run's output or checkpoint) to start from.")  # fmt: skip
+    group.add_argument("--mpd_config", type=str, default=None, help="MultiPeriodDiscriminator config JSON.")
+    group.add_argument("--mrd_config", type=str, default=None, help="MultiResolutionDiscriminator config JSON.")
     group.add_argument("--discriminator_learning_rate", type=float, default=None, help="Defaults to --learning_rate.")
     group.add_argument("--base_pipeline", type=str, default=None, help="Also write output_dir/pipeline with the new vocoder.")
     group = parser.add_argument_group("losses")
-    group.add_argument("--mel_loss_weight", type=float, default=45.0, help="L1 log-mel loss weight (BigVGAN: 45).")
-    group.add_argument("--stft_loss_weight", type=float, default=1.0, help="Multi-resolution STFT loss weight.")
-    group.add_argument("--gan_weight", type=float, default=1.0, help="Adversarial loss weight (0: no GAN).")
-    group.add_argument("--gan_start_step", type=int, default=0, help="Start the GAN after this many steps.")
-    group.add_argument("--feature_matching_weight", type=float, default=2.0)
-    group.add_argument("--r1_weight", type=float, default=0.0)
+    group.add_argument("--mel_loss_weight", type=float, default=45.0, help="L1 log-mel loss weight (HiFi-GAN/BigVGAN: 45).")
+    group.add_argument("--stft_loss_weight", type=float, default=1.0, help="Multi-resolution STFT loss weight (0: off).")
+    group.add_argument("--gan_weight", type=float, default=1.0, help="Least-squares adversarial loss weight (0: no GAN).")
+    group.add_argument("--gan_start_step", type=int, default=0, help="The generator gets the GAN losses from this step.")
+    group.add_argument("--discriminator_start_step", type=int, default=None,
+                       help="The discriminators train from this step (default --gan_start_step; earlier = warm start).")  # fmt: skip
+    group.add_argument("--feature_matching_weight", type=float, default=2.0, help="HiFi-GAN: 2 x L_FM.")
     common.add_audio_data_args(parser, default_crop_seconds=1.0)
     common.add_training_args(parser, default_learning_rate=2e-4, default_lr_scheduler="constant")
-    return parser.parse_args(input_args)
+    args = parser.parse_args(input_args)
+    if args.discriminator_start_step is None:
+        args.discriminator_start_step = args.gan_start_step
+    for name in ("gan_start_step", "discriminator_start_step"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"`--{name}` must be >= 0, got {getattr(args, name)}.")
+    if args.discriminator_start_step > args.gan_start_step:
+        raise ValueError(
+            f"`--discriminator_start_step` ({args.discriminator_start_step}) must be <= `--gan_start_step` "
+            f"({args.gan_start_step}): the generator must not learn from an untrained discriminator."
+        )
+    return args
+
+
+def _read_json(path: str, flag: str) -> dict:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"`{flag}` {path!r}: expected a preset name or a config JSON file.")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _saved_class_name(folder: str) -> str | None:
+    config_file = os.path.join(folder, "config.json")
+    if not os.path.isfile(config_file):
+        return None
+    with open(config_file, encoding="utf-8") as f:
+        return json.load(f).get("_class_name")
 
 
 def load_vocoder(args: argparse.Namespace):
     """The vocoder to train: new from ``--vocoder_config`` (a preset name or a JSON file), else ``--vocoder`` / the
-    pipeline's."""
+    pipeline's (when it is of ``--vocoder_type``); a Vocos with nothing to start from is the 'small' preset."""
     from foley_toolkit.models.vocoder import (
         MMAudioVocoder,
         bigvgan_v2_44khz_128band_512x_config,
         build_vocoder,
         tiny_vocoder_config,
     )
+    from foley_toolkit.models.vocoder_vocos import VocosVocoder, tiny_vocos_config, vocos_small_config
 
+    vocoder_class = VocosVocoder if args.vocoder_type == "vocos" else MMAudioVocoder
     if args.vocoder_config is not None:
+        if args.vocoder_type == "vocos":
+            presets = {"small": vocos_small_config, "tiny": tiny_vocos_config}
+            config = presets[args.vocoder_config]() if args.vocoder_config in presets else _read_json(args.vocoder_config, "--vocoder_config")
+            return VocosVocoder.from_config(config)
         presets = {"bigvgan_v2_44khz_128band_512x": bigvgan_v2_44khz_128band_512x_config, "tiny": tiny_vocoder_config}
         if args.vocoder_config in presets:
             return build_vocoder(presets[args.vocoder_config]())
-        with open(args.vocoder_config, encoding="utf-8") as f:
-            return build_vocoder(json.load(f))
-    folder = args.vocoder or (os.path.join(args.pretrained_model, "vocoder") if args.pretrained_model else None)
-    if folder is None:
-        raise ValueError("Pass `--pretrained_model`, `--vocoder` or `--vocoder_config`.")
-    return MMAudioVocoder.from_pretrained(folder)
+        return build_vocoder(_read_json(args.vocoder_config, "--vocoder_config"))
+    if args.vocoder is not None:
+        found = _saved_class_name(args.vocoder)
+        if found != vocoder_class.__name__:
+            raise ValueError(
+                f"`--vocoder` {args.vocoder!r} holds a {found} (config.json `_class_name`), expected a "
+                f"{vocoder_class.__name__} for `--vocoder_type {args.vocoder_type}`."
+            )
+        return vocoder_class.from_pretrained(args.vocoder)
+    if args.pretrained_model is not None:
+        folder = os.path.join(args.pretrained_model, "vocoder")
+        if _saved_class_name(folder) == vocoder_class.__name__:
+            return vocoder_class.from_pretrained(folder)
+        if args.vocoder_type == "bigvgan":
+            raise ValueError(f"`--pretrained_model` {args.pretrained_model!r} has no MMAudioVocoder in vocoder/.")
+    if args.vocoder_type == "vocos":
+        return VocosVocoder.from_config(vocos_small_config())
+    raise ValueError("Pass `--pretrained_model`, `--vocoder` or `--vocoder_config`.")
+
+
+def build_discriminators(args: argparse.Namespace):
+    """`(mpd, mrd)`: from ``--discriminator`` (its mpd/ and mrd/), else the ``--mpd_config`` / ``--mrd_config``
+    JSONs, else the HiFi-GAN / BigVGAN defaults."""
+    from foley_toolkit.models.discriminator import MultiPeriodDiscriminator, MultiResolutionDiscriminator
+
+    if args.discriminator is not None:
+        for name in ("mpd", "mrd"):
+            if not os.path.isdir(os.path.join(args.discriminator, name)):
+                raise FileNotFoundError(f"`--discriminator` {args.discriminator!r} has no {name}/ subfolder.")
+        return (
+            MultiPeriodDiscriminator.from_pretrained(os.path.join(args.discriminator, "mpd")),
+            MultiResolutionDiscriminator.from_pretrained(os.path.join(args.discriminator, "mrd")),
+        )
+    mpd = MultiPeriodDiscriminator.from_config(_read_json(args.mpd_config, "--mpd_config")) if args.mpd_config else MultiPeriodDiscriminator()
+    mrd = (
+        MultiResolutionDiscriminator.from_config(_read_json(args.mrd_config, "--mrd_config"))
+        if args.mrd_config
+        else MultiResolutionDiscriminator()
+    )
+    return mpd, mrd
+
+
+def discriminators_update(accelerator, discriminators, optimizer, lr_scheduler, real, fake, max_grad_norm) -> dict:
+    """One least-squares step of every discriminator on real vs detached generated waveforms `(batch, samples)`.
+    Real and fake go through each discriminator in one forward (DDP allows one forward per backward)."""
+    from foley_toolkit.training_utils import least_squares_discriminator_loss
+
+    both = torch.cat([real, fake.detach()]).unsqueeze(1)
+    batch_size = real.shape[0]
+    logs, total = {}, 0.0
+    for name, discriminator in discriminators.items():
+        logits = discriminator(both).logits
+        loss = least_squares_discriminator_loss([l[:batch_size] for l in logits], [l[batch_size:] for l in logits])
+        logs[f"d_{name}"] = loss.detach().item()
+        total = total + loss
+    parameters = itertools.chain(*(d.parameters() for d in discriminators.values()))
+    common.backward_and_step(accelerator, total, parameters, optimizer, lr_scheduler, max_grad_norm)
+    logs["d_loss"] = total.detach().item()
+    return logs
+
+
+def generator_adversarial_losses(accelerator, discriminators, real, fake) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(adversarial, feature_matching)` of generated waveforms through the frozen discriminators (their
+    parameters get no gradient here): least-squares generator loss and HiFi-GAN's summed L1 feature matching."""
+    from foley_toolkit.training_utils import feature_matching_loss, least_squares_generator_loss
+
+    adversarial, matching = 0.0, 0.0
+    for discriminator in discriminators.values():
+        module = common.unwrap_model(accelerator, discriminator)
+        module.requires_grad_(False)
+        try:
+            with accelerator.autocast():
+                fake_out = module(fake.unsqueeze(1))
+                with torch.no_grad():
+                    real_out = module(real.unsqueeze(1))
+                adversarial = adversarial + least_squares_generator_loss(fake_out)
+                matching = matching + feature_matching_loss(real_out, fake_out, reduction="sum")
+        finally:
+            module.requires_grad_(True)
+    return adversarial, matching
 
 
 def load_mel_front_end(args: argparse.Namespace):
@@ -104,16 +226,20 @@ def main(args: argparse.Namespace) -> dict:
     mel_transform.to(accelerator.device)
     if vae is not None:
         vae.to(accelerator.device)
-    discriminator = build_discriminator(args).train()
-    common.register_checkpoint_hooks(accelerator, {"vocoder": vocoder, "discriminator": discriminator})
+    mpd, mrd = build_discriminators(args)
+    mpd.train(), mrd.train()
+    common.register_checkpoint_hooks(accelerator, {"vocoder": vocoder, "mpd": mpd, "mrd": mrd})
 
     dataset, sampler, dataloader = common.build_audio_dataloader(args, mono=True)
     common.scale_learning_rates(args, accelerator)
     optimizer_g = common.build_optimizer(args, vocoder.parameters())
-    optimizer_d = common.build_optimizer(args, discriminator.parameters(), args.discriminator_learning_rate)
-    vocoder, discriminator, optimizer_g, optimizer_d, dataloader = accelerator.prepare(
-        vocoder, discriminator, optimizer_g, optimizer_d, dataloader
+    optimizer_d = common.build_optimizer(
+        args, itertools.chain(mpd.parameters(), mrd.parameters()), args.discriminator_learning_rate
     )
+    vocoder, mpd, mrd, optimizer_g, optimizer_d, dataloader = accelerator.prepare(
+        vocoder, mpd, mrd, optimizer_g, optimizer_d, dataloader
+    )
+    discriminators = {"mpd": mpd, "mrd": mrd}
     max_train_steps, steps_per_epoch = common.resolve_max_train_steps(args, len(dataloader))
     scheduler_g = accelerator.prepare(common.build_lr_scheduler(args, optimizer_g, accelerator, max_train_steps))
     scheduler_d = accelerator.prepare(common.build_lr_scheduler(args, optimizer_d, accelerator, max_train_steps))
@@ -132,26 +258,30 @@ def main(args: argparse.Namespace) -> dict:
         waveform = vocoder(input_mel).sample[:, 0]  # (batch, frames * 512)
         length = min(waveform.shape[-1], audio.shape[-1])
         waveform, reference = waveform[..., :length], audio[..., :length]
-        generated_mel = mel_transform(waveform)
-        mel_loss = F.l1_loss(generated_mel, mel_transform(reference))
-        stft_loss = multi_resolution_stft_loss(waveform, reference)
-        loss = args.mel_loss_weight * mel_loss + args.stft_loss_weight * stft_loss
-        logs = {"mel_l1": mel_loss.detach().item(), "stft": stft_loss.detach().item()}
-        if args.gan_weight > 0 and step >= args.gan_start_step:
-            real_mel = mel_transform(reference)
+        with torch.no_grad():
+            reference_mel = mel_transform(reference)
+        mel_loss = F.l1_loss(mel_transform(waveform), reference_mel)
+        loss = args.mel_loss_weight * mel_loss
+        logs = {"mel_l1": mel_loss.detach().item()}
+        if args.stft_loss_weight > 0:
+            stft_loss = multi_resolution_stft_loss(waveform, reference)
+            loss = loss + args.stft_loss_weight * stft_loss
+            logs["stft"] = stft_loss.detach().item()
+        if args.gan_weight > 0 and step >= args.discriminator_start_step:
             logs.update(
-                discriminator_update(accelerator, discriminator, optimizer_d, scheduler_d, real_mel, generated_mel,
-                                     args.gan_weight, args.r1_weight, args.max_grad_norm)
+                discriminators_update(accelerator, discriminators, optimizer_d, scheduler_d, reference, waveform,
+                                      args.max_grad_norm)
             )  # fmt: skip
-            g_loss = generator_gan_loss(accelerator, discriminator, generated_mel, real_mel, args.feature_matching_weight)
-            loss = loss + args.gan_weight * g_loss
-            logs["g_loss"] = g_loss.detach().item()
+        if args.gan_weight > 0 and step >= args.gan_start_step:
+            adversarial, matching = generator_adversarial_losses(accelerator, discriminators, reference, waveform)
+            loss = loss + args.gan_weight * (adversarial + args.feature_matching_weight * matching)
+            logs["g_loss"], logs["fm_loss"] = adversarial.detach().item(), matching.detach().item()
         common.backward_and_step(accelerator, loss, vocoder.parameters(), optimizer_g, scheduler_g, args.max_grad_norm)
         logs["loss"] = loss.detach().item()
         return logs
 
     global_step, history = common.run_training_loop(
-        accelerator, args, dataloader, sampler, training_step, [vocoder, discriminator], max_train_steps,
+        accelerator, args, dataloader, sampler, training_step, [vocoder, mpd, mrd], max_train_steps,
         steps_per_epoch, global_step, generator,
     )  # fmt: skip
 
@@ -159,7 +289,8 @@ def main(args: argparse.Namespace) -> dict:
     if accelerator.is_main_process:
         trained = common.unwrap_model(accelerator, vocoder)
         trained.save_pretrained(os.path.join(args.output_dir, "vocoder"))
-        common.unwrap_model(accelerator, discriminator).save_pretrained(os.path.join(args.output_dir, "discriminator"))
+        for name, discriminator in discriminators.items():
+            common.unwrap_model(accelerator, discriminator).save_pretrained(os.path.join(args.output_dir, name))
         if args.base_pipeline:
             common.save_pipeline_with_components(args.base_pipeline, os.path.join(args.output_dir, "pipeline"), {"vocoder": trained})
     accelerator.wait_for_everyone()

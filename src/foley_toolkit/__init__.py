@@ -22,6 +22,8 @@ from .models.vocoder import (
     tiny_vocoder_config,
     vocode,
 )
+from .models.vocoder_vocos import VocosVocoder, tiny_vocos_config, vocos_small_config
+from .models.discriminator import MultiPeriodDiscriminator, MultiResolutionDiscriminator
 
 # encoders
 from .models.encoders import (

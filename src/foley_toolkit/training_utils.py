@@ -152,6 +152,32 @@ def generator_adversarial_loss(fake_logits) -> torch.Tensor:
     return torch.stack([-f.float().mean() for f in _as_logit_list(fake_logits)]).mean()
 
 
+def least_squares_discriminator_loss(real_logits, fake_logits) -> torch.Tensor:
+    r"""
+    Least-squares GAN discriminator loss of HiFi-GAN / BigVGAN: `sum_k E[(1 - D_k(x))^2] + E[D_k(G(s))^2]`, summed
+    over sub-discriminators `k` (periods and resolutions), as HiFi-GAN does.
+
+    Args:
+        real_logits, fake_logits: A logit tensor, a list of per-sub-discriminator logits, or a discriminator output
+            with `.logits` (compute `fake_logits` on the detached generated waveform).
+    """
+    real, fake = _as_logit_list(real_logits), _as_logit_list(fake_logits)
+    if len(real) != len(fake) or not real:
+        raise ValueError(
+            f"`real_logits` and `fake_logits` must hold as many (>= 1) logit maps, got {len(real)} and {len(fake)}."
+        )
+    losses = [(1.0 - r.float()).pow(2).mean() + f.float().pow(2).mean() for r, f in zip(real, fake)]
+    return torch.stack(losses).sum()
+
+
+def least_squares_generator_loss(fake_logits) -> torch.Tensor:
+    """Least-squares GAN generator loss of HiFi-GAN / BigVGAN: `sum_k E[(1 - D_k(G(s)))^2]` over sub-discriminators."""
+    fake = _as_logit_list(fake_logits)
+    if not fake:
+        raise ValueError("`fake_logits` holds no logit map.")
+    return torch.stack([(1.0 - f.float()).pow(2).mean() for f in fake]).sum()
+
+
 def r1_gradient_penalty(real_logits, real_mel: torch.Tensor) -> torch.Tensor:
     r"""
     R1 penalty (paper eq. 7, Mescheder et al. 2018): `E[ ||grad_x D(x)||^2 ]` on real mels, which keeps the
@@ -173,8 +199,11 @@ def r1_gradient_penalty(real_logits, real_mel: torch.Tensor) -> torch.Tensor:
     return gradients.float().pow(2).reshape(gradients.shape[0], -1).sum(dim=1).mean()
 
 
-def feature_matching_loss(real_features, fake_features) -> torch.Tensor:
-    """Optional L1 feature matching between discriminator activations on real (detached) and reconstructed mels."""
+def feature_matching_loss(real_features, fake_features, reduction: str = "mean") -> torch.Tensor:
+    """L1 feature matching between discriminator activations on real (detached) and generated inputs: the mean L1 of
+    each activation map, then their mean (`reduction="mean"`) or their sum (`"sum"`, HiFi-GAN's L_FM)."""
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"`reduction` must be 'mean' or 'sum', got {reduction!r}.")
     real_features = real_features.features if hasattr(real_features, "features") else real_features
     fake_features = fake_features.features if hasattr(fake_features, "features") else fake_features
     losses = [
@@ -184,7 +213,7 @@ def feature_matching_loss(real_features, fake_features) -> torch.Tensor:
     ]
     if not losses:
         raise ValueError("`real_features` / `fake_features` hold no discriminator features to match.")
-    return torch.stack(losses).mean()
+    return torch.stack(losses).sum() if reduction == "sum" else torch.stack(losses).mean()
 
 
 def mono2stereo_loss(

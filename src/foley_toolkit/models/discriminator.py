@@ -1,5 +1,6 @@
 # Copyright 2025 The foley_toolkit authors. Licensed under the Apache License, Version 2.0.
-"""Multi-scale mel-spectrogram discriminator for MelVAE training (Kling-Foley paper section 4.5, eq. 4-7).
+"""Discriminators: the multi-scale mel-spectrogram discriminator of MelVAE training (Kling-Foley paper section 4.5,
+eq. 4-7), and the multi-period (MPD) and multi-resolution (MRD) waveform discriminators of vocoder training.
 
 The mel is treated as a one-channel image `(batch, 1, mel_bins, frames)`. Each scale sees it average-pooled in time
 by `2**scale` and returns a patch map of logits (PatchGAN): fine scales judge texture, coarse ones longer structure.
@@ -104,3 +105,220 @@ class MelDiscriminator(ModelMixin, ConfigMixin):
         if not return_dict:
             return (logits, features)
         return MelDiscriminatorOutput(logits=logits, features=features)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Waveform discriminators for vocoder training (HiFi-GAN / BigVGAN): multi-period + multi-resolution
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class WaveformDiscriminatorOutput(BaseOutput):
+    r"""
+    Args:
+        logits (`list[torch.Tensor]`): One logit map per sub-discriminator (period or resolution), higher = more real.
+        features (`list[list[torch.Tensor]]`): Hidden activations per sub-discriminator (for feature matching).
+    """
+
+    logits: list
+    features: list
+
+
+def _as_waveform_batch(waveform: torch.Tensor) -> torch.Tensor:
+    """`(batch, samples)` or `(batch, 1, samples)` -> `(batch, 1, samples)`; anything else is a `ValueError`."""
+    if waveform.ndim == 2:
+        waveform = waveform.unsqueeze(1)
+    if waveform.ndim != 3 or waveform.shape[1] != 1:
+        raise ValueError(f"`waveform` must have shape (batch, samples) or (batch, 1, samples), got {tuple(waveform.shape)}.")
+    return waveform
+
+
+class PeriodDiscriminator(nn.Module):
+    """HiFi-GAN's sub-discriminator for one period `p`: the waveform folded into a `(samples / p, p)` image, then
+    weight-normed 2-D convs with `(kernel, 1)` kernels, so each column (samples `p` apart) is judged on its own."""
+
+    def __init__(self, period: int, channels: tuple[int, ...], kernel_size: int, stride: int, negative_slope: float):
+        super().__init__()
+        self.period = period
+        self.negative_slope = negative_slope
+        weight_norm = nn.utils.parametrizations.weight_norm
+        widths = (1, *channels)
+        padding = ((kernel_size - 1) // 2, 0)
+        # Every conv but the last strides in time; the last keeps the resolution (as in HiFi-GAN).
+        self.convs = nn.ModuleList(
+            [
+                weight_norm(
+                    nn.Conv2d(widths[i], widths[i + 1], (kernel_size, 1), (stride if i < len(channels) - 1 else 1, 1), padding)
+                )
+                for i in range(len(channels))
+            ]
+        )
+        self.conv_post = weight_norm(nn.Conv2d(channels[-1], 1, (3, 1), 1, (1, 0)))
+
+    def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        batch, _, num_samples = waveform.shape
+        if num_samples % self.period:
+            waveform = F.pad(waveform, (0, self.period - num_samples % self.period), mode="reflect")
+        hidden_states = waveform.view(batch, 1, -1, self.period)
+        features = []
+        for conv in self.convs:
+            hidden_states = F.leaky_relu(conv(hidden_states), self.negative_slope)
+            features.append(hidden_states)
+        logits = self.conv_post(hidden_states)
+        features.append(logits)
+        return logits.flatten(1, -1), features
+
+
+class MultiPeriodDiscriminator(ModelMixin, ConfigMixin):
+    r"""
+    Multi-period waveform discriminator (HiFi-GAN, also BigVGAN's MPD): one `PeriodDiscriminator` per period.
+
+    Args:
+        periods (`tuple[int, ...]`, defaults to `(2, 3, 5, 7, 11)`): Folding periods (primes, so they overlap little).
+        channels (`tuple[int, ...]`, defaults to `(32, 128, 512, 1024, 1024)`): Conv widths of every sub-discriminator.
+        kernel_size (`int`, defaults to 5), stride (`int`, defaults to 3): Time kernel and stride of the convs.
+        negative_slope (`float`, defaults to 0.1): LeakyReLU slope.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        periods: tuple[int, ...] = (2, 3, 5, 7, 11),
+        channels: tuple[int, ...] = (32, 128, 512, 1024, 1024),
+        kernel_size: int = 5,
+        stride: int = 3,
+        negative_slope: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if not periods or any(int(p) < 1 for p in periods):
+            raise ValueError(f"`periods` must be a non-empty list of positive integers, got {periods}.")
+        if not channels:
+            raise ValueError(f"`channels` must be non-empty, got {channels}.")
+        self.discriminators = nn.ModuleList(
+            [PeriodDiscriminator(int(p), tuple(channels), kernel_size, stride, negative_slope) for p in periods]
+        )
+
+    def forward(self, waveform: torch.Tensor, return_dict: bool = True) -> WaveformDiscriminatorOutput | tuple:
+        r"""
+        Args:
+            waveform (`torch.Tensor` of shape `(batch, samples)` or `(batch, 1, samples)`): Real or generated audio,
+                `samples > max(periods)`.
+
+        Returns:
+            `WaveformDiscriminatorOutput`: per period, logits `(batch, n)` and the activations of every conv
+            (the last one being the logit map itself, as HiFi-GAN matches it too).
+        """
+        waveform = _as_waveform_batch(waveform).to(self.dtype)
+        if waveform.shape[-1] <= max(self.config.periods):
+            raise ValueError(
+                f"`waveform` needs more than {max(self.config.periods)} samples (the longest period), "
+                f"got {waveform.shape[-1]}."
+            )
+        logits, features = [], []
+        for discriminator in self.discriminators:
+            period_logits, period_features = discriminator(waveform)
+            logits.append(period_logits)
+            features.append(period_features)
+        if not return_dict:
+            return (logits, features)
+        return WaveformDiscriminatorOutput(logits=logits, features=features)
+
+
+class ResolutionDiscriminator(nn.Module):
+    """UnivNet / BigVGAN MRD sub-discriminator: the linear STFT magnitude at one resolution as a `(bins, frames)`
+    image, weight-normed 2-D convs with `(3, 9)` kernels striding 2 in time."""
+
+    def __init__(self, n_fft: int, hop_length: int, win_length: int, channels: int, num_strided: int, negative_slope: float):
+        super().__init__()
+        self.n_fft, self.hop_length, self.win_length = n_fft, hop_length, win_length
+        self.negative_slope = negative_slope
+        weight_norm = nn.utils.parametrizations.weight_norm
+        layers = [weight_norm(nn.Conv2d(1, channels, (3, 9), padding=(1, 4)))]
+        layers += [weight_norm(nn.Conv2d(channels, channels, (3, 9), stride=(1, 2), padding=(1, 4))) for _ in range(num_strided)]
+        layers.append(weight_norm(nn.Conv2d(channels, channels, (3, 3), padding=(1, 1))))
+        self.convs = nn.ModuleList(layers)
+        self.conv_post = weight_norm(nn.Conv2d(channels, 1, (3, 3), padding=(1, 1)))
+        self.register_buffer("window", torch.hann_window(win_length), persistent=False)
+
+    def spectrogram(self, waveform: torch.Tensor) -> torch.Tensor:
+        """`(batch, 1, samples)` -> magnitude `(batch, 1, n_fft // 2 + 1, frames)`, float32."""
+        padding = (self.n_fft - self.hop_length) // 2
+        padded = F.pad(waveform.float(), (padding, padding), mode="reflect").squeeze(1)
+        spectrum = torch.stft(
+            padded, self.n_fft, self.hop_length, self.win_length, self.window.to(padded.device, torch.float32),
+            center=False, return_complex=True,
+        )  # fmt: skip
+        # sqrt(|X|^2 + eps): finite gradients at exact zeros (digital silence).
+        return (spectrum.real.square() + spectrum.imag.square() + 1e-9).sqrt().unsqueeze(1)
+
+    def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        hidden_states = self.spectrogram(waveform).to(self.conv_post.weight.dtype)
+        features = []
+        for conv in self.convs:
+            hidden_states = F.leaky_relu(conv(hidden_states), self.negative_slope)
+            features.append(hidden_states)
+        logits = self.conv_post(hidden_states)
+        features.append(logits)
+        return logits.flatten(1, -1), features
+
+
+class MultiResolutionDiscriminator(ModelMixin, ConfigMixin):
+    r"""
+    Multi-resolution spectrogram discriminator (UnivNet's MRD, used by BigVGAN): one `ResolutionDiscriminator` per
+    STFT resolution.
+
+    Args:
+        resolutions (`tuple[tuple[int, int, int], ...]`): `(n_fft, hop_length, win_length)` per sub-discriminator;
+            defaults to BigVGAN's 44 kHz set `((1024, 120, 600), (2048, 240, 1200), (512, 50, 240))`.
+        channels (`int`, defaults to 32): Conv width.
+        num_strided (`int`, defaults to 3): Convs striding 2 in time.
+        negative_slope (`float`, defaults to 0.1): LeakyReLU slope.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        resolutions: tuple[tuple[int, int, int], ...] = ((1024, 120, 600), (2048, 240, 1200), (512, 50, 240)),
+        channels: int = 32,
+        num_strided: int = 3,
+        negative_slope: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if not resolutions:
+            raise ValueError("`resolutions` must hold at least one (n_fft, hop_length, win_length).")
+        for resolution in resolutions:
+            if len(resolution) != 3:
+                raise ValueError(f"Each resolution must be (n_fft, hop_length, win_length), got {resolution}.")
+            n_fft, hop, win = (int(v) for v in resolution)
+            if not 0 < hop <= win <= n_fft or (n_fft - hop) % 2:
+                raise ValueError(
+                    f"Resolution {resolution} must satisfy 0 < hop_length <= win_length <= n_fft with n_fft - hop_length even."
+                )
+        self.discriminators = nn.ModuleList(
+            [ResolutionDiscriminator(*(int(v) for v in r), channels, num_strided, negative_slope) for r in resolutions]
+        )
+
+    @property
+    def min_num_samples(self) -> int:
+        """Shortest waveform every resolution accepts (its reflect padding must be shorter than the input)."""
+        return max((int(n) - int(h)) // 2 for n, h, _ in self.config.resolutions) + 1
+
+    def forward(self, waveform: torch.Tensor, return_dict: bool = True) -> WaveformDiscriminatorOutput | tuple:
+        r"""
+        Args:
+            waveform (`torch.Tensor` of shape `(batch, samples)` or `(batch, 1, samples)`): Real or generated audio.
+
+        Returns:
+            `WaveformDiscriminatorOutput`: per resolution, logits `(batch, n)` and the activations of every conv.
+        """
+        waveform = _as_waveform_batch(waveform)
+        if waveform.shape[-1] < self.min_num_samples:
+            raise ValueError(f"`waveform` needs at least {self.min_num_samples} samples, got {waveform.shape[-1]}.")
+        logits, features = [], []
+        for discriminator in self.discriminators:
+            resolution_logits, resolution_features = discriminator(waveform)
+            logits.append(resolution_logits)
+            features.append(resolution_features)
+        if not return_dict:
+            return (logits, features)
+        return WaveformDiscriminatorOutput(logits=logits, features=features)

@@ -23,6 +23,7 @@ from ...models.autoencoders.autoencoder_mel_vae import MelVAE
 from ...models.encoders.synchformer import SynchformerEncoder
 from ...models.mono2stereo import Mono2Stereo
 from ...models.transformers.transformer_foley_mmdit import FoleyMMDiTConditions, FoleyMMDiTTransformer
+from ...models.vocoder_vocos import VocosVocoder
 from ...video_processor import (
     SYNC_IMAGE_SIZE,
     VideoInput,
@@ -90,8 +91,9 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
             Flow-matching scheduler; any diffusers flow-match scheduler works (`from_config`).
         vae ([`MelVAE`]):
             Mel-spectrogram VAE; `denormalize_latents` + `decode` turn latents into a mono log-mel spectrogram.
-        vocoder ([`~diffusers.MMAudioVocoder`]):
-            BigVGAN-v2 vocoder, 128 bands, hop 512, 44.1 kHz; run once per output channel.
+        vocoder ([`~diffusers.MMAudioVocoder`] or [`VocosVocoder`]):
+            Mel -> waveform, 128 bands, hop 512, 44.1 kHz, `vocoder(mel).sample` of shape `(batch, 1, frames * 512)`:
+            BigVGAN-v2 (`MMAudioVocoder`) or Vocos (`VocosVocoder`); all output channels run in one batch.
         mono2stereo ([`Mono2Stereo`], *optional*):
             Predicts left/right mels from the mono mel. Without it the pipeline returns mono audio.
     """
@@ -119,7 +121,7 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
         transformer: FoleyMMDiTTransformer,
         scheduler: FlowMatchEulerDiscreteScheduler,
         vae: MelVAE,
-        vocoder: MMAudioVocoder,
+        vocoder: MMAudioVocoder | VocosVocoder,
         mono2stereo: Mono2Stereo | None = None,
     ):
         super().__init__()
