@@ -33,7 +33,9 @@ setup(
         "tqdm>=4.66",
         "sentencepiece>=0.2",
         "pesq>=0.0.4",
+        "pyloudnorm>=0.1.1",
     ],
-    extras_require={"test": ["pytest>=8", "librosa>=0.10"]},
+    # librosa: Griffin-Lim resynthesis (`eval-codec --griffin-lim`) and reference checks in the tests.
+    extras_require={"test": ["pytest>=8", "librosa>=0.10"], "eval": ["librosa>=0.10"]},
     entry_points={"console_scripts": ["foley-toolkit=foley_toolkit.cli:main"]},
 )

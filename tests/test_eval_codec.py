@@ -137,7 +137,11 @@ def test_eval_codec_vocoder_only_and_errors(tmp_path, tiny_model_dir, capsys):
     printed = capsys.readouterr().out
     assert "vocoder only" in printed
     summary = json.loads(printed[printed.index("{") :])
-    assert summary["mode"] == "vocoder-only" and summary["num_files"] == 2 and set(summary["mean"]) == {"sdr", "lsd"}
+    assert summary["mode"] == "vocoder-only" and summary["num_files"] == 2 and set(summary["mean"]) == {
+        "sdr",
+        "lsd",
+        *("loudness_lufs", "peak_dbfs", "dc_offset", "loudness_error_db", "abs_loudness_error_db"),  # always measured
+    }
 
     with pytest.raises(FileNotFoundError, match="vae/config.json"):
         main(["eval-codec", "--model", str(vocoder_dir), "--audio-dir", str(audio_dir)])
@@ -145,3 +149,38 @@ def test_eval_codec_vocoder_only_and_errors(tmp_path, tiny_model_dir, capsys):
         main(["eval-codec", "--model", str(tiny_model_dir), "--audio-dir", str(tmp_path / "missing")])
     with pytest.raises(FileNotFoundError, match="no audio files"):
         main(["eval-codec", "--model", str(tiny_model_dir), "--audio-dir", str(vocoder_dir)])
+
+
+def test_eval_codec_levels_and_griffin_lim_row(tmp_path, tiny_model_dir, capsys):
+    from foley_toolkit import load_audio
+    from foley_toolkit.evaluation import LEVEL_METRICS, codec_level_metrics, mel_distance
+
+    audio_dir = tmp_path / "audio"
+    write_recordings(audio_dir)
+    out_json = tmp_path / "codec.json"
+    argv = ["eval-codec", "--model", str(tiny_model_dir), "--audio-dir", str(audio_dir), "--vocoder-only"]
+    argv += ["--max-files", "1", "--metrics", "mel_loss", "lsd", "--griffin-lim", "--griffin-lim-iters", "8"]
+    assert main(argv + ["--json", str(out_json)]) == 0
+    printed = capsys.readouterr().out
+    assert "Griffin-Lim (true mel, no weights)" in printed and "ΔLUFS" in printed and "peak dBFS" in printed
+    summary = json.loads(printed[printed.index("{") :])
+    report = json.loads(out_json.read_text())
+    gl = report["griffin_lim"]
+    assert gl["n_iter"] == 8 and [row["file"] for row in gl["files"]] == [row["file"] for row in report["files"]]
+    for row in report["files"] + gl["files"]:
+        assert set(LEVEL_METRICS) <= set(row)
+    for summary_row in (report["mean"], gl["mean"], summary["griffin_lim_mean"]):
+        assert {"loudness_lufs", "peak_dbfs", "dc_offset", "loudness_error_db", "abs_loudness_error_db"} <= set(summary_row)
+    # The floor: from the true mel, Griffin-Lim is close to the original (an untrained vocoder is not), and has
+    # the original's loudness within 1.5 dB.
+    assert gl["mean"]["mel_loss"] < 0.5 < report["mean"]["mel_loss"]
+    assert gl["mean"]["abs_loudness_error_db"] < 1.5
+    # The reported levels are those of the documented reconstruction.
+    vocoder = MMAudioVocoder.from_pretrained(tiny_model_dir, subfolder="vocoder").eval()
+    waveform = load_audio(audio_dir / "nested" / "chirp.ogg")[0][: 34 * 1024]
+    expected = codec_level_metrics(waveform, reconstruct(waveform, None, vocoder))
+    for name in LEVEL_METRICS:
+        assert report["files"][0][name] == pytest.approx(expected[name], rel=1e-4, abs=1e-6)
+    assert mel_distance(waveform, np.zeros(waveform.shape[-1])) > gl["files"][0]["mel_loss"] * 2
+    with pytest.raises(ValueError, match="--griffin-lim-iters"):
+        main(argv[:-2] + ["--griffin-lim-iters", "0"])

@@ -1,6 +1,7 @@
 """eval-sync: onset detection, one-to-one matching, offsets, pan sign and the shuffled control."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -174,3 +175,82 @@ def test_stereo_balance_and_derangement():
     perm = derangement(7, seed=3)
     assert sorted(perm) == list(range(7)) and not np.any(perm == np.arange(7))
     np.testing.assert_array_equal(perm, derangement(7, seed=3))
+
+
+def test_near_silent_copy_is_silent(ground_truth):
+    audios, events = ground_truth
+    quiet = audios[0] * 10 ** (-70 / 20)  # the right onsets, 70 dB down: below -50 LUFS
+    report = evaluate_sync([quiet], events[:1], reference_audios=[audios[0]])
+    assert report.num_silent == 1 and report.clips[0]["silent"]
+    assert report.f1 == 0.0 and report.num_detected == 0 and report.recall == 0.0
+    assert report.clips[0]["loudness_lufs"] < -50
+    assert report.loudness_error_db == pytest.approx(-70.0, abs=0.5)
+    summary = report.to_dict()
+    assert summary["num_silent"] == 1 and summary["silence_lufs"] == -50.0
+    # Among loud clips only the silent one loses its onsets.
+    mixed = evaluate_sync([quiet, *audios[1:]], events, reference_audios=audios)
+    full = evaluate_sync(audios, events)
+    assert mixed.num_silent == 1 and [clip["silent"] for clip in mixed.clips] == [True, False, False]
+    assert mixed.clips[0]["num_estimated"] == 0 and mixed.clips[1]["f1"] == full.clips[1]["f1"]
+    assert mixed.num_matched == full.num_matched - full.clips[0]["num_matched"]
+    # 40 dB down (about -61 LUFS) the onsets are still there for the level-blind detector: without the silence
+    # rule this hiss would score F1 1; with it the clips are silent.
+    faint = [a * 10 ** (-40 / 20) for a in audios]
+    blind = evaluate_sync(faint, events, silence_lufs=None)
+    assert blind.num_silent == 0 and blind.f1 >= 0.95 and blind.loudness_lufs < -55
+    gated = evaluate_sync(faint, events)
+    assert gated.num_silent == 3 and gated.f1 == 0.0 and gated.pan_accuracy == 0.0
+
+
+def test_quieter_copy_keeps_f1_and_reports_its_loudness_error(ground_truth):
+    audios, events = ground_truth
+    full = evaluate_sync(audios, events, reference_audios=audios)
+    assert full.num_silent == 0 and full.loudness_error_db == 0.0 and full.abs_loudness_error_db == 0.0
+    assert full.num_level_events == full.num_events
+    quieter = [a * 0.1 for a in audios]  # -20 dB
+    report = evaluate_sync(quieter, events, reference_audios=audios)
+    assert report.num_silent == 0 and all(clip["loudness_lufs"] > -50 for clip in report.clips)
+    assert report.f1 == full.f1 and report.num_matched == full.num_matched
+    assert report.loudness_error_db == pytest.approx(-20.0, abs=0.5)
+    assert report.abs_loudness_error_db == pytest.approx(20.0, abs=0.5)
+    assert report.loudness_lufs == pytest.approx(full.loudness_lufs - 20.0, abs=0.01)
+    assert report.peak_dbfs == pytest.approx(full.peak_dbfs - 20.0, abs=0.01)
+    # Without references there is no loudness error; levels are still measured.
+    alone = evaluate_sync(quieter, events)
+    assert math.isnan(alone.loudness_error_db) and alone.num_level_events == 0 and alone.to_dict()["loudness_error_db"] is None
+    with pytest.raises(ValueError, match="reference_audios"):
+        evaluate_sync(quieter, events, reference_audios=audios[:1])
+
+
+def test_cli_levels_reference_dir_and_silence(synthetic_dir, tmp_path, capsys):
+    quiet_dir, silent_dir = tmp_path / "quiet", tmp_path / "silent"
+    quiet_dir.mkdir()
+    silent_dir.mkdir()
+    for record in load_events(synthetic_dir / "metadata.jsonl"):
+        audio, sr = sf.read(synthetic_dir / record["audio_file"])
+        sf.write(quiet_dir / record["audio_file"], audio * 0.1, sr, subtype="FLOAT")
+        sf.write(silent_dir / record["audio_file"], np.zeros_like(audio), sr, subtype="FLOAT")
+    events = str(synthetic_dir / "metadata.jsonl")
+    # The reference is found from the events file ('audio_file' next to it) or in --reference-dir.
+    for extra in ([], ["--reference-dir", str(synthetic_dir)]):
+        out_json = tmp_path / "quiet.json"
+        assert cli_main(["eval-sync", "--audio-dir", str(quiet_dir), "--events", events, "--json", str(out_json), *extra]) == 0
+        printed = capsys.readouterr().out
+        assert "silent clips" in printed and "event loudness error" in printed and "median loudness (LUFS)" in printed
+        written = json.loads(out_json.read_text())
+        assert written["num_silent"] == 0 and written["f1"] >= 0.95
+        assert written["loudness_error_db"] == pytest.approx(-20.0, abs=0.5)
+        assert written["num_level_events"] == written["num_events"]
+        clip = written["clips"][0]
+        assert set(clip) >= {"loudness_lufs", "peak_dbfs", "dc_offset", "silent", "event_loudness_errors_db"}
+    out_json = tmp_path / "silent.json"
+    assert cli_main(["eval-sync", "--audio-dir", str(silent_dir), "--events", events, "--json", str(out_json)]) == 0
+    capsys.readouterr()
+    written = json.loads(out_json.read_text())  # valid JSON: the loudness of digital silence is null, not -inf
+    assert written["num_silent"] == 3 and written["f1"] == 0.0
+    assert written["loudness_lufs"] is None and written["peak_dbfs"] is None and written["dc_offset"] == 0.0
+    assert written["loudness_error_db"] < -60  # silence against the true level, floored at -100 dB
+    with pytest.raises(FileNotFoundError, match="reference_dir"):
+        cli_main(["eval-sync", "--audio-dir", str(quiet_dir), "--events", events, "--reference-dir", str(tmp_path / "no")])
+    with pytest.raises(FileNotFoundError, match="reference_dir"):
+        cli_main(["eval-sync", "--audio-dir", str(quiet_dir), "--events", events, "--reference-dir", str(tmp_path)])

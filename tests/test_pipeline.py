@@ -384,6 +384,53 @@ def test_output_types(pipe, short_video):
     np.testing.assert_allclose(waveform.numpy(), np_audio.audios, atol=1e-5)
 
 
+def test_output_has_no_dc_and_keeps_its_level(pipe, short_video, monkeypatch):
+    from foley_toolkit.evaluation import audio_level
+
+    common = dict(video=short_video, prompt="steps on gravel")
+    clean = run(pipe, **common).audios
+
+    # The shipped behaviour before DC removal: the vocoder's output as is.
+    with monkeypatch.context() as patch:
+        patch.setattr(pipe, "remove_dc", lambda waveform: waveform)
+        raw = run(pipe, **common).audios
+
+    # A vocoder with a constant bias (a DC offset 100x the demo's -0.0023, on every channel).
+    def add_bias(module, args, output):
+        output.sample = output.sample - 0.23
+        return output
+
+    handle = pipe.vocoder.register_forward_hook(add_bias)
+    try:
+        biased = run(pipe, **common).audios
+    finally:
+        handle.remove()
+    assert np.abs(biased.mean(axis=-1)).max() < 1e-3 and np.abs(clean.mean(axis=-1)).max() < 1e-3
+    # Removing the bias is linear and exact: the biased vocoder's output equals the unbiased one's.
+    np.testing.assert_allclose(biased, clean, atol=1e-4)
+    # Never rescaled: the loudness (K-weighted, blind to DC and < 38 Hz) of the raw vocoder output is kept.
+    level_raw = audio_level(raw[0], SAMPLE_RATE)
+    level_biased = audio_level(biased[0], SAMPLE_RATE)
+    assert np.isfinite(level_raw["loudness_lufs"])
+    assert level_biased["loudness_lufs"] == pytest.approx(level_raw["loudness_lufs"], abs=0.05)
+    # What was removed is DC and sub-10 Hz drift, not sound: the raw output minus the returned one is smooth.
+    removed = raw[0] - clean[0]
+    assert np.abs(np.diff(removed, axis=-1)).max() < 5e-3 * np.abs(np.diff(raw[0], axis=-1)).max()
+
+
+def test_remove_dc_follows_a_drifting_offset_and_keeps_the_sound(pipe):
+    t = torch.arange(4 * SAMPLE_RATE, dtype=torch.float64) / SAMPLE_RATE
+    tone = 0.1 * torch.sin(2 * math.pi * 1000 * t)
+    # A constant bias plus a slow (0.5 Hz) drift: a single mean would leave the drift, +-0.05 per half second.
+    drift = 0.3 + 0.05 * torch.sin(2 * math.pi * 0.5 * t)
+    cleaned = pipe.remove_dc((tone + drift).float()[None, None])[0, 0].double()
+    assert cleaned.dtype == torch.float64 and cleaned.shape == t.shape
+    window_means = cleaned[SAMPLE_RATE // 4 : -SAMPLE_RATE // 4].reshape(-1, SAMPLE_RATE // 4).mean(dim=1)
+    assert window_means.abs().max() < 1e-3
+    # The 1 kHz tone is untouched (no gain change, no phase shift).
+    torch.testing.assert_close(cleaned[SAMPLE_RATE:-SAMPLE_RATE], tone[SAMPLE_RATE:-SAMPLE_RATE], atol=2e-4, rtol=0)
+
+
 def test_mono_without_mono2stereo(short_video):
     pipe = KlingFoleyPipeline(**get_dummy_components(stereo=False))
     pipe.set_progress_bar_config(disable=True)

@@ -1,10 +1,13 @@
-"""Evaluation metrics: codec reconstruction (Table 3), sync, distribution."""
+"""Evaluation metrics: codec reconstruction (Table 3), sync, distribution, and the level of any clip."""
 
 # codec
 from .codec_metrics import (
     CODEC_METRICS,
+    LEVEL_METRICS,
+    codec_level_metrics,
     compute_codec_metrics,
     format_codec_metrics_table,
+    griffin_lim_from_log_mel,
     log_spectral_distance,
     mel_cepstral_distortion,
     mel_cepstral_distortion_from_log_mels,
@@ -18,3 +21,14 @@ from .codec_metrics import (
 
 # sync (onsets against known event times; `foley-toolkit eval-sync`)
 from .sync_metrics import SyncReport, detect_onsets, evaluate_sync, evaluate_sync_folder
+
+# level (BS.1770 loudness, peak dBFS, DC offset; per-event level at known times)
+from .level_metrics import (
+    audio_level,
+    dc_offset,
+    event_levels,
+    event_loudness_errors,
+    integrated_loudness,
+    peak_dbfs,
+    summarize_levels,
+)

@@ -12,6 +12,13 @@ All metrics compare a reference waveform with its reconstruction (same sample ra
 - `mel_loss` (lower): mean L1 distance of the codec's log-mels (`LogMelSpectrogram`).
 - `stft_loss` (lower): multi-resolution STFT loss, the mean over (2048/512, 1024/256, 512/128) of spectral
   convergence + L1 log magnitude.
+
+Level of the reconstruction (`codec_level_metrics`, see `level_metrics`): BS.1770 integrated `loudness_lufs`,
+`peak_dbfs`, `dc_offset`, and `loudness_error_db`, the reconstruction's loudness minus the original's, each floored
+at BS.1770's absolute gate (-70 LUFS) so that a silent reconstruction has a finite, large error.
+
+`griffin_lim_from_log_mel` resynthesises a waveform from the codec's log-mel with no weights at all (NNLS mel
+inversion + Griffin-Lim): the floor every trained vocoder must beat.
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..audio_utils import SAMPLE_RATE, resample
+from ..audio_utils import HOP_LENGTH, N_FFT, SAMPLE_RATE, resample
+from .level_metrics import ABSOLUTE_GATE_LUFS, audio_level, summarize_levels
 
 CODEC_METRICS: tuple[str, ...] = ("pesq", "si_sdr", "sdr", "lsd", "mcd", "mel_loss", "stft_loss")
 HIGHER_IS_BETTER: dict[str, bool] = {
@@ -35,6 +43,16 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "mcd": False,
     "mel_loss": False,
     "stft_loss": False,
+}
+# Level columns of a reconstruction (per file), and their summary over files (`summarize_codec_metrics`).
+LEVEL_METRICS: tuple[str, ...] = ("loudness_lufs", "peak_dbfs", "dc_offset", "loudness_error_db")
+LEVEL_SUMMARY: tuple[str, ...] = LEVEL_METRICS + ("abs_loudness_error_db",)
+_LEVEL_HEADERS = {
+    "loudness_lufs": "LUFS",
+    "peak_dbfs": "peak dBFS",
+    "dc_offset": "DC",
+    "loudness_error_db": "ΔLUFS",
+    "abs_loudness_error_db": "|ΔLUFS| ↓",
 }
 PESQ_SAMPLE_RATE = 16_000
 STFT_LOSS_RESOLUTIONS: tuple[tuple[int, int], ...] = ((2048, 512), (1024, 256), (512, 128))
@@ -232,26 +250,119 @@ def compute_codec_metrics(
     return {name: _METRIC_FUNCTIONS[name](reference, estimate, sample_rate) for name in metrics}
 
 
+def codec_level_metrics(reference, estimate, sample_rate: int = SAMPLE_RATE) -> dict[str, float]:
+    """Level of the reconstruction `estimate` (`LEVEL_METRICS`): loudness (LUFS, `-inf` below the gate), peak
+    (dBFS), DC offset, and `loudness_error_db` = loudness(estimate) - loudness(reference), both floored at -70
+    LUFS (negative: the reconstruction is quieter)."""
+    reference, estimate = _aligned(reference, estimate)
+    level = audio_level(estimate.numpy(), sample_rate)
+    reference_level = audio_level(reference.numpy(), sample_rate)
+    error = max(level["loudness_lufs"], ABSOLUTE_GATE_LUFS) - max(reference_level["loudness_lufs"], ABSOLUTE_GATE_LUFS)
+    return {**level, "loudness_error_db": float(error)}
+
+
 def summarize_codec_metrics(per_file: Sequence[dict[str, float]]) -> dict[str, float]:
-    """Mean of each metric over files, ignoring NaN (e.g. PESQ on non-speech); NaN if no file has a value."""
+    """Mean of each metric over files, ignoring NaN (e.g. PESQ on non-speech); NaN if no file has a value.
+
+    Level columns, when present: the median loudness, the highest peak and the largest DC offset
+    (`level_metrics.summarize_levels`), the mean signed loudness error and the mean absolute one
+    (`abs_loudness_error_db`)."""
     names = [name for name in CODEC_METRICS if any(name in row for row in per_file)]
     summary = {}
     for name in names:
         values = [row[name] for row in per_file if name in row and math.isfinite(row[name])]
         summary[name] = float(np.mean(values)) if values else float("nan")
+    level_rows = [row for row in per_file if all(name in row for name in LEVEL_METRICS)]
+    if level_rows:
+        summary.update(summarize_levels(level_rows))
+        errors = np.array([row["loudness_error_db"] for row in level_rows], dtype=np.float64)
+        summary["loudness_error_db"] = float(errors.mean())
+        summary["abs_loudness_error_db"] = float(np.abs(errors).mean())
     return summary
+
+
+_GRIFFIN_LIM_BASIS: dict = {}
+
+
+def griffin_lim_from_log_mel(
+    log_mel: np.ndarray | torch.Tensor,
+    num_samples: int,
+    sample_rate: int = SAMPLE_RATE,
+    n_fft: int = N_FFT,
+    hop_length: int = HOP_LENGTH,
+    n_iter: int = 32,
+    seed: int = 0,
+) -> np.ndarray:
+    r"""
+    Waveform from a natural-log mel of the codec's front end (`LogMelSpectrogram`: Slaney filterbank, magnitude,
+    reflect pad `(n_fft - hop) / 2` and `center=False` frames) with no trained weights: `exp`, non-negative least
+    squares onto the linear-frequency magnitude (`librosa.util.nnls`, with the project's own filterbank), then
+    Griffin-Lim (`librosa.griffinlim`, momentum 0.99, seeded random phase).
+
+    Griffin-Lim runs with `center=False` on the padded signal, i.e. in exactly the framing of the front end: frame
+    `t` covers padded samples `[t * hop, t * hop + n_fft)`. Dropping the `(n_fft - hop) / 2` padded samples at the
+    start then gives a waveform time-aligned with the one the mel was computed from.
+
+    Args:
+        log_mel (`np.ndarray` or `torch.Tensor` of shape `(num_mels, frames)`): Natural-log mel magnitudes.
+        num_samples (`int`): Length of the returned waveform (zero-padded if the frames cover fewer samples).
+        n_iter (`int`, defaults to 32): Griffin-Lim iterations.
+
+    Returns:
+        `np.ndarray` of shape `(num_samples,)`, float32.
+    """
+    try:
+        import librosa
+    except ImportError as error:  # librosa is an optional dependency (`pip install foley-toolkit[eval]`)
+        raise ImportError("Griffin-Lim resynthesis needs librosa: `pip install librosa`.") from error
+    from ..models.autoencoders.autoencoder_mel_vae import slaney_mel_filterbank
+
+    if isinstance(log_mel, torch.Tensor):
+        log_mel = log_mel.detach().to("cpu", torch.float64).numpy()
+    log_mel = np.asarray(log_mel, dtype=np.float64)
+    if log_mel.ndim != 2:
+        raise ValueError(f"`log_mel` must be (num_mels, frames), got shape {log_mel.shape}.")
+    if num_samples <= 0:
+        raise ValueError(f"`num_samples` must be positive, got {num_samples}.")
+    key = (sample_rate, n_fft, log_mel.shape[0])
+    if key not in _GRIFFIN_LIM_BASIS:
+        _GRIFFIN_LIM_BASIS[key] = np.asarray(slaney_mel_filterbank(sample_rate, n_fft, log_mel.shape[0]), np.float64)
+    basis = _GRIFFIN_LIM_BASIS[key]
+    magnitude = librosa.util.nnls(basis, np.exp(log_mel))  # (n_fft // 2 + 1, frames), >= 0
+    padded = librosa.griffinlim(
+        magnitude,
+        n_iter=n_iter,
+        hop_length=hop_length,
+        win_length=n_fft,
+        n_fft=n_fft,
+        window="hann",
+        center=False,
+        init="random",
+        random_state=seed,
+    )
+    start = (n_fft - hop_length) // 2
+    waveform = padded[start : start + num_samples]
+    if waveform.shape[0] < num_samples:
+        waveform = np.pad(waveform, (0, num_samples - waveform.shape[0]))
+    return waveform.astype(np.float32)
 
 
 def format_codec_metrics_table(rows: dict[str, dict[str, float]], counts: dict[str, int] | None = None) -> str:
     """A plain-text table, one row per system (e.g. `{"MelVAE + vocoder": summary}`), metrics as columns with
     arrows for the better direction."""
     names = [name for name in CODEC_METRICS if any(name in summary for summary in rows.values())]
+    levels = [name for name in LEVEL_SUMMARY if any(name in summary for summary in rows.values())]
     headers = ["system"] + [f"{name} {'↑' if HIGHER_IS_BETTER[name] else '↓'}" for name in names]
+    headers += [_LEVEL_HEADERS[name] for name in levels]
     if counts is not None:
         headers.append("files")
     lines = []
     for system, summary in rows.items():
         cells = [system] + [f"{summary.get(name, float('nan')):.3f}" for name in names]
+        cells += [
+            (f"{summary[name]:+.5f}" if name == "dc_offset" else f"{summary[name]:.1f}") if name in summary else ""
+            for name in levels
+        ]
         if counts is not None:
             cells.append(str(counts.get(system, "")))
         lines.append(cells)

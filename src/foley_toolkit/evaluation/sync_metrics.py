@@ -9,7 +9,14 @@ are matched one-to-one with the known event times, within a tolerance (±80 ms b
   (a fixed-seed derangement). Audio that follows the picture scores high on the first and low here;
   audio that only has the right onset density scores the same on both;
 - **pan accuracy**: for moving events, the share whose stereo balance just after the onset has the
-  sign of the object's horizontal position (`x < 0`: more energy on the left).
+  sign of the object's horizontal position (`x < 0`: more energy on the left);
+- **level** of every clip (`level_metrics`: BS.1770 integrated loudness, sample peak, DC offset). A clip quieter
+  than `silence_lufs` (-50 LUFS) is **silent**: its detected onsets are discarded, so all its events are misses;
+  the onset detector itself is level-blind (it compares each band with the clip's own loudest moment), and a
+  faint hiss at -60 LUFS would otherwise score like real sound;
+- **per-event loudness error** when the reference (true) audio of a clip is known: the generated level minus the
+  reference level over `[t, t + 200 ms]` at each event time `t` (`level_metrics.event_levels`: K-weighted mean
+  square averaged over channels, in dB, floored at -100 dB), as mean signed and mean absolute error over events.
 
 Onset detector (numpy/scipy only; all parameters are arguments of [`detect_onsets`]):
 
@@ -39,6 +46,7 @@ from scipy.ndimage import maximum_filter1d, median_filter
 from scipy.optimize import linear_sum_assignment
 
 from ..audio_utils import SAMPLE_RATE, load_audio
+from .level_metrics import audio_level, event_loudness_errors, summarize_levels
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp4", ".m4a", ".mkv", ".mov", ".webm", ".aac", ".mp3")
 
@@ -357,6 +365,14 @@ class SyncReport:
     shuffled_recall: float
     shuffled_f1: float
     tolerance_ms: float
+    num_silent: int = 0
+    silence_lufs: float = -50.0
+    loudness_lufs: float = float("nan")
+    peak_dbfs: float = float("nan")
+    dc_offset: float = float("nan")
+    loudness_error_db: float = float("nan")
+    abs_loudness_error_db: float = float("nan")
+    num_level_events: int = 0
     clips: list[dict] = field(default_factory=list)
 
     SUMMARY_KEYS = (
@@ -376,6 +392,14 @@ class SyncReport:
         ("num_matched", "matched onsets"),
         ("num_pan_events", "moving events (pan)"),
         ("tolerance_ms", "tolerance (ms)"),
+        ("num_silent", "silent clips"),
+        ("silence_lufs", "silence threshold (LUFS)"),
+        ("loudness_lufs", "median loudness (LUFS)"),
+        ("peak_dbfs", "max peak (dBFS)"),
+        ("dc_offset", "largest DC offset"),
+        ("loudness_error_db", "event loudness error (dB, + = louder)"),
+        ("abs_loudness_error_db", "event |loudness error| (dB)"),
+        ("num_level_events", "events with reference level"),
     )
 
     def to_dict(self, with_clips: bool = False) -> dict[str, Any]:
@@ -394,8 +418,12 @@ class SyncReport:
                 text = str(int(value))
             elif value is None or (isinstance(value, float) and math.isnan(value)):
                 text = "n/a"
+            elif key == "dc_offset":
+                text = f"{value:+.5f}"
+            elif "ms" in key or "lufs" in key or "db" in key:
+                text = f"{value:.1f}"  # -inf prints as "-inf"
             else:
-                text = f"{value:.3f}" if "ms" not in key else f"{value:.1f}"
+                text = f"{value:.3f}"
             rows.append((label, text))
         width = max(len(label) for label, _ in rows)
         lines = [f"{'metric'.ljust(width)}  value", f"{'-' * width}  -----"]
@@ -404,8 +432,11 @@ class SyncReport:
 
 
 def _json_number(value: Any) -> Any:
+    """NaN and +-inf (undefined scores, the loudness of silence) become None: JSON has neither."""
     if isinstance(value, (float, np.floating)):
-        return None if math.isnan(float(value)) else float(value)
+        return float(value) if math.isfinite(float(value)) else None
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
     if isinstance(value, np.integer):
         return int(value)
     return value
@@ -439,6 +470,9 @@ def evaluate_sync(
     min_abs_x: float = 0.1,
     pan_window_ms: float = 50.0,
     detector_kwargs: Mapping[str, Any] | None = None,
+    reference_audios: Sequence[np.ndarray | None] | None = None,
+    silence_lufs: float | None = -50.0,
+    level_window_ms: float = 200.0,
 ) -> SyncReport:
     """Scores how well the onsets of `audios` land on the known `events`.
 
@@ -453,10 +487,17 @@ def evaluate_sync(
         min_abs_x: Events closer than this to the centre have no defined pan sign and are skipped.
         pan_window_ms: Length of the window after the onset used for the stereo balance.
         detector_kwargs: Extra arguments for [`detect_onsets`].
+        reference_audios: Optional, one per clip (or None where unknown): the true audio of the clip, at
+            `sample_rate`, for the per-event loudness error.
+        silence_lufs: Clips whose integrated loudness is below this are silent: they get no onsets (every
+            event a miss, also in the shuffled control). None disables the rule.
+        level_window_ms: Window after each event time over which the loudness error is measured.
 
     Returns:
         [`SyncReport`]: micro-averaged scores over all clips, the shuffled control (NaN with fewer than
-        2 clips), pan accuracies, and per-clip results in `clips`.
+        2 clips), pan accuracies, levels (median loudness, max peak, largest DC offset, silent clips), the
+        loudness error over all events that have a reference (mean signed and mean absolute, dB; NaN without
+        references), and per-clip results in `clips`.
     """
     if len(audios) != len(events):
         raise ValueError(f"audios and events must have the same length, got {len(audios)} and {len(events)}")
@@ -464,10 +505,22 @@ def evaluate_sync(
         raise ValueError("audios must contain at least one clip")
     if names is not None and len(names) != len(audios):
         raise ValueError(f"names must have one entry per clip, got {len(names)} for {len(audios)} clips")
+    if reference_audios is not None and len(reference_audios) != len(audios):
+        raise ValueError(
+            f"reference_audios must have one entry per clip (None where unknown), got {len(reference_audios)} "
+            f"for {len(audios)} clips"
+        )
     tolerance = tolerance_ms / 1000.0
     detector_kwargs = dict(detector_kwargs or {})
     parsed = [[_event_fields(event) for event in clip_events] for clip_events in events]
-    detections = [detect_onsets(audio, sample_rate, **detector_kwargs) for audio in audios]
+    levels = [audio_level(audio, sample_rate) for audio in audios]
+    silent = [silence_lufs is not None and level["loudness_lufs"] < silence_lufs for level in levels]
+    # A silent clip has no onsets whatever the (level-blind) detector finds in its hiss or DC.
+    detections = [
+        np.zeros(0) if is_silent else detect_onsets(audio, sample_rate, **detector_kwargs)
+        for audio, is_silent in zip(audios, silent)
+    ]
+    level_errors: list[float] = []
 
     clips = []
     total_matched = total_events = total_detected = 0
@@ -491,19 +544,31 @@ def evaluate_sync(
                 # Measure at the detected onset when there is one, else where the sound should be.
                 at = onsets[matched_onset[event_index]] if event_index in matched_onset else time
                 balance = stereo_balance(audio, at, sample_rate, pan_window_ms)
-                correct = int(balance != 0.0 and np.sign(balance) == np.sign(x))
+                # A silent clip has no sound to pan: its events count as wrong, as with digital silence.
+                correct = int(not silent[index] and balance != 0.0 and np.sign(balance) == np.sign(x))
                 for key in ("moving", "all") if moving else ("all",):
                     pan_hits[key][0] += correct
                     pan_hits[key][1] += 1
                 if moving:
                     clip_pan[0] += correct
                     clip_pan[1] += 1
+        clip_errors = np.full(times.size, np.nan)
+        reference = reference_audios[index] if reference_audios is not None else None
+        if reference is not None and times.size:
+            clip_errors = event_loudness_errors(audio, reference, sample_rate, times, level_window_ms)
+            level_errors += [float(e) for e in clip_errors if np.isfinite(e)]
+        finite_errors = clip_errors[np.isfinite(clip_errors)]
         clips.append(
             {
                 "name": names[index] if names is not None else str(index),
                 **scores,
                 "pan_accuracy": clip_pan[0] / clip_pan[1] if clip_pan[1] else float("nan"),
                 "onsets": [round(float(t), 4) for t in onsets],
+                **levels[index],
+                "silent": bool(silent[index]),
+                "loudness_error_db": float(finite_errors.mean()) if finite_errors.size else float("nan"),
+                "abs_loudness_error_db": float(np.abs(finite_errors).mean()) if finite_errors.size else float("nan"),
+                "event_loudness_errors_db": [round(float(e), 2) if np.isfinite(e) else None for e in clip_errors],
             }
         )
 
@@ -540,6 +605,12 @@ def evaluate_sync(
         shuffled_recall=shuffled[1],
         shuffled_f1=shuffled[2],
         tolerance_ms=float(tolerance_ms),
+        num_silent=int(sum(silent)),
+        silence_lufs=float("nan") if silence_lufs is None else float(silence_lufs),
+        **summarize_levels(levels),
+        loudness_error_db=float(np.mean(level_errors)) if level_errors else float("nan"),
+        abs_loudness_error_db=float(np.mean(np.abs(level_errors))) if level_errors else float("nan"),
+        num_level_events=len(level_errors),
         clips=clips,
     )
 
@@ -574,24 +645,53 @@ def find_audio_file(
     return None
 
 
+def find_reference_audio(
+    record: Mapping, events_dir: str | os.PathLike, reference_dir: str | os.PathLike | None = None,
+    extensions: Sequence[str] = AUDIO_EXTENSIONS,
+) -> Path | None:
+    """The true audio of one `metadata.jsonl` record, or None.
+
+    With `reference_dir`: the file there with the record's stem (first of `extensions`). Otherwise, next to the
+    events file: the record's `audio_file_name` / `audio_file` (the lossless track `make-synthetic` writes), else
+    its `file_name` when that is an audio file (a video's own track is tried by the caller, see
+    [`evaluate_sync_folder`]).
+    """
+    if reference_dir is not None:
+        return find_audio_file(reference_dir, Path(record["file_name"]).stem, extensions)
+    for key in ("audio_file_name", "audio_file", "file_name"):
+        name = record.get(key)
+        if name:
+            candidate = Path(events_dir) / name
+            if candidate.is_file() and candidate.suffix.lower() in AUDIO_EXTENSIONS:
+                return candidate
+    return None
+
+
 def evaluate_sync_folder(
     audio_dir: str | os.PathLike,
     events_file: str | os.PathLike,
     tolerance_ms: float = 80.0,
     extensions: Sequence[str] = AUDIO_EXTENSIONS,
     shuffle_seed: int = 0,
+    reference_dir: str | os.PathLike | None = None,
+    use_references: bool = True,
     **kwargs: Any,
 ) -> SyncReport:
     """[`evaluate_sync`] over a folder: each record of `events_file` is paired with the audio file in
     `audio_dir` that has the same stem as its `file_name` (first of `extensions` that exists).
 
-    Clips without an audio file are skipped with a warning; none at all raises `FileNotFoundError`.
+    The true audio of each clip, for the loudness error, is found by [`find_reference_audio`]: in
+    `reference_dir` when given (a missing file there raises `FileNotFoundError`), else the files the record
+    names next to `events_file` (a video without an audio track is skipped with a warning). `use_references=False`
+    skips it. Clips without an audio file are skipped with a warning; none at all raises `FileNotFoundError`.
     """
     audio_dir = Path(audio_dir)
     if not audio_dir.is_dir():
         raise FileNotFoundError(f"audio_dir is not a directory: {audio_dir}")
+    if reference_dir is not None and not Path(reference_dir).is_dir():
+        raise FileNotFoundError(f"reference_dir is not a directory: {reference_dir}")
     records = load_events(events_file)
-    audios, events, names, missing = [], [], [], []
+    audios, events, names, references, missing = [], [], [], [], []
     for record in records:
         stem = Path(record["file_name"]).stem
         path = find_audio_file(audio_dir, stem, extensions)
@@ -601,13 +701,33 @@ def evaluate_sync_folder(
         audios.append(load_audio_for_sync(path))
         events.append(record["events"])
         names.append(path.name)
+        reference = None
+        if use_references:
+            reference_path = find_reference_audio(record, Path(events_file).parent, reference_dir)
+            if reference_path is None and reference_dir is not None:
+                raise FileNotFoundError(f"reference_dir {reference_dir} has no audio for clip {stem!r}")
+            if reference_path is not None:
+                try:
+                    reference = load_audio_for_sync(reference_path)
+                except ValueError as error:  # e.g. a video without an audio track
+                    warnings.warn(f"no reference audio for {stem!r}: {error}")
+        references.append(reference)
     if not audios:
         raise FileNotFoundError(
             f"no audio in {audio_dir} matches the {len(records)} clips of {events_file} (extensions {list(extensions)})"
         )
     if missing:
         warnings.warn(f"{len(missing)} clips have no audio in {audio_dir} and are skipped: {missing[:5]}...")
-    return evaluate_sync(audios, events, SAMPLE_RATE, tolerance_ms, names=names, shuffle_seed=shuffle_seed, **kwargs)
+    return evaluate_sync(
+        audios,
+        events,
+        SAMPLE_RATE,
+        tolerance_ms,
+        names=names,
+        shuffle_seed=shuffle_seed,
+        reference_audios=references,
+        **kwargs,
+    )
 
 
 __all__ = [
@@ -617,6 +737,7 @@ __all__ = [
     "evaluate_sync",
     "evaluate_sync_folder",
     "find_audio_file",
+    "find_reference_audio",
     "load_audio_for_sync",
     "load_events",
     "match_onsets",

@@ -563,8 +563,8 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
         return torch.stack([stereo.left_mel, stereo.right_mel], dim=1)
 
     def mel_to_waveform(self, mel: torch.Tensor, num_samples: int) -> torch.Tensor:
-        """Vocode `(batch, channels, mel_bins, frames)` log-mels, all channels in one vocoder batch, and trim to
-        `(batch, channels, num_samples)` float32."""
+        """Vocode `(batch, channels, mel_bins, frames)` log-mels, all channels in one vocoder batch, trim to
+        `(batch, channels, num_samples)` float32 and remove any DC offset (`remove_dc`)."""
         batch_size, channels = mel.shape[:2]
         waveform = self.vocoder(mel.flatten(0, 1).to(self.vocoder.dtype)).sample
         waveform = waveform.view(batch_size, channels, -1)
@@ -573,7 +573,35 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
                 f"The vocoder produced {waveform.shape[-1]} samples for {num_samples} requested; its upsampling "
                 f"factor must be {HOP_LENGTH} and the VAE's temporal upsampling 2."
             )
-        return waveform[..., :num_samples].float()
+        return self.remove_dc(waveform[..., :num_samples].float())
+
+    # Corner of the DC-blocking high-pass: an octave below the audible range, so nothing a listener hears changes
+    # (-0.5 dB at 20 Hz, < 0.03 dB above 40 Hz).
+    dc_block_hz: float = 10.0
+
+    def remove_dc(self, waveform: torch.Tensor) -> torch.Tensor:
+        r"""
+        Removes the DC offset of `(..., num_samples)` waveforms without changing their gain: subtract each channel's
+        mean, then a zero-phase 2nd-order Butterworth high-pass at `dc_block_hz` (`scipy.signal.sosfiltfilt`).
+
+        Why both: a vocoder's offset is not always constant. Over a long clip it can follow the content (a bias
+        that differs between loud and quiet passages), which a single mean leaves as slow local offsets; the
+        high-pass removes those wherever they are. Subtracting the mean first means the filter starts from a
+        zero-mean signal, so a large constant bias cannot leave a start-up transient. Forward-backward filtering
+        has no phase shift: onsets keep their timing. The audio is never rescaled.
+
+        Returns:
+            `torch.Tensor` of the same shape, dtype and device.
+        """
+        from scipy.signal import butter, sosfiltfilt
+
+        array = waveform.detach().to("cpu", torch.float64).numpy()
+        array = array - array.mean(axis=-1, keepdims=True)
+        sos = butter(2, self.dc_block_hz, btype="highpass", fs=self.sample_rate, output="sos")
+        # sosfiltfilt pads by 3 * (2 * sections + 1) samples; shorter signals keep the mean removal alone.
+        if array.shape[-1] > 3 * (2 * len(sos) + 1):
+            array = sosfiltfilt(sos, array, axis=-1)
+        return torch.from_numpy(np.ascontiguousarray(array)).to(device=waveform.device, dtype=waveform.dtype)
 
     # ------------------------------------------------------------------------------------------------------------
     # Generation
