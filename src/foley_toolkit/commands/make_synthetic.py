@@ -17,14 +17,23 @@ def _float_list(text: str) -> list[float]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..synthetic import EVENT_CLASSES
+    from ..synthetic import EVENT_CLASSES, LOOK_FAMILIES
 
+    families = "\n".join(f"  {name:9s} {family.description}" for name, family in LOOK_FAMILIES.items())
     parser = subparsers.add_parser(
         "make-synthetic",
         help="generate a synthetic audio-visual dataset with known event times",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
-            "Writes clip_XXXXX.mp4 (H.264 + AAC stereo 44.1 kHz), clip_XXXXX.wav and metadata.jsonl "
-            "(file_name, caption, duration, fps, events with time/class/x/moving, seed) to --out."
+            "Writes clip_XXXXX.mp4 (H.264 + AAC stereo 44.1 kHz), clip_XXXXX.wav and metadata.jsonl\n"
+            "(file_name, caption, duration, fps, events with time/class/x/moving/frame, seed, look_family,\n"
+            "look, silent_span) to --out.\n\n"
+            "Each clip's look (frame size, background, object shapes/colours/textures, camera shake,\n"
+            "lighting drift, grain, silent distractors, silent stretches) is drawn from one of the --looks\n"
+            "families:\n" + families + "\n\n"
+            "Train on every family but one and evaluate on it:\n"
+            "  foley-toolkit make-synthetic --out train --num-clips 500 --looks all --held-out-looks neon\n"
+            "  foley-toolkit make-synthetic --out heldout --num-clips 50 --seed 2 --looks neon"
         ),
     )
     parser.add_argument("--out", required=True, help="output folder (created if missing)")
@@ -38,8 +47,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=[12, 24, 25, 30, 60],
         help="comma-separated frame rates to draw from",
     )
-    parser.add_argument("--width", type=int, default=96, help="frame width in pixels (even)")
-    parser.add_argument("--height", type=int, default=96, help="frame height in pixels (even)")
+    parser.add_argument(
+        "--looks",
+        default="classic",
+        help=f"comma-separated look families, or 'all' (default: classic); one of {','.join(LOOK_FAMILIES)}",
+    )
+    parser.add_argument(
+        "--held-out-looks",
+        default="",
+        help="comma-separated families never drawn (e.g. --looks all --held-out-looks neon)",
+    )
+    parser.add_argument(
+        "--width", type=int, default=None, help="fixed frame width in pixels (even; default: drawn by the look)"
+    )
+    parser.add_argument(
+        "--height", type=int, default=None, help="fixed frame height in pixels (even; default: drawn by the look)"
+    )
     parser.add_argument("--max-events", type=int, default=4, help="at most this many events per clip")
     parser.add_argument(
         "--classes",
@@ -54,9 +77,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..synthetic import generate_dataset
+    from ..synthetic import generate_dataset, resolve_looks
 
     classes = [name.strip() for name in args.classes.split(",") if name.strip()]
+    families = resolve_looks(args.looks, args.held_out_looks)  # raises on bad names before any work
     start = time.perf_counter()
     records = generate_dataset(
         args.out,
@@ -69,14 +93,17 @@ def run(args: argparse.Namespace) -> int:
         height=args.height,
         event_classes=classes,
         max_events=args.max_events,
+        looks=families,
         write_wav=not args.no_wav,
         num_workers=args.num_workers,
         progress=True,
     )
     seconds = sum(record["duration"] for record in records)
     events = sum(len(record["events"]) for record in records)
+    counts = {name: sum(record["look_family"] == name for record in records) for name in families}
     print(
         f"wrote {len(records)} clips ({seconds:.1f} s of video, {events} events) to {args.out} "
-        f"in {time.perf_counter() - start:.1f} s"
+        f"in {time.perf_counter() - start:.1f} s; looks: "
+        + ", ".join(f"{name} {count}" for name, count in counts.items())
     )
     return 0
