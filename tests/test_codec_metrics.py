@@ -173,6 +173,8 @@ def test_level_known_answers():
 def test_level_short_clips_silence_and_errors():
     # Shorter than one 400 ms block: one block spanning the clip, no zero padding (which would lower the level).
     assert integrated_loudness(sine(997, -20.0, 0.1), SAMPLE_RATE) == pytest.approx(-23.01, abs=0.1)
+    for length in (386, 442, 701):  # lengths whose duration * rate rounds above the sample count
+        assert np.isfinite(integrated_loudness(0.1 * np.random.default_rng(length).standard_normal(length), SAMPLE_RATE))
     silence = audio_level(np.zeros((2, SAMPLE_RATE)), SAMPLE_RATE)
     assert silence == {"loudness_lufs": float("-inf"), "peak_dbfs": float("-inf"), "dc_offset": 0.0}
     # Below BS.1770's absolute gate (-70 LUFS) the integrated loudness is undefined: -inf too.

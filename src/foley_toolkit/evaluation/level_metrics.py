@@ -55,7 +55,10 @@ def integrated_loudness(audio: Any, sample_rate: int) -> float:
     channels = as_channels(audio)
     if sample_rate <= 0:
         raise ValueError(f"`sample_rate` must be positive, got {sample_rate}.")
-    block = min(BLOCK_SECONDS, channels.shape[1] / sample_rate)
+    num_samples = channels.shape[1]
+    block = min(BLOCK_SECONDS, num_samples / sample_rate)
+    while block * sample_rate > num_samples:  # pyloudnorm rejects a block that rounds to one sample too many
+        block = float(np.nextafter(block, 0.0))
     meter = pyloudnorm.Meter(sample_rate, block_size=block)
     return float(meter.integrated_loudness(channels.T))
 

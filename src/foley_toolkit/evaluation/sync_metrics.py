@@ -346,7 +346,15 @@ def stereo_balance(
 
 @dataclass
 class SyncReport:
-    """Scores of an [`evaluate_sync`] run; offsets in ms; NaN where undefined (e.g. nothing matched)."""
+    """Scores of an [`evaluate_sync`] run; offsets in ms; NaN where undefined (e.g. nothing matched).
+
+    Levels: `loudness_lufs` is the median of the clips' BS.1770 integrated loudness (`-inf` when most clips are
+    below the -70 LUFS gate), `peak_dbfs` the highest clip peak, `dc_offset` the per-channel mean of largest
+    magnitude over all clips (signed); `num_silent` clips were quieter than `silence_lufs` and scored as having no
+    onsets. `loudness_error_db` / `abs_loudness_error_db` are the mean signed / absolute per-event level error
+    (generated minus reference, dB) over the `num_level_events` events whose clip has reference audio.
+    In `to_dict` (JSON) NaN and -inf become None.
+    """
 
     num_clips: int
     num_events: int
