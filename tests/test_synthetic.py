@@ -281,6 +281,10 @@ def test_looks_metadata_records_the_drawn_look(looks_dataset):
         with av.open(str(out / record["file_name"])) as container:
             codec = container.streams.video[0].codec_context
             assert (codec.width, codec.height) == (record["width"], record["height"])
+        times = [event["time"] for event in record["events"]]
+        assert times == sorted(times) and np.all(np.diff(times) >= 0.3 - 1e-6)
+        assert all(0 < t <= record["duration"] - 0.4 + 1e-6 for t in times)
+        assert all(event["frame"] == round(event["time"] * record["fps"]) for event in record["events"])
         if record["silent_span"] is not None:
             start, end = record["silent_span"]
             assert 0 <= start < end <= record["duration"] + 1e-6
@@ -288,7 +292,8 @@ def test_looks_metadata_records_the_drawn_look(looks_dataset):
 
 
 def test_classic_is_the_default_and_fixed():
-    a, b = generate_clip(5, min_duration=2, max_duration=3), generate_clip(5, min_duration=2, max_duration=3, looks="classic")
+    a = generate_clip(5, min_duration=2, max_duration=3)
+    b = generate_clip(5, min_duration=2, max_duration=3, looks="classic")
     np.testing.assert_array_equal(a.frames, b.frames)
     assert a.metadata_extra == b.metadata_extra and a.metadata_extra["look_family"] == "classic"
     assert a.frames.shape[1:] == (96, 96, 3)

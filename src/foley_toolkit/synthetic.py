@@ -31,9 +31,9 @@ sound) and silent stretches (25-45% of a clip with no events, while the distract
 
 | family     | what it looks like                                                                               |
 |------------|--------------------------------------------------------------------------------------------------|
-| `classic`  | the original world: 96x96, plain dark background, red ball, blue/orange blocks, green lamp, nothing else |
+| `classic`  | the original world: 96x96, plain dark background, red ball, blue/orange blocks, green lamp |
 | `pastel`   | light low-saturation solid/gradient backgrounds, soft pastel flat or shaded objects, landscape frames |
-| `textured` | mid-tone stripes/checker/noise backgrounds, striped and checkered objects, near-square frames, 1-2 distractors |
+| `textured` | mid-tone stripes/checker/noise backgrounds, striped and checkered objects, 1-2 distractors |
 | `noisy`    | noise or moving backgrounds, strong grain, camera shake and lighting drift, 2-4 distractors, silences |
 | `neon`     | near-black backgrounds, saturated hollow rings/frames with glow, portrait and wide frames        |
 
@@ -1122,8 +1122,10 @@ class _Scene:
                 hi = min(count, lo + _WINDOW_FRAMES)
                 wrx, wry, wop = (v[lo:hi] if pf else v for v, pf in zip((rx, ry, opacity), per_frame))
                 reach = 1.3 * float(max(np.max(wrx), np.max(wry))) * (_GLOW_SCALE if glow > 0 else 1.0) + 3.0
-                x0, x1 = max(0, int(np.floor(cx[lo:hi].min() - reach))), min(width, int(np.ceil(cx[lo:hi].max() + reach)))
-                y0, y1 = max(0, int(np.floor(cy[lo:hi].min() - reach))), min(height, int(np.ceil(cy[lo:hi].max() + reach)))
+                x0 = max(0, int(np.floor(cx[lo:hi].min() - reach)))
+                x1 = min(width, int(np.ceil(cx[lo:hi].max() + reach)))
+                y0 = max(0, int(np.floor(cy[lo:hi].min() - reach)))
+                y1 = min(height, int(np.ceil(cy[lo:hi].max() + reach)))
                 if x0 >= x1 or y0 >= y1:
                     continue
                 rows = index[lo:hi, None, None]
@@ -1145,10 +1147,11 @@ class _Scene:
 
         if look.lamp_housing:
             # Unlit lamps, dimmed toward the background, so that lighting up is the only change at a beep.
-            dim_color = np.array(look.lamp.color, np.float32) * 0.3 + np.array(look.background_colors[0], np.float32) * 0.7
-            dim = ObjectStyle(look.lamp.shape, _rgb(dim_color), _rgb(dim_color))
+            dim_color = _rgb(np.array(look.lamp.color) * 0.3 + np.array(look.background_colors[0]) * 0.7)
+            dim = ObjectStyle(look.lamp.shape, dim_color, dim_color)
+            half_lamp = self.lamp_size / 2
             for x in sorted({e.x for e in self.beeps}):
-                draw(everywhere, dim, _to_pixels(x, width) + sx, look.lamp_y * height + sy, self.lamp_size / 2, self.lamp_size / 2)
+                draw(everywhere, dim, _to_pixels(x, width) + sx, look.lamp_y * height + sy, half_lamp, half_lamp)
 
         # Flash: the whole frame brightens (the disc is drawn last, on top of everything).
         flash_strengths = []
@@ -1259,7 +1262,8 @@ def render_video(
     times = np.arange(num_frames, dtype=np.float64) / fps
     numbers = np.arange(num_frames)
     chunks = [
-        scene.render(times[i : i + chunk_frames], numbers[i : i + chunk_frames]) for i in range(0, num_frames, chunk_frames)
+        scene.render(times[i : i + chunk_frames], numbers[i : i + chunk_frames])
+        for i in range(0, num_frames, chunk_frames)
     ]
     return np.concatenate(chunks, axis=0)
 
@@ -1397,7 +1401,9 @@ def generate_clip(
                 event.time = event.frame / fps
     audio = render_audio(events, num_samples, rng, sample_rate, noise_level=noise_level)
     frames = render_video(events, num_frames, fps, look=look)
-    silent_span = [round(silent_start / fps, 6), round((silent_start + silent_frames) / fps, 6)] if silent_frames else None
+    silent_span = None
+    if silent_frames:
+        silent_span = [round(silent_start / fps, 6), round((silent_start + silent_frames) / fps, 6)]
     return SyntheticClip(
         frames=frames,
         audio=audio,
