@@ -318,8 +318,8 @@ def test_families_differ_measurably():
             assert separated, f"{a} and {b} overlap in every statistic"
     # And within a non-classic family, looks vary from clip to clip.
     for family in FAMILIES[1:]:
-        sizes = {sample_look(family, np.random.default_rng(s)).background_colors for s in range(5)}
-        assert len(sizes) == 5
+        colors = {sample_look(family, np.random.default_rng(s)).background_colors for s in range(5)}
+        assert len(colors) == 5
 
 
 def test_held_out_family_is_never_drawn(tmp_path):
@@ -422,14 +422,12 @@ def test_onsets_on_event_times_while_distractors_and_silences_stay_quiet():
     span = clip.audio[:, int(quiet_from * SAMPLE_RATE) : int(end * SAMPLE_RATE)]
     assert 20 * np.log10(np.sqrt(np.mean(span.astype(np.float64) ** 2))) < -60
     k0, k1 = int(np.ceil(quiet_from * fps)), int(end * fps) - 1
-    still = render_video(clip.events, clip.frames.shape[0], fps, look=replace(_clip_look(seed, fps), distractors=()))
+    look = draw_look(seed, "noisy", clip.frames.shape[0], fps)[0]
+    assert clip.metadata_extra["look"] == look.to_dict()
+    still = render_video(clip.events, clip.frames.shape[0], fps, look=replace(look, distractors=()))
     moving = np.abs(clip.frames.astype(np.int16) - still).max(axis=-1) > 12
     centroid = [np.argwhere(moving[k]).mean(axis=0) for k in (k0, k1)]
     assert moving[k0].any() and np.linalg.norm(centroid[1] - centroid[0]) > 2
-
-
-def _clip_look(seed: int, fps: float):
-    return draw_look(seed, "noisy", int(6.0 * fps), fps)[0]
 
 
 def test_look_and_dataset_errors_name_the_argument(tmp_path):
