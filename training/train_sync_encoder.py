@@ -6,8 +6,9 @@ Each training example is one video window of ``--num_segments`` Synchformer segm
 8: ``16 + 8 (S - 1)`` frames) and an audio window of the same length that starts ``offset`` seconds later, with
 ``offset = (k - K // 2) * --offset_step`` for a class ``k`` drawn uniformly from ``--num_offset_classes`` K.
 `SynchformerEncoder` turns the frames into ``8 S`` tokens; `SynchformerSyncHead` (an audio conv stack over the
-project's log-mel and a transformer over ``[CLS; visual; audio]``) classifies ``k`` with cross-entropy. Both are
-trained; only the visual encoder goes into the pipeline.
+project's log-mel, a learned audio-visual cross-correlation and an MLP; see its docstring for why not Synchformer's
+transformer head) classifies ``k`` with cross-entropy. ``--contrastive_weight`` adds Synchformer's segment-level
+audio-visual InfoNCE. Both are trained; only the visual encoder goes into the pipeline.
 
 Choices for short clips (documented defaults): Synchformer trains on 4.8 s windows with 21 offset classes over
 +-2 s in 0.2 s steps. The synthetic clips are 2-12 s with an event every ~3 s, so the defaults here are 7
@@ -25,7 +26,7 @@ within 0.5 / 127.5 of the pipeline's float frames.
 
     python training/train_sync_encoder.py --pretrained_model base-pipeline --base_pipeline base-pipeline \
         --data_dir clips/ --validation_data_dir heldout/ --output_dir runs/sync \
-        --train_batch_size 8 --learning_rate 3e-4 --max_train_steps 2000 --cache_dir runs/sync/frame_cache
+        --train_batch_size 8 --max_train_steps 2000 --cache_dir runs/sync/frame_cache
 
 Outputs: ``output_dir/sync_encoder`` (the trained `SynchformerEncoder`), ``output_dir/sync_head``, with
 ``--base_pipeline`` ``output_dir/pipeline`` (that pipeline with the new sync encoder), and with
@@ -92,7 +93,7 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--validation_windows", type=int, default=2, help="Fixed windows per held-out clip (each at every offset).")
     group.add_argument("--validation_steps", type=int, default=100, help="Validate every N optimizer steps (and at the end).")
     group.add_argument("--validation_batch_size", type=int, default=4, help="Held-out windows per batch (each at every offset).")
-    common.add_training_args(parser, default_learning_rate=3e-4, default_lr_scheduler="constant")
+    common.add_training_args(parser, default_learning_rate=1e-3, default_lr_scheduler="constant")
     args = parser.parse_args(input_args)
     validate_args(args)
     return args
