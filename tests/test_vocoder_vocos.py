@@ -136,3 +136,25 @@ def test_overfits_one_clip_within_a_few_hundred_steps():
         output = vocos(target).sample[0, 0]
     peak_db = 20 * torch.log10(output.abs().max() / clip.abs().max())
     assert abs(peak_db.item()) < 3.0, peak_db
+
+
+def test_load_vocoder_picks_the_saved_class(tmp_path):
+    from foley_toolkit.models.vocoder import load_vocoder, vocoder_hop_length
+
+    tiny_vocos().save_pretrained(tmp_path / "vocos")
+    build_vocoder(tiny_vocoder_config()).save_pretrained(tmp_path / "bigvgan")
+    vocos, bigvgan = load_vocoder(tmp_path / "vocos"), load_vocoder(tmp_path, subfolder="bigvgan")
+    assert type(vocos) is VocosVocoder and type(bigvgan) is MMAudioVocoder
+    assert vocoder_hop_length(vocos) == vocoder_hop_length(bigvgan) == HOP
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text(json.dumps({"_class_name": "MelVAE"}))
+    with pytest.raises(ValueError, match="MelVAE"):
+        load_vocoder(tmp_path / "other")
+
+
+def test_magnitude_ceiling_leaves_a_full_scale_tone_uncapped():
+    """The predicted magnitude is clamped for stability; the default ceiling must sit above the STFT magnitude of a
+    full-scale sine (2048 / 4 = 512 with the Hann window), else loud tones could never come out at their level."""
+    tone = torch.sin(2 * torch.pi * 1000 * torch.arange(HOP * 8) / 44_100)
+    spectrum = torch.stft(tone, 2048, HOP, 2048, torch.hann_window(2048), center=False, return_complex=True)
+    assert 450 < spectrum.abs().max() < VocosVocoder().config.max_magnitude

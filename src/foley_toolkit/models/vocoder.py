@@ -10,6 +10,7 @@ of `LogMelSpectrogram`. One call turns one mel into one waveform; stereo runs it
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import torch
@@ -22,6 +23,8 @@ __all__ = [
     "tiny_vocoder_config",
     "validate_vocoder_config",
     "build_vocoder",
+    "load_vocoder",
+    "vocoder_hop_length",
     "vocode",
 ]
 
@@ -76,9 +79,26 @@ def build_vocoder(config: dict[str, Any] | None = None, hop_length: int = 512) -
     )
 
 
-def vocoder_hop_length(vocoder: MMAudioVocoder) -> int:
-    """Samples per mel frame of a vocoder: the product of its upsample rates."""
-    return math.prod(vocoder.config.upsample_rates)
+def vocoder_hop_length(vocoder: torch.nn.Module) -> int:
+    """Samples per mel frame of a vocoder: the product of a BigVGAN's upsample rates, a Vocos's STFT hop."""
+    if hasattr(vocoder.config, "upsample_rates"):
+        return math.prod(vocoder.config.upsample_rates)
+    return int(vocoder.config.hop_length)
+
+
+def load_vocoder(pretrained_model_name_or_path: str | os.PathLike, subfolder: str | None = None, **kwargs):
+    """Load a saved vocoder of either kind (`MMAudioVocoder` or `VocosVocoder`), chosen by the `_class_name` of
+    its `config.json`; `kwargs` go to `from_pretrained`."""
+    from .vocoder_vocos import VocosVocoder
+
+    classes = {cls.__name__: cls for cls in (MMAudioVocoder, VocosVocoder)}
+    config = MMAudioVocoder.load_config(pretrained_model_name_or_path, subfolder=subfolder)
+    name = config.get("_class_name")
+    if name not in classes:
+        raise ValueError(
+            f"`{pretrained_model_name_or_path}` (subfolder {subfolder!r}) holds a {name!r}, expected one of {sorted(classes)}."
+        )
+    return classes[name].from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
 
 
 @torch.no_grad()

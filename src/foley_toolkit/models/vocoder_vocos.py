@@ -80,8 +80,9 @@ class VocosVocoder(ModelMixin, ConfigMixin):
         n_fft (`int`, defaults to 2048): FFT size (and Hann window length) of the inverse STFT.
         hop_length (`int`, defaults to 512): Samples per mel frame; `n_fft - hop_length` must be even and positive.
         layer_scale_init_value (`float`, *optional*): Initial layer scale; `1 / num_layers` if `None` (Vocos).
-        max_magnitude (`float`, defaults to 100.0): Ceiling of the predicted STFT magnitude (Vocos clips `exp` of the
-            log-magnitude at 1e2 to keep early training finite).
+        max_magnitude (`float`, defaults to 1024.0): Ceiling of the predicted STFT magnitude, to keep early training
+            finite (Vocos clips at 1e2). With a 2048-point Hann window a full-scale sine has magnitude 2048 / 4 = 512
+            in its bin, so a ceiling of 1e2 would cap loud tones at -14 dBFS; 1024 leaves them 6 dB of room.
     """
 
     @register_to_config
@@ -95,7 +96,7 @@ class VocosVocoder(ModelMixin, ConfigMixin):
         n_fft: int = 2048,
         hop_length: int = 512,
         layer_scale_init_value: float | None = None,
-        max_magnitude: float = 100.0,
+        max_magnitude: float = 1024.0,
     ) -> None:
         super().__init__()
         for name, value in (("num_mels", num_mels), ("dim", dim), ("intermediate_dim", intermediate_dim),
