@@ -152,7 +152,8 @@ def test_resume_at_step_one_matches_uninterrupted_two_step_run(tmp_path, tiny_pi
             torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=0)
     # ... and the run did move the weights (the comparison above is not between two untouched copies).
     first = load_safetensors_dir(parts / "checkpoint-1" / "sync_encoder")
-    assert any(not torch.equal(first[k], v) for k, v in load_safetensors_dir(full / "checkpoint-2" / "sync_encoder").items())
+    last = load_safetensors_dir(full / "checkpoint-2" / "sync_encoder")
+    assert any(not torch.equal(first[k], v) for k, v in last.items())
 
 
 def test_short_run_separates_aligned_from_shifted_heldout_pairs(tmp_path, learnable_clips):
@@ -174,7 +175,8 @@ def test_short_run_separates_aligned_from_shifted_heldout_pairs(tmp_path, learna
 def test_bad_arguments_raise_errors_that_name_them(tmp_path, tiny_pipeline_dir, clip_data_dir):
     import train_sync_encoder as script
 
-    base = ["--pretrained_model", str(tiny_pipeline_dir), "--data_dir", str(clip_data_dir), "--output_dir", str(tmp_path)]
+    base = ["--pretrained_model", str(tiny_pipeline_dir), "--data_dir", str(clip_data_dir),
+            "--output_dir", str(tmp_path)]  # fmt: skip
     with pytest.raises(ValueError, match="--num_offset_classes"):
         script.parse_args([*base, "--num_offset_classes", "4"])
     with pytest.raises(ValueError, match="--offset_step"):
@@ -184,7 +186,8 @@ def test_bad_arguments_raise_errors_that_name_them(tmp_path, tiny_pipeline_dir, 
     with pytest.raises(FileNotFoundError, match="--validation_data_dir"):
         script.parse_args([*base, "--validation_data_dir", str(tmp_path / "missing")])
     with pytest.raises(FileNotFoundError, match="--data_dir"):
-        script.parse_args(["--sync_encoder_config", "tiny", "--data_dir", str(tmp_path / "missing"), "--output_dir", str(tmp_path)])
+        script.parse_args(["--sync_encoder_config", "tiny", "--data_dir", str(tmp_path / "missing"),
+                           "--output_dir", str(tmp_path)])  # fmt: skip
     with pytest.raises(FileNotFoundError, match="--sync_encoder_config"):
         script.load_sync_encoder(script.parse_args([*base, "--sync_encoder_config", "no-such-preset"]))
     with pytest.raises(ValueError, match="--pretrained_model"):
@@ -208,12 +211,14 @@ def test_sync_head_aligns_audio_and_video_steps():
     tokens = head.encode_audio(mel, num_segments=3)
     assert tokens.shape == (2, 24, 8) and head.audio_grid(mel, 3).shape == (2, 16, 8)
     for segment in range(2):  # the second half of segment s is the first half of segment s + 1
-        torch.testing.assert_close(tokens[:, 8 * segment + 4 : 8 * segment + 8], tokens[:, 8 * (segment + 1) : 8 * (segment + 1) + 4])
+        following = 8 * (segment + 1)
+        torch.testing.assert_close(tokens[:, 8 * segment + 4 : 8 * segment + 8], tokens[:, following : following + 4])
     visual = torch.randn(2, 24, 16)
     grid = head.visual_grid(visual)
     assert grid.shape == (2, 16, 16)
     torch.testing.assert_close(grid[:, 0], visual[:, 0])  # step 0: only segment 0
-    torch.testing.assert_close(grid[:, 5], (visual[:, 5] + visual[:, 9]) / 2)  # step 5: segment 0 token 5, segment 1 token 1
+    # step 5: token 5 of segment 0 and token 1 of segment 1
+    torch.testing.assert_close(grid[:, 5], (visual[:, 5] + visual[:, 9]) / 2)
 
     # The correlation at lag l is the mean cosine similarity of visual step i and audio step i + l, head by head.
     with torch.no_grad():
@@ -222,8 +227,9 @@ def test_sync_head_aligns_audio_and_video_steps():
     assert correlations.shape == (2, 2, 7)
     with torch.no_grad():
         similarity_lag = []
-        v = torch.nn.functional.normalize(head.visual_proj(head.visual_norm(head._center(grid))).view(2, 16, 2, 8), dim=-1)
-        a = torch.nn.functional.normalize(head.audio_proj(head._center(head.audio_grid(mel, 3))).view(2, 16, 2, 8), dim=-1)
+        v = head.visual_proj(head.visual_norm(head._center(grid))).view(2, 16, 2, 8)
+        a = head.audio_proj(head._center(head.audio_grid(mel, 3))).view(2, 16, 2, 8)
+        v, a = torch.nn.functional.normalize(v, dim=-1), torch.nn.functional.normalize(a, dim=-1)
         for lag in (-3, 0, 2):
             pairs = [(v[:, i] * a[:, i + lag]).sum(-1) for i in range(16) if 0 <= i + lag < 16]
             similarity_lag.append(torch.stack(pairs).mean(0))

@@ -105,12 +105,14 @@ def validate_args(args: argparse.Namespace) -> None:
         raise ValueError(f"`--num_segments` must be >= 1, got {args.num_segments}.")
     if args.num_offset_classes < 3 or args.num_offset_classes % 2 == 0:
         raise ValueError(
-            f"`--num_offset_classes` must be odd and >= 3 (a zero offset in the middle), got {args.num_offset_classes}."
+            "`--num_offset_classes` must be odd and >= 3 (a zero offset in the middle), "
+            f"got {args.num_offset_classes}."
         )
     frames = args.offset_step * SYNC_FRAME_RATE
     if args.offset_step <= 0 or abs(frames - round(frames)) > 1e-6:
         raise ValueError(
-            f"`--offset_step` must be a positive multiple of 1/{SYNC_FRAME_RATE} s (whole sync frames), got {args.offset_step}."
+            f"`--offset_step` must be a positive multiple of 1/{SYNC_FRAME_RATE} s (whole sync frames), "
+            f"got {args.offset_step}."
         )
     if args.offset_weight < 0 or args.contrastive_weight < 0 or args.offset_weight + args.contrastive_weight == 0:
         raise ValueError(
@@ -158,7 +160,9 @@ def load_sync_encoder(args: argparse.Namespace):
             )
         with open(args.sync_encoder_config, encoding="utf-8") as f:
             return build_sync_encoder(json.load(f))
-    folder = args.sync_encoder or (os.path.join(args.pretrained_model, "sync_encoder") if args.pretrained_model else None)
+    folder = args.sync_encoder
+    if folder is None and args.pretrained_model:
+        folder = os.path.join(args.pretrained_model, "sync_encoder")
     if folder is None:
         raise ValueError("Pass `--pretrained_model`, `--sync_encoder` or `--sync_encoder_config`.")
     if not os.path.isdir(folder):
@@ -262,7 +266,9 @@ class SyncWindowDataset(torch.utils.data.Dataset):
         span = window_frames + max(self.offsets) - min(self.offsets)
         # Clips that hold both windows at every offset (by their frame counts, known without decoding).
         self.eligible = [
-            i for i, item in enumerate(clips.items) if item.has_video and sequence_lengths(item.duration)["sync_frames"] >= span
+            i
+            for i, item in enumerate(clips.items)
+            if item.has_video and sequence_lengths(item.duration)["sync_frames"] >= span
         ]
         if not self.eligible:
             raise ValueError(
@@ -375,7 +381,9 @@ class SyncWindowDataset(torch.utils.data.Dataset):
         }
 
 
-def build_window_dataset(args: argparse.Namespace, sync_encoder, data_dir: str | None = None, validation: bool = False):
+def build_window_dataset(
+    args: argparse.Namespace, sync_encoder, data_dir: str | None = None, validation: bool = False
+) -> SyncWindowDataset:
     """`SyncWindowDataset` over `data_dir` (validation: fixed windows) or ``--data_dir`` / ``--hf_dataset``."""
     from foley_toolkit.data import FoleyClipDataset
 
@@ -539,7 +547,8 @@ def main(args: argparse.Namespace) -> dict:
             f"(chance {results['chance_accuracy']:.3f}), within one step {results['offset_within_one']:.3f}, "
             f"aligned AUC {results['aligned_auc']:.3f}, {results['num_pairs']} pairs"
         )
-        return {f"val_{k}": v for k, v in results.items() if k in ("offset_accuracy", "offset_within_one", "aligned_auc", "loss")}
+        logged = ("offset_accuracy", "offset_within_one", "aligned_auc", "loss")
+        return {f"val_{k}": v for k, v in results.items() if k in logged}
 
     def on_optimizer_step(step: int) -> dict | None:
         if validation_set is not None and (step % args.validation_steps == 0 or step == max_train_steps):
@@ -568,12 +577,18 @@ def main(args: argparse.Namespace) -> dict:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     steps_run = len(history)
+    # decoded_clips counts clips decoded or read from --cache_dir in this run; decode_seconds only the decoding
     timing = {
         "train_seconds": train_seconds,
         "decode_seconds": dataset.decode_seconds + (validation_set.decode_seconds if validation_set else 0.0),
         "decoded_clips": len(dataset._cache) + (len(validation_set._cache) if validation_set else 0),
         "steps_per_second": steps_run / train_seconds if train_seconds > 0 else 0.0,
     }
+    accelerator.print(
+        f"[train_sync_encoder.py] {steps_run} steps in {train_seconds:.0f} s "
+        f"({timing['steps_per_second']:.3f} steps/s, "
+        f"including {timing['decode_seconds']:.0f} s decoding {timing['decoded_clips']} clips)"
+    )
     return {"global_step": global_step, "history": history, "validation": validation, "timing": timing}
 
 

@@ -149,8 +149,8 @@ class SynchformerSyncHead(ModelMixin, ConfigMixin):
         num_segments = self._check_visual(visual_tokens)
         config = self.config
         steps = torch.arange(config.tokens_per_segment, device=visual_tokens.device)
-        index = (torch.arange(num_segments, device=visual_tokens.device)[:, None] * config.segment_token_stride + steps)
-        index = index.flatten()
+        starts = torch.arange(num_segments, device=visual_tokens.device) * config.segment_token_stride
+        index = (starts[:, None] + steps).flatten()  # grid step of every token, segment-major
         grid = visual_tokens.new_zeros(visual_tokens.shape[0], self.grid_steps(num_segments), visual_tokens.shape[-1])
         grid = grid.index_add(1, index, visual_tokens)
         counts = torch.bincount(index, minlength=grid.shape[1]).to(grid.dtype)
