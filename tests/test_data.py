@@ -148,6 +148,49 @@ def test_random_crops_depend_on_seed_epoch_and_index_only(audio_dir):
     assert short["audio"].shape == crop["audio"].shape  # shorter than the crop: zero-padded
 
 
+def test_energy_crops_find_the_loud_event_and_stay_seeded():
+    """`crop_sampling="energy"`: on a quiet bed with one short loud burst, far more crops contain the burst than
+    with uniform starts (about half vs ~10%), yet crops still depend on (seed, epoch, index) only."""
+    from foley_toolkit.data import ClipSource
+
+    seconds, burst = 4.0, (int(3.0 * SR), int(3.1 * SR))
+    waveform = torch.from_numpy(np.random.default_rng(0).standard_normal((1, int(seconds * SR))).astype(np.float32))
+    waveform *= 1e-3
+    waveform[:, burst[0] : burst[1]] *= 500.0
+    sources = [ClipSource(id="bed", caption="", audio=(waveform, SR), duration=seconds)]
+
+    def dataset(sampling, seed=0):
+        kwargs = dict(segment_seconds=None, load_video=False, crop_seconds=0.25, seed=seed, crop_sampling=sampling)
+        return FoleyClipDataset(sources, **kwargs)
+
+    def starts(data, epochs=range(120)):
+        found = []
+        for epoch in epochs:
+            data.set_epoch(epoch)
+            found.append(int(round(data[0]["crop_start"] * SR)))
+        return np.array(found)
+
+    crop = sequence_lengths(0.25)["num_samples"]
+    hits = {}
+    for sampling in ("uniform", "energy"):
+        found = starts(dataset(sampling))
+        assert found.min() >= 0 and found.max() <= waveform.shape[-1] - crop
+        hits[sampling] = np.mean((found < burst[1]) & (found + crop > burst[0]))
+    assert hits["uniform"] < 0.2 and hits["energy"] > 0.4, hits
+    energy = dataset("energy")
+    np.testing.assert_array_equal(starts(energy), starts(dataset("energy")))  # same seed and epochs: same crops
+    assert not np.array_equal(starts(energy), starts(dataset("energy", seed=1)))
+    energy.set_epoch(7)
+    item = energy[0]
+    start = int(round(item["crop_start"] * SR))
+    torch.testing.assert_close(item["audio"], waveform[:, start : start + crop])
+    silent = [ClipSource(id="silent", caption="", audio=(torch.zeros(1, int(seconds * SR)), SR), duration=seconds)]
+    assert FoleyClipDataset(silent, segment_seconds=None, load_video=False, crop_seconds=0.25,
+                            crop_sampling="energy")[0]["audio"].abs().max() == 0  # fmt: skip
+    with pytest.raises(ValueError, match="crop_sampling"):
+        dataset("loudest")
+
+
 def test_video_items_have_frames_for_their_duration(tmp_path):
     from utils import make_test_video
 

@@ -184,3 +184,13 @@ def test_eval_codec_levels_and_griffin_lim_row(tmp_path, tiny_model_dir, capsys)
     assert mel_distance(waveform, np.zeros(waveform.shape[-1])) > gl["files"][0]["mel_loss"] * 2
     with pytest.raises(ValueError, match="--griffin-lim-iters"):
         main(argv[:-2] + ["--griffin-lim-iters", "0"])
+
+
+def test_load_codec_loads_a_vocos_vocoder(tmp_path):
+    """`load_codec` picks the vocoder class from config.json: a Vocos folder loads as `VocosVocoder`."""
+    from foley_toolkit.commands.eval_codec import load_codec
+    from foley_toolkit.models.vocoder_vocos import VocosVocoder, tiny_vocos_config
+
+    VocosVocoder(**tiny_vocos_config()).save_pretrained(tmp_path / "vocoder")
+    vae, vocoder = load_codec(str(tmp_path), vocoder_only=True)
+    assert vae is None and type(vocoder) is VocosVocoder and not vocoder.training

@@ -455,8 +455,8 @@ def test_train_vocoder_on_vae_mels_updates_vocoder(tmp_path, tiny_pipeline_dir, 
 
 def test_train_vocos_gan_schedule_resume_and_pipeline(tmp_path, tiny_pipeline_dir, clip_data_dir, waveform_discriminator_args):
     """`--vocoder_type vocos` builds a fresh VocosVocoder, warms the discriminators up one step before the generator
-    sees them, resumes exactly (2 steps + 1 resumed = 3 uninterrupted, bit for bit) and writes a pipeline whose
-    model_index.json names the new vocoder class."""
+    sees them, resumes exactly (2 steps + 1 resumed = 3 uninterrupted, bit for bit, with energy-weighted crops) and
+    writes a pipeline whose model_index.json names the new vocoder class."""
     import train_vocoder
 
     from foley_toolkit.models.vocoder_vocos import VocosVocoder
@@ -467,7 +467,7 @@ def test_train_vocos_gan_schedule_resume_and_pipeline(tmp_path, tiny_pipeline_di
                 "--output_dir", output, *waveform_discriminator_args, "--train_batch_size", 2, "--crop_seconds", 0.25,
                 "--max_train_steps", steps, "--discriminator_start_step", 1, "--gan_start_step", 2,
                 "--stft_loss_weight", 0, "--learning_rate", 1e-3, "--base_pipeline", tiny_pipeline_dir,
-                "--resume_from_checkpoint", "latest"]  # fmt: skip
+                "--resume_from_checkpoint", "latest", "--crop_sampling", "energy"]  # fmt: skip
 
     full = _run(train_vocoder, argv(tmp_path / "full", 3))["history"]
     assert "d_loss" not in full[0] and "g_loss" not in full[0] and "stft" not in full[0]
@@ -482,7 +482,7 @@ def test_train_vocos_gan_schedule_resume_and_pipeline(tmp_path, tiny_pipeline_di
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a), name
     vocoder = VocosVocoder.from_pretrained(tmp_path / "full" / "vocoder")
-    assert vocoder.config.dim == 32
+    assert vocoder.config.dim == 32 and vocoder.config.mel_magnitude_prior
     index = json.loads((tmp_path / "full" / "pipeline" / "model_index.json").read_text())
     assert index["vocoder"] == ["foley_toolkit.models.vocoder_vocos", "VocosVocoder"]
     pipe = KlingFoleyPipeline.from_pretrained(tmp_path / "full" / "pipeline")

@@ -115,6 +115,9 @@ def add_audio_data_args(parser: argparse.ArgumentParser, default_crop_seconds: f
     group.add_argument("--hf_dataset", type=str, default=None, help="A 🤗 datasets name or saved folder instead of --data_dir.")
     group.add_argument("--hf_split", type=str, default="train")
     group.add_argument("--crop_seconds", type=float, default=default_crop_seconds, help="Length of the random training crops.")
+    group.add_argument("--crop_sampling", type=str, default="uniform", choices=["uniform", "energy"],
+                       help="energy: half of the crops are drawn with probability proportional to their energy, so "
+                            "sparse clips (short loud events on a quiet bed) show their events; uniform: anywhere.")  # fmt: skip
     group.add_argument("--segment_seconds", type=float, default=10.0, help="Clips are first cut into segments of this length.")
     group.add_argument("--min_seconds", type=float, default=0.5, help="Drop segments shorter than this.")
 
@@ -150,6 +153,7 @@ def build_audio_dataloader(args: argparse.Namespace, mono: bool = True):
         load_video=False,
         mono=mono,
         crop_seconds=args.crop_seconds,
+        crop_sampling=args.crop_sampling,
     )
     sampler = LengthGroupedBatchSampler([1] * len(dataset), args.train_batch_size, shuffle=True, seed=args.seed)
     dataloader = torch.utils.data.DataLoader(

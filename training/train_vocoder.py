@@ -11,6 +11,10 @@ multi-period discriminator (periods 2, 3, 5, 7, 11) and a multi-resolution spect
 ``--discriminator_start_step`` (default: ``--gan_start_step``); starting them earlier warms them up before
 the generator sees their gradient.
 
+For sparse Foley clips (short loud events on a quiet bed) use a Vocos preset (its pseudo-inverse mel magnitude
+prior gives the output the input's level from the first step) and ``--crop_sampling energy`` (half of the crops
+drawn in proportion to their energy, so every batch holds events).
+
 ``--mel_source vae`` feeds the vocoder MelVAE reconstructions instead of ground-truth mels, the paper's remedy for
 error propagation (section 4.5.2): the vocoder learns to turn the decoder's mels into the recorded waveform.
 
@@ -49,8 +53,8 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--vocoder", type=str, default=None, help="Vocoder folder to start from (overrides the pipeline's).")
     group.add_argument("--vocoder_config", type=str, default=None,
                        help="Train from scratch: a preset ('bigvgan_v2_44khz_128band_512x' or 'tiny' for bigvgan; "
-                            "'small' or 'tiny' for vocos) or a config JSON file. Vocos without any vocoder to start "
-                            "from builds the 'small' preset.")  # fmt: skip
+                            "'small' or 'tiny' for vocos, both with the mel magnitude prior) or a config JSON file. "
+                            "Vocos without any vocoder to start from builds the 'small' preset.")  # fmt: skip
     group.add_argument("--vae", type=str, default=None, help="MelVAE folder for --mel_source vae (overrides the pipeline's).")
     group.add_argument("--mel_source", type=str, default="ground_truth", choices=["ground_truth", "vae"],
                        help="Vocoder input: mels of the recordings, or their MelVAE reconstructions.")  # fmt: skip

@@ -453,6 +453,10 @@ class FoleyClipDataset(torch.utils.data.Dataset):
         sample_rate (`int`): Output sample rate.
         crop_seconds (`float`, *optional*): Return a random crop of this length (seeded by `seed`, the epoch and the
             index; shorter items are zero-padded) instead of the whole item — for codec training.
+        crop_sampling (`str`, defaults to `"uniform"`): Where crops start. ``"uniform"``: anywhere. ``"energy"``: half
+            of the crops start anywhere, the other half with probability proportional to the energy inside the crop
+            (short-time energy over hops of 512 samples) — for sparse Foley clips (short loud events on a quiet bed),
+            where uniform crops rarely contain an event and a codec trained on them learns the bed only.
         seed (`int`): Seed of the item plan, augmentation and crops.
 
     Each item is a dict: ``id`` (str), ``caption`` (str), ``audio`` float32 `(channels, num_samples)`,
@@ -474,9 +478,12 @@ class FoleyClipDataset(torch.utils.data.Dataset):
         sample_rate: int = SAMPLE_RATE,
         crop_seconds: float | None = None,
         seed: int = 0,
+        crop_sampling: str = "uniform",
     ):
         if crop_seconds is not None and crop_seconds <= 0:
             raise ValueError(f"`crop_seconds` must be > 0 or None, got {crop_seconds}.")
+        if crop_sampling not in CROP_SAMPLINGS:
+            raise ValueError(f"`crop_sampling` must be one of {CROP_SAMPLINGS}, got {crop_sampling!r}.")
         self.sources = list(sources)
         self.items = plan_items(
             self.sources, segment_seconds, min_seconds, concat_short, num_augmented_clips, max_events, seed
@@ -485,6 +492,7 @@ class FoleyClipDataset(torch.utils.data.Dataset):
         self.mono = mono
         self.sample_rate = sample_rate
         self.crop_seconds = crop_seconds
+        self.crop_sampling = crop_sampling
         self.seed = seed
         self.epoch = 0
         self._audio_cache: tuple[int, torch.Tensor] | None = None
@@ -655,8 +663,34 @@ class FoleyClipDataset(torch.utils.data.Dataset):
         if audio.shape[-1] <= crop:
             return _fit_samples(audio, crop), 0
         rng = np.random.default_rng([self.seed, 3, self.epoch, index])
-        start = int(rng.integers(0, audio.shape[-1] - crop + 1))
+        max_start = audio.shape[-1] - crop
+        if self.crop_sampling == "energy" and rng.random() < 0.5:
+            start = _energy_weighted_start(audio, crop, rng)
+            if start is not None:
+                return audio[:, start : start + crop], start
+        start = int(rng.integers(0, max_start + 1))
         return audio[:, start : start + crop], start
+
+
+CROP_SAMPLINGS = ("uniform", "energy")
+
+
+def _energy_weighted_start(audio: torch.Tensor, crop: int, rng: np.random.Generator, hop: int = 512) -> int | None:
+    """A crop start drawn with probability proportional to the energy of `audio` `(channels, samples)` inside the
+    crop, at `hop` granularity plus a uniform offset within the hop; None for a silent clip."""
+    num_hops = audio.shape[-1] // hop
+    energy = audio[:, : num_hops * hop].double().square().mean(0).reshape(num_hops, hop).sum(-1).numpy()
+    crop_hops = max(1, crop // hop)
+    max_start = audio.shape[-1] - crop
+    num_starts = max_start // hop + 1  # hop-aligned starts that fit
+    cumulative = np.concatenate([[0.0], np.cumsum(energy)])
+    ends = np.minimum(np.arange(num_starts) + crop_hops, num_hops)
+    window_energy = cumulative[ends] - cumulative[np.arange(num_starts)]
+    total = window_energy.sum()
+    if not np.isfinite(total) or total <= 0:
+        return None
+    first = int(rng.choice(num_starts, p=window_energy / total))
+    return min(first * hop + int(rng.integers(0, hop)), max_start)
 
 
 def collate_audio_crops(examples: list[dict]) -> dict[str, Any]:

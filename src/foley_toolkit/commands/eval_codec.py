@@ -7,9 +7,10 @@ loudness, peak dBFS, DC offset) and its loudness error against the original.
 `--griffin-lim` adds a row resynthesised from the true mel with no weights (NNLS mel inversion + Griffin-Lim, needs
 librosa): the floor every trained vocoder must beat.
 
-`--model` is a diffusers-layout folder with `vae/` (MelVAE) and `vocoder/` (MMAudioVocoder) subfolders, e.g. a saved
-KlingFoleyPipeline. Every file is decoded, averaged to mono, resampled to 44.1 kHz and cropped to a whole number of
-latent frames (1024 samples) so both paths return exactly as many samples as they were given.
+`--model` is a diffusers-layout folder with `vae/` (MelVAE) and `vocoder/` (MMAudioVocoder or VocosVocoder)
+subfolders, e.g. a saved KlingFoleyPipeline. Every file is decoded, averaged to mono, resampled to 44.1 kHz and
+cropped to a whole number of latent frames (1024 samples) so both paths return exactly as many samples as they were
+given.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def find_audio_files(audio_dir: str, max_files: int | None = None) -> list[str]:
 def load_codec(model_dir: str, vocoder_only: bool = False, device: str | torch.device = "cpu"):
     """`(vae or None, vocoder)` from a diffusers-layout folder, in eval mode on `device`."""
     from ..models.autoencoders.autoencoder_mel_vae import MelVAE
-    from ..models.vocoder import MMAudioVocoder, validate_vocoder_config
+    from ..models.vocoder import load_vocoder, vocoder_hop_length
 
     if not os.path.isdir(model_dir):
         raise FileNotFoundError(f"`--model` {model_dir!r} is not a directory.")
@@ -88,13 +89,18 @@ def load_codec(model_dir: str, vocoder_only: bool = False, device: str | torch.d
     for subfolder in needed:
         if not os.path.isfile(os.path.join(model_dir, subfolder, "config.json")):
             raise FileNotFoundError(f"`--model` {model_dir!r} has no `{subfolder}/config.json`.")
-    vocoder = MMAudioVocoder.from_pretrained(model_dir, subfolder="vocoder").to(device).eval()
+    # Either vocoder class (BigVGAN `MMAudioVocoder` or `VocosVocoder`), chosen by its config.json.
+    vocoder = load_vocoder(model_dir, subfolder="vocoder").to(device).eval()
     vae = None
     if not vocoder_only:
         vae = MelVAE.from_pretrained(model_dir, subfolder="vae").to(device).eval()
         vae.enable_tiling()  # long recordings decode in chunks; exact thanks to the receptive-radius overlap
     hop_length = vae.config.hop_length if vae is not None else 512
-    validate_vocoder_config(dict(vocoder.config), hop_length=hop_length, num_mels=vocoder.config.num_mels)
+    if vocoder_hop_length(vocoder) != hop_length:
+        raise ValueError(
+            f"`--model` {model_dir!r}: the vocoder makes {vocoder_hop_length(vocoder)} samples per mel frame, the "
+            f"mel hop length is {hop_length}."
+        )
     return vae, vocoder
 
 
