@@ -58,3 +58,15 @@ def test_eval_sync_on_three_generated_clips(demo_pipeline, tmp_path):
     for key in ("precision", "recall", "f1", "shuffled_f1"):
         assert summary[key] is None or 0.0 <= summary[key] <= 1.0
     assert summary["f1"] is not None
+
+
+def test_demo_video_output_is_audible_and_dc_free(demo_pipeline):
+    """README command 1 with the shipped settings: the sound must be heard (peak above -20 dBFS, louder than the
+    -50 LUFS silence threshold of eval-sync) and carry no DC offset."""
+    from foley_toolkit.evaluation.level_metrics import audio_level
+
+    output = demo_pipeline(video=str(DEMO_VIDEO), generator=torch.Generator().manual_seed(0))
+    level = audio_level(output.audios[0], output.sample_rate)
+    assert level["peak_dbfs"] > -20.0, level
+    assert level["loudness_lufs"] > -50.0, level
+    assert abs(level["dc_offset"]) < 1e-3, level
