@@ -450,6 +450,7 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
         num_waveforms_per_prompt,
         output_type,
         callback_on_step_end_tensor_inputs,
+        guidance_scale: float = 1.0,
     ) -> int:
         """Validate the arguments of `__call__`; return the batch size (number of clips/prompts)."""
         if video is None and prompt is None:
@@ -472,6 +473,11 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
             raise ValueError(f"`num_inference_steps` must be an integer >= 1, got {num_inference_steps!r}.")
         if not isinstance(num_waveforms_per_prompt, int) or num_waveforms_per_prompt < 1:
             raise ValueError(f"`num_waveforms_per_prompt` must be an integer >= 1, got {num_waveforms_per_prompt!r}.")
+        # A NaN scale would fail no comparison and silently fill the output with NaN (then clipped noise).
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not math.isfinite(
+            guidance_scale
+        ):
+            raise ValueError(f"`guidance_scale` must be a finite number, got {guidance_scale!r}.")
         if output_type not in self.output_types:
             raise ValueError(f"`output_type` must be one of {self.output_types}, got {output_type!r}.")
         if callback_on_step_end_tensor_inputs is not None and not all(
@@ -689,6 +695,7 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
             num_waveforms_per_prompt,
             output_type,
             callback_on_step_end_tensor_inputs,
+            guidance_scale=guidance_scale,
         )
         self._guidance_scale = guidance_scale
         self._attention_kwargs = attention_kwargs
