@@ -112,3 +112,33 @@ def test_generate_input_errors_from_the_pipeline(model_dir, video, tmp_path, cap
     assert main(["generate", "--model", model_dir, *too_long]) == 2
     assert "`duration`" in capsys.readouterr().err
     assert not (tmp_path / "x.wav").exists()
+
+
+def test_generate_writes_out_atomically(model_dir, video, tmp_path, monkeypatch):
+    """--out appears only when complete: a writer that fails half-way leaves neither a partial --out nor a temporary
+    file, and a successful run leaves exactly --out (with a normal file mode)."""
+    import os
+
+    import foley_toolkit.audio_utils as audio_utils
+
+    out_dir = tmp_path / "out"
+    arguments = ["generate", "--model", model_dir, "--video", video, "--steps", "1", "--out"]
+
+    def crash_half_way(path, audio, sample_rate, subtype=None):
+        with open(path, "wb") as handle:
+            handle.write(b"RIFF partial")
+        assert not (out_dir / "clip.wav").exists()  # the final name is not written to directly
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(audio_utils, "save_audio", crash_half_way)
+    with pytest.raises(OSError, match="No space left"):
+        main([*arguments, str(out_dir / "clip.wav")])
+    assert sorted(os.listdir(out_dir)) == []
+    monkeypatch.undo()
+
+    assert main([*arguments, str(out_dir / "clip.wav")]) == 0
+    assert sorted(os.listdir(out_dir)) == ["clip.wav"]
+    assert sf.info(str(out_dir / "clip.wav")).frames == round(1.2 * SAMPLE_RATE)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out_dir / "clip.wav").stat().st_mode & 0o777 == 0o666 & ~umask

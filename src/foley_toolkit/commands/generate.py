@@ -9,8 +9,10 @@ The output format follows the extension of `--out`: `.wav` / `.flac` (soundfile)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import tempfile
 import time
 
 AUDIO_EXTENSIONS = (".wav", ".flac")
@@ -61,6 +63,28 @@ def _check_args(args) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def _atomic_output(path: str):
+    """Yield a temporary path beside `path` (same folder, same extension, so the writer picks the same format) and
+    rename it onto `path` only once the writer has finished: a reader, a concurrent run or a crash never sees a
+    partial or empty `--out`. The temporary file is removed if writing fails."""
+    directory, name = os.path.split(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    suffix = f".partial{os.path.splitext(name)[1]}"
+    handle, partial_path = tempfile.mkstemp(prefix=f".{name}.", suffix=suffix, dir=directory)
+    os.close(handle)
+    try:
+        yield partial_path
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(partial_path, 0o666 & ~umask)  # mkstemp makes it private; give it a normal new file's mode
+        os.replace(partial_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(partial_path)
+        raise
+
+
 def run(args) -> int:
     error = _check_args(args)
     if error is not None:
@@ -96,13 +120,13 @@ def run(args) -> int:
     audio = output.audios[0]  # (channels, samples)
     elapsed = time.perf_counter() - start
 
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    if os.path.splitext(args.out)[1].lower() in AUDIO_EXTENSIONS:
-        save_audio(args.out, audio, output.sample_rate)
-    else:
-        from ..video_processor import write_video_with_audio
+    with _atomic_output(args.out) as partial_path:
+        if os.path.splitext(args.out)[1].lower() in AUDIO_EXTENSIONS:
+            save_audio(partial_path, audio, output.sample_rate)
+        else:
+            from ..video_processor import write_video_with_audio
 
-        write_video_with_audio(args.video, audio, output.sample_rate, args.out)
+            write_video_with_audio(args.video, audio, output.sample_rate, partial_path)
     seconds = audio.shape[-1] / output.sample_rate
     print(
         f"wrote {args.out}: {audio.shape[0]} channel(s), {seconds:.2f} s at {output.sample_rate} Hz "
