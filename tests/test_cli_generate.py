@@ -142,3 +142,29 @@ def test_generate_writes_out_atomically(model_dir, video, tmp_path, monkeypatch)
     umask = os.umask(0)
     os.umask(umask)
     assert (out_dir / "clip.wav").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def _one_error_line(stderr: str) -> str:
+    """The single error line of `stderr` (loading progress bars, which redraw with carriage returns, aside)."""
+    lines = [line.split("\r")[-1] for line in stderr.splitlines()]
+    errors = [line for line in lines if "error" in line.lower() or "Traceback" in line]
+    assert len(errors) == 1 and "Traceback" not in stderr, stderr
+    return errors[0]
+
+
+def test_generate_unloadable_model_is_one_line_and_exit_code_two(model_dir, video, tmp_path, capsys):
+    import shutil
+
+    out = str(tmp_path / "x.wav")
+    assert main(["generate", "--model", str(tmp_path / "no_such_model"), "--video", video, "--out", out]) == 2
+    error = capsys.readouterr().err
+    assert _one_error_line(error).startswith("foley-toolkit generate: error: cannot load --model")
+
+    truncated = tmp_path / "truncated"
+    shutil.copytree(model_dir, truncated)
+    weights = truncated / "transformer" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    assert main(["generate", "--model", str(truncated), "--video", video, "--out", out]) == 2
+    error = capsys.readouterr().err
+    assert _one_error_line(error).startswith("foley-toolkit generate: error: cannot load --model")
+    assert not (tmp_path / "x.wav").exists()

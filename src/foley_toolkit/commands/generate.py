@@ -98,9 +98,16 @@ def run(args) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)
-    pipe = KlingFoleyPipeline.from_pretrained(args.model, dtype=dtype).to(device)
-    if args.lora:
-        pipe.load_lora_weights(args.lora)
+    try:
+        pipe = KlingFoleyPipeline.from_pretrained(args.model, dtype=dtype).to(device)
+        if args.lora:
+            pipe.load_lora_weights(args.lora)
+    except Exception as error:  # noqa: BLE001 - missing folder, unknown Hub id offline, truncated weights, ...
+        # The CLI's contract: one line on stderr and exit code 2, never a traceback, for any model that can't load.
+        reason = " ".join(str(error).split()) or type(error).__name__
+        what = f"--lora {args.lora!r}" if "pipe" in locals() else f"--model {args.model!r}"
+        print(f"foley-toolkit generate: error: cannot load {what}: {type(error).__name__}: {reason}", file=sys.stderr)
+        return 2
 
     start = time.perf_counter()
     try:
