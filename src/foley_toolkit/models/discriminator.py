@@ -30,6 +30,18 @@ class MelDiscriminatorOutput(BaseOutput):
     features: list
 
 
+def _leaky_conv_stack(
+    convs: nn.ModuleList, hidden_states: torch.Tensor, negative_slope: float
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Run `convs` with a LeakyReLU after each; return the last activation and every activation (for feature
+    matching)."""
+    features = []
+    for conv in convs:
+        hidden_states = F.leaky_relu(conv(hidden_states), negative_slope)
+        features.append(hidden_states)
+    return hidden_states, features
+
+
 class MelDiscriminatorScale(nn.Module):
     """2D conv stack: a stride-1 stem, strided convs (2x in bands and time), a stride-1 conv, a 1-channel head."""
 
@@ -45,11 +57,7 @@ class MelDiscriminatorScale(nn.Module):
         self.negative_slope = negative_slope
 
     def forward(self, mel_image: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        features = []
-        hidden_states = mel_image
-        for conv in self.convs:
-            hidden_states = F.leaky_relu(conv(hidden_states), self.negative_slope)
-            features.append(hidden_states)
+        hidden_states, features = _leaky_conv_stack(self.convs, mel_image, self.negative_slope)
         return self.conv_out(hidden_states), features
 
 
@@ -133,6 +141,17 @@ def _as_waveform_batch(waveform: torch.Tensor) -> torch.Tensor:
     return waveform
 
 
+def _run_sub_discriminators(
+    discriminators: nn.ModuleList, waveform: torch.Tensor, return_dict: bool
+) -> WaveformDiscriminatorOutput | tuple:
+    """Every sub-discriminator on the same `(batch, 1, samples)` waveform: logits and features, one entry each."""
+    outputs = [discriminator(waveform) for discriminator in discriminators]
+    logits, features = [out[0] for out in outputs], [out[1] for out in outputs]
+    if not return_dict:
+        return (logits, features)
+    return WaveformDiscriminatorOutput(logits=logits, features=features)
+
+
 class PeriodDiscriminator(nn.Module):
     """HiFi-GAN's sub-discriminator for one period `p`: the waveform folded into a `(samples / p, p)` image, then
     weight-normed 2-D convs with `(kernel, 1)` kernels, so each column (samples `p` apart) is judged on its own."""
@@ -160,10 +179,7 @@ class PeriodDiscriminator(nn.Module):
         if num_samples % self.period:
             waveform = F.pad(waveform, (0, self.period - num_samples % self.period), mode="reflect")
         hidden_states = waveform.view(batch, 1, -1, self.period)
-        features = []
-        for conv in self.convs:
-            hidden_states = F.leaky_relu(conv(hidden_states), self.negative_slope)
-            features.append(hidden_states)
+        hidden_states, features = _leaky_conv_stack(self.convs, hidden_states, self.negative_slope)
         logits = self.conv_post(hidden_states)
         features.append(logits)
         return logits.flatten(1, -1), features
@@ -214,14 +230,7 @@ class MultiPeriodDiscriminator(ModelMixin, ConfigMixin):
                 f"`waveform` needs more than {max(self.config.periods)} samples (the longest period), "
                 f"got {waveform.shape[-1]}."
             )
-        logits, features = [], []
-        for discriminator in self.discriminators:
-            period_logits, period_features = discriminator(waveform)
-            logits.append(period_logits)
-            features.append(period_features)
-        if not return_dict:
-            return (logits, features)
-        return WaveformDiscriminatorOutput(logits=logits, features=features)
+        return _run_sub_discriminators(self.discriminators, waveform, return_dict)
 
 
 class ResolutionDiscriminator(nn.Module):
@@ -253,10 +262,7 @@ class ResolutionDiscriminator(nn.Module):
 
     def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         hidden_states = self.spectrogram(waveform).to(self.conv_post.weight.dtype)
-        features = []
-        for conv in self.convs:
-            hidden_states = F.leaky_relu(conv(hidden_states), self.negative_slope)
-            features.append(hidden_states)
+        hidden_states, features = _leaky_conv_stack(self.convs, hidden_states, self.negative_slope)
         logits = self.conv_post(hidden_states)
         features.append(logits)
         return logits.flatten(1, -1), features
@@ -314,11 +320,4 @@ class MultiResolutionDiscriminator(ModelMixin, ConfigMixin):
         waveform = _as_waveform_batch(waveform)
         if waveform.shape[-1] < self.min_num_samples:
             raise ValueError(f"`waveform` needs at least {self.min_num_samples} samples, got {waveform.shape[-1]}.")
-        logits, features = [], []
-        for discriminator in self.discriminators:
-            resolution_logits, resolution_features = discriminator(waveform)
-            logits.append(resolution_logits)
-            features.append(resolution_features)
-        if not return_dict:
-            return (logits, features)
-        return WaveformDiscriminatorOutput(logits=logits, features=features)
+        return _run_sub_discriminators(self.discriminators, waveform, return_dict)
