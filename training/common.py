@@ -110,12 +110,14 @@ def add_ema_args(parser: argparse.ArgumentParser) -> None:
 
 def add_audio_data_args(parser: argparse.ArgumentParser, default_crop_seconds: float = 2.0) -> None:
     """Flags of the audio datasets of the codec scripts (random crops of clips)."""
+    from foley_toolkit.data import CROP_SAMPLINGS
+
     group = parser.add_argument_group("data")
     group.add_argument("--data_dir", type=str, default=None, help="Folder with metadata.jsonl/metadata.csv and the media.")
     group.add_argument("--hf_dataset", type=str, default=None, help="A 🤗 datasets name or saved folder instead of --data_dir.")
     group.add_argument("--hf_split", type=str, default="train")
     group.add_argument("--crop_seconds", type=float, default=default_crop_seconds, help="Length of the random training crops.")
-    group.add_argument("--crop_sampling", type=str, default="uniform", choices=["uniform", "energy"],
+    group.add_argument("--crop_sampling", type=str, default="uniform", choices=CROP_SAMPLINGS,
                        help="energy: half of the crops are drawn with probability proportional to their energy, so "
                             "sparse clips (short loud events on a quiet bed) show their events; uniform: anywhere.")  # fmt: skip
     group.add_argument("--segment_seconds", type=float, default=10.0, help="Clips are first cut into segments of this length.")
