@@ -27,6 +27,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from foley_toolkit import KlingFoleyPipeline
 from foley_toolkit.audio_utils import load_audio, save_audio
+from foley_toolkit.commands.eval_codec import reconstruct
 from foley_toolkit.evaluation.sync_metrics import evaluate_sync_folder, load_events
 from foley_toolkit.synthetic import generate_clip, write_clip
 
@@ -60,19 +61,17 @@ def generate_heldout(
 @torch.no_grad()
 def codec_round_trip(pipeline: KlingFoleyPipeline, heldout_dir: Path, out_dir: Path) -> None:
     """True stereo audio of every held-out clip through the MelVAE (posterior mode) and the vocoder, each channel
-    on its own, as the pipeline decodes and vocodes (DC removal included)."""
+    on its own (`eval-codec`'s `reconstruct`), then the pipeline's DC removal, as generation ends."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for record in load_events(heldout_dir / "metadata.jsonl"):
         target = out_dir / (Path(record["file_name"]).stem + ".wav")
         if target.exists():
             continue
         audio = load_audio(heldout_dir / record["audio_file"], mono=False)  # (channels, samples)
-        # Whole latent frames (1024 samples): the mel front end drops a partial last hop.
+        # `reconstruct` returns exactly its input length for whole latent frames (1024 samples).
         padded = torch.nn.functional.pad(audio, (0, -audio.shape[-1] % 1024))
-        mel = pipeline.vae.mel_spectrogram(padded)  # (channels, bins, frames)
-        latents = pipeline.vae.encode(mel).latent_dist.mode()
-        decoded = pipeline.vae.decode(latents).sample  # 2 x latent frames: enough for every sample
-        waveform = pipeline.mel_to_waveform(decoded.unsqueeze(0), audio.shape[-1])[0]
+        channels = [reconstruct(channel, pipeline.vae, pipeline.vocoder) for channel in padded]
+        waveform = pipeline.remove_dc(torch.stack(channels)[:, : audio.shape[-1]])
         save_audio(target, waveform, pipeline.sample_rate)
 
 
