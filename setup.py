@@ -32,10 +32,16 @@ setup(
         "scipy>=1.11",
         "tqdm>=4.66",
         "sentencepiece>=0.2",
-        "pesq>=0.0.4",
         "pyloudnorm>=0.1.1",
     ],
-    # librosa: Griffin-Lim resynthesis (`eval-codec --griffin-lim`) and reference checks in the tests.
-    extras_require={"test": ["pytest>=8", "librosa>=0.10"], "eval": ["librosa>=0.10"]},
+    # eval: wideband PESQ (compiled from C) and librosa's Griffin-Lim (`eval-codec --griffin-lim`); only evaluation
+    # needs them. train: tensorboard for `--report_to tensorboard` (accelerate only warns when it is missing);
+    # wandb is optional (`pip install foley-toolkit[wandb]`).
+    extras_require={
+        "eval": ["librosa>=0.10", "pesq>=0.0.4"],
+        "train": ["tensorboard>=2.14"],
+        "wandb": ["wandb>=0.17"],
+        "test": ["pytest>=8", "librosa>=0.10", "pesq>=0.0.4", "tensorboard>=2.14"],
+    },
     entry_points={"console_scripts": ["foley-toolkit=foley_toolkit.cli:main"]},
 )

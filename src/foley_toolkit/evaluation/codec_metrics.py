@@ -201,7 +201,13 @@ def multi_resolution_stft_loss(
 def pesq_wideband(reference, estimate, sample_rate: int = SAMPLE_RATE) -> float:
     """Wideband PESQ (MOS-LQO, -0.5..4.64) after resampling both signals to 16 kHz; NaN when PESQ cannot score the
     pair (no utterance detected, too short)."""
-    from pesq import pesq as _pesq
+    try:
+        from pesq import pesq as _pesq
+    except ImportError as error:
+        raise ImportError(
+            "The `pesq` metric needs the `pesq` package: `pip install foley-toolkit[eval]` (or drop `pesq` from the "
+            "metrics)."
+        ) from error
 
     reference, estimate = _aligned(reference, estimate)
     reference_16k = np.asarray(resample(reference.numpy(), sample_rate, PESQ_SAMPLE_RATE), dtype=np.float64)
