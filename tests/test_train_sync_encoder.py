@@ -247,3 +247,39 @@ def test_sync_head_aligns_audio_and_video_steps():
     # The contrastive loss is an InfoNCE over the 2 x 3 segments: log(6) at chance, finite, differentiable.
     loss = head.contrastive_loss(visual, mel)
     assert loss.ndim == 0 and torch.isfinite(loss) and 0.5 < float(loss.detach()) < 10
+
+
+def test_appearance_augmentation_changes_the_look_not_the_pair(tiny_pipeline_dir, clip_data_dir, tmp_path):
+    """`--appearance_augmentation`: the same (clip, start, label) and audio as without it, other pixels, drawn
+    again the same way for the same (seed, epoch, index); constant over time (a still window stays still, so no
+    event is invented); never applied to validation windows; a probability outside [0, 1] is refused by name."""
+    import numpy as np
+    import train_sync_encoder as script
+
+    base = ["--pretrained_model", tiny_pipeline_dir, "--data_dir", clip_data_dir, "--output_dir", tmp_path,
+            "--validation_data_dir", clip_data_dir, *TINY_ARGS]  # fmt: skip
+    plain_args = script.parse_args([str(a) for a in base])
+    augmented_args = script.parse_args([str(a) for a in [*base, "--appearance_augmentation", 1.0]])
+    encoder = script.load_sync_encoder(plain_args)
+    plain = script.build_window_dataset(plain_args, encoder)
+    augmented = script.build_window_dataset(augmented_args, encoder)
+    changed = 0
+    for index in range(len(plain)):
+        a, b = plain[index], augmented[index]
+        assert torch.equal(a["audio"], b["audio"]) and int(a["label"]) == int(b["label"])
+        assert b["frames"].shape == a["frames"].shape and b["frames"].dtype == torch.uint8
+        assert torch.equal(b["frames"], augmented[index]["frames"])  # reproducible (exact resume)
+        changed += int(not torch.equal(a["frames"], b["frames"]))
+    assert changed == len(plain)
+
+    still = plain[0]["frames"][:1].expand(6, -1, -1, -1)
+    for seed in range(8):
+        out = script.random_appearance(still, np.random.default_rng(seed))
+        assert torch.equal(out, out[:1].expand_as(out))
+
+    validation = script.build_window_dataset(augmented_args, encoder, str(clip_data_dir), validation=True)
+    reference = script.build_window_dataset(plain_args, encoder, str(clip_data_dir), validation=True)
+    assert validation.appearance_augmentation == 0.0
+    assert torch.equal(validation[0]["frames"], reference[0]["frames"])
+    with pytest.raises(ValueError, match="--appearance_augmentation"):
+        script.parse_args([str(a) for a in [*base, "--appearance_augmentation", 1.5]])

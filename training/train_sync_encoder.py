@@ -88,6 +88,9 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--num_offset_classes", type=int, default=11, help="Offset classes (odd: class K // 2 is 0 s).")
     group.add_argument("--offset_step", type=float, default=0.12, help="Seconds between offset classes (whole 25 fps frames).")
     group.add_argument("--windows_per_clip", type=int, default=1, help="Random windows per clip and epoch.")
+    group.add_argument("--appearance_augmentation", type=float, default=0.0,
+                       help="Probability that a training window gets a random appearance (colour permutation, "
+                            "inversion, grey, contrast/brightness, mirror, zoom), the same for all its frames; 0: off.")  # fmt: skip
     group = parser.add_argument_group("validation")
     group.add_argument("--validation_data_dir", type=str, default=None, help="Held-out clips: offset accuracy is reported on them.")
     group.add_argument("--validation_windows", type=int, default=2, help="Fixed windows per held-out clip (each at every offset).")
@@ -108,6 +111,8 @@ def validate_args(args: argparse.Namespace) -> None:
             "`--num_offset_classes` must be odd and >= 3 (a zero offset in the middle), "
             f"got {args.num_offset_classes}."
         )
+    if not 0.0 <= args.appearance_augmentation <= 1.0:
+        raise ValueError(f"`--appearance_augmentation` is a probability in [0, 1], got {args.appearance_augmentation}.")
     frames = args.offset_step * SYNC_FRAME_RATE
     if args.offset_step <= 0 or abs(frames - round(frames)) > 1e-6:
         raise ValueError(
@@ -221,6 +226,34 @@ def frames_to_encoder_input(frames: torch.Tensor) -> torch.Tensor:
     return frames.float() / 127.5 - 1.0
 
 
+def random_appearance(frames: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """One random change of appearance, the same for every frame of a window: uint8 `(T, 3, H, W)` -> same shape.
+
+    The sync objective only needs *when* something happens; what it looks like is a nuisance. Drawn independently:
+    a permutation of the colour channels, inversion (p 0.3), grey (p 0.2), a per-channel contrast in [0.6, 1.4]
+    around mid-grey plus a brightness shift in [-40, 40] levels, a horizontal mirror (p 0.5; the audio here is
+    mono, so the label is unchanged) and a zoom into a random square of 75-100% of the side (p 0.5), resized
+    back. A change that is constant over time adds no event, so every label stays true.
+    """
+    size = frames.shape[-1]
+    out = frames.float()[:, torch.from_numpy(rng.permutation(3))]
+    if rng.random() < 0.3:
+        out = 255.0 - out
+    if rng.random() < 0.2:
+        out = out.mean(1, keepdim=True).expand_as(out)
+    contrast = torch.from_numpy(rng.uniform(0.6, 1.4, size=3)).float().view(1, 3, 1, 1)
+    brightness = float(rng.uniform(-40.0, 40.0))
+    out = (out - 127.5) * contrast + 127.5 + brightness
+    if rng.random() < 0.5:
+        out = out.flip(-1)
+    if rng.random() < 0.5:
+        side = int(round(size * rng.uniform(0.75, 1.0)))
+        top, left = (int(rng.integers(0, size - side + 1)) for _ in range(2))
+        out = F.interpolate(out[..., top : top + side, left : left + side], size=(size, size), mode="bilinear",
+                            antialias=True, align_corners=False)  # fmt: skip
+    return out.round().clamp(0, 255).to(torch.uint8)
+
+
 class SyncWindowDataset(torch.utils.data.Dataset):
     r"""Aligned or shifted (video window, audio window) pairs from the clips of a `FoleyClipDataset`.
 
@@ -233,6 +266,8 @@ class SyncWindowDataset(torch.utils.data.Dataset):
         seed (`int`): the window plan is a function of ``(seed, epoch, index)``; exact resume depends on it.
         fixed_windows (`int`, *optional*): validation mode: this many fixed windows per clip, each at every offset.
         cache_dir (`str`, *optional*): also store decoded clips here as safetensors.
+        appearance_augmentation (`float`, defaults to 0): probability of `random_appearance` per training window
+            (never in validation mode).
 
     Items: ``frames`` uint8 `(window_frames, 3, image_size, image_size)`, ``audio`` float32
     `(window_frames * 1764,)`, ``label`` (the offset class) and ``audio_aligned`` (the audio at offset 0, for the
@@ -250,6 +285,7 @@ class SyncWindowDataset(torch.utils.data.Dataset):
         seed: int = 0,
         fixed_windows: int | None = None,
         cache_dir: str | os.PathLike | None = None,
+        appearance_augmentation: float = 0.0,
     ):
         from foley_toolkit.audio_utils import sequence_lengths
 
@@ -261,6 +297,7 @@ class SyncWindowDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.epoch = 0
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.appearance_augmentation = appearance_augmentation
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.decode_seconds = 0.0
         span = window_frames + max(self.offsets) - min(self.offsets)
@@ -373,8 +410,14 @@ class SyncWindowDataset(torch.utils.data.Dataset):
             }
         clip, start, label = self.window(index)
         frames, audio = self.clip_data(clip)
+        frames = frames[start : start + self.window_frames]
+        if self.appearance_augmentation > 0:
+            # its own random stream, so the window plan (clip, start, label) is the same with or without it
+            rng = np.random.default_rng([self.seed, 7, self.epoch, index])
+            if rng.random() < self.appearance_augmentation:
+                frames = random_appearance(frames, rng)
         return {
-            "frames": frames[start : start + self.window_frames],
+            "frames": frames,
             "audio": self._audio_window(audio, start, label),
             "audio_aligned": self._audio_window(audio, start, self.offsets.index(0)),
             "label": torch.tensor(label, dtype=torch.long),
@@ -418,6 +461,7 @@ def build_window_dataset(
         seed=args.seed,
         fixed_windows=args.validation_windows if validation else None,
         cache_dir=args.cache_dir,
+        appearance_augmentation=0.0 if validation else args.appearance_augmentation,
     )
 
 
