@@ -429,11 +429,12 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
         for first in range(0, num_segments, self.sync_segment_batch_size):
             count = min(self.sync_segment_batch_size, num_segments - first)
             window = frames[first * stride : first * stride + (count - 1) * stride + segment_frames]
-            window = preprocess_sync_frames(window, dtype=self.sync_encoder.dtype, device=device)
+            # Preprocess and resize in float32, then cast: the antialiased resize has no CPU kernel for bf16/fp16.
+            window = preprocess_sync_frames(window, dtype=torch.float32, device=device)
             if window.shape[-1] != image_size:
                 # Encoders configured for another resolution (tiny test models) see the same 224 px crop, resized.
                 window = F.interpolate(window, size=(image_size, image_size), mode="bilinear", antialias=True)
-            features.append(self.sync_encoder(window.unsqueeze(0))[0])
+            features.append(self.sync_encoder(window.to(self.sync_encoder.dtype).unsqueeze(0))[0])
         return torch.cat(features)
 
     # ------------------------------------------------------------------------------------------------------------
