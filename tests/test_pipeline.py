@@ -93,7 +93,7 @@ def test_save_load_round_trip_gives_identical_audio(tmp_path, short_video):
 
     pipe.save_pretrained(tmp_path)
     index = json.loads((tmp_path / "model_index.json").read_text())
-    assert index["_class_name"] == "KlingFoleyPipeline"
+    assert index["_class_name"] == ["pipeline_kling_foley", "KlingFoleyPipeline"]  # diffusers' out-of-tree form
     assert index["transformer"] == [
         "foley_toolkit.models.transformers.transformer_foley_mmdit",
         "FoleyMMDiTTransformer",

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import os
 from typing import Any, Callable
@@ -23,6 +24,7 @@ from ...models.autoencoders.autoencoder_mel_vae import MelVAE
 from ...models.encoders.synchformer import SynchformerEncoder
 from ...models.mono2stereo import Mono2Stereo
 from ...models.transformers.transformer_foley_mmdit import FoleyMMDiTConditions, FoleyMMDiTTransformer
+from ...models.vocoder import vocoder_hop_length
 from ...models.vocoder_vocos import VocosVocoder
 from ...video_processor import (
     SYNC_IMAGE_SIZE,
@@ -136,6 +138,21 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
             vocoder=vocoder,
             mono2stereo=mono2stereo,
         )
+        self._check_vocoder_hop()
+
+    def _check_vocoder_hop(self) -> None:
+        """A vocoder must turn one mel frame into exactly one mel hop of samples; any other factor plays the audio
+        at the wrong speed and length, so it is refused when the pipeline is built (or loaded)."""
+        if self.vocoder is None:
+            return
+        mel_hop = int(getattr(self.vae.config, "hop_length", HOP_LENGTH)) if self.vae is not None else HOP_LENGTH
+        vocoder_hop = vocoder_hop_length(self.vocoder)
+        if vocoder_hop != mel_hop:
+            raise ValueError(
+                f"`vocoder`: a {type(self.vocoder).__name__} producing {vocoder_hop} samples per mel frame does not "
+                f"fit the mel hop length {mel_hop} of the VAE; use a vocoder whose upsampling factor (product of "
+                f"`upsample_rates`, or `hop_length`) is {mel_hop}."
+            )
 
     # ------------------------------------------------------------------------------------------------------------
     # Loading
@@ -146,10 +163,20 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
         r"""
         Load a pipeline from a local directory written by `save_pretrained`, or from a Hub repo id.
 
-        A Hub id is fetched with `huggingface_hub.snapshot_download` first (diffusers cannot resolve a pipeline class
-        that lives outside diffusers from the Hub on its own), then loaded like a local directory. Components passed
-        as keyword arguments (e.g. `scheduler=FlowMatchHeunDiscreteScheduler(...)`, `mono2stereo=None`) replace the
-        saved ones; other keyword arguments (`dtype`, ...) go to [`DiffusionPipeline.from_pretrained`].
+        A Hub id is fetched with `huggingface_hub.snapshot_download` first (offline, `HF_HUB_OFFLINE=1`, it resolves
+        to the local cache), then loaded like a local directory. Components passed as keyword arguments (e.g.
+        `scheduler=FlowMatchHeunDiscreteScheduler(...)`, `mono2stereo=None`) replace the saved ones; other keyword
+        arguments (`dtype`, ...) go to [`DiffusionPipeline.from_pretrained`].
+
+        Weights load from safetensors only (`use_safetensors=True` is the default here): a component folder holding
+        only pickle weights (`.bin`, `.pt`, ...) raises `FileNotFoundError` instead of being unpickled. Opt in to
+        pickle for files you trust with `use_safetensors=None` (diffusers' default: safetensors where present,
+        pickle otherwise).
+
+        The generic entry point works too: `DiffusionPipeline.from_pretrained(folder_or_id, trust_remote_code=True)`
+        returns this class through the `pipeline_kling_foley.py` file that `save_pretrained` writes (see
+        `save_config`). Here that file is run only when it is exactly the one this package writes, which imports
+        the installed class and nothing else.
         """
         path = os.fspath(pretrained_model_name_or_path)
         if not os.path.isdir(path):
@@ -175,9 +202,89 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
                 f"`pretrained_model_name_or_path`: {path!r} has no `model_index.json`; save a pipeline there with "
                 "`save_pretrained` first."
             )
+        model_index = cls.load_config(path)
+        # diffusers' own default (`None`) falls back to unpickling `.bin` files; here safetensors is the default.
+        kwargs.setdefault("use_safetensors", True)
+        if kwargs["use_safetensors"] is True:
+            cls._check_safetensors_weights(path, model_index, passed=kwargs)
+        class_name = model_index.get("_class_name")
+        if isinstance(class_name, (list, tuple)) and cls._is_own_pipeline_file(path, class_name):
+            # diffusers runs the folder's pipeline file whenever `_class_name` names one; it is this package's
+            # import-only file, so trusting it runs nothing but the installed foley_toolkit.
+            kwargs.setdefault("trust_remote_code", True)
         pipe = super().from_pretrained(path, **kwargs)
         pipe.register_to_config(_name_or_path=os.fspath(pretrained_model_name_or_path))
         return pipe
+
+    # Files that hold pickled weights (running them can execute code) and those that hold safe tensors.
+    _pickle_weight_suffixes = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+    @classmethod
+    def _check_safetensors_weights(cls, path: str, model_index: dict, passed: dict) -> None:
+        """Raise `FileNotFoundError` for a component folder with pickle weights and no `.safetensors` file."""
+        for name, entry in model_index.items():
+            folder = os.path.join(path, name)
+            if name.startswith("_") or name in passed or not isinstance(entry, (list, tuple)) or entry[0] is None:
+                continue
+            if not os.path.isdir(folder):
+                continue
+            files = os.listdir(folder)
+            pickles = sorted(f for f in files if f.endswith(cls._pickle_weight_suffixes))
+            if pickles and not any(f.endswith(".safetensors") for f in files):
+                raise FileNotFoundError(
+                    f"`{name}`: {folder!r} has no safetensors weights, only {', '.join(pickles)} (pickle, which can "
+                    "run code when loaded). Convert it to safetensors (`save_pretrained` writes them), or, only for a "
+                    "file you trust, opt in with `from_pretrained(..., use_safetensors=None)` (diffusers' default: "
+                    "safetensors where present, pickle otherwise)."
+                )
+
+    # `save_pretrained` writes this file next to `model_index.json` and records `_class_name` as
+    # `[PIPELINE_MODULE, "KlingFoleyPipeline"]`: diffusers' convention for a pipeline class that lives outside
+    # diffusers (`DiffusionPipeline.from_pretrained(..., trust_remote_code=True)` imports it from that file, locally
+    # or from a Hub snapshot). The file only re-exports the installed class, so the loaded object *is* a
+    # `foley_toolkit.KlingFoleyPipeline`.
+    PIPELINE_MODULE = "pipeline_kling_foley"
+    PIPELINE_FILE_TEXT = (
+        "# Written by foley_toolkit's `KlingFoleyPipeline.save_pretrained` so that diffusers' generic loader finds the\n"
+        "# pipeline class:  DiffusionPipeline.from_pretrained(<this folder or Hub id>, trust_remote_code=True)\n"
+        "# It defines nothing: it imports the installed package (`pip install foley_toolkit`).\n"
+        "from foley_toolkit.pipelines.kling_foley.pipeline_kling_foley import KlingFoleyPipeline\n"
+        "\n"
+        '__all__ = ["KlingFoleyPipeline"]\n'
+    )
+
+    @classmethod
+    def _is_own_pipeline_file(cls, path: str, class_name: list | tuple) -> bool:
+        """Whether `model_index.json`'s `[module, class]` names this package's pipeline file, unchanged."""
+        if list(class_name) != [cls.PIPELINE_MODULE, "KlingFoleyPipeline"]:
+            return False
+        try:
+            with open(os.path.join(path, f"{cls.PIPELINE_MODULE}.py"), encoding="utf-8") as f:
+                return f.read() == cls.PIPELINE_FILE_TEXT
+        except OSError:
+            return False
+
+    def save_config(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> None:
+        r"""
+        Write `model_index.json` (called by `save_pretrained` before any upload), plus the pipeline file diffusers
+        needs to resolve this out-of-tree class: `_class_name` becomes `["pipeline_kling_foley",
+        "KlingFoleyPipeline"]` and `pipeline_kling_foley.py` re-exports the installed class. Both files are written
+        to a temporary name and renamed, so a reader never sees half of one.
+        """
+        super().save_config(save_directory, push_to_hub=push_to_hub, **kwargs)
+        index_file = os.path.join(save_directory, self.config_name)
+        with open(index_file, encoding="utf-8") as f:
+            model_index = json.load(f)
+        model_index["_class_name"] = [self.PIPELINE_MODULE, "KlingFoleyPipeline"]
+        self._write_atomic(index_file, json.dumps(model_index, indent=2, sort_keys=True) + "\n")
+        self._write_atomic(os.path.join(save_directory, f"{self.PIPELINE_MODULE}.py"), self.PIPELINE_FILE_TEXT)
+
+    @staticmethod
+    def _write_atomic(path: str, text: str) -> None:
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
 
     # ------------------------------------------------------------------------------------------------------------
     # Properties
