@@ -6,8 +6,10 @@ BigVGAN-v2 log-mel front end (n_fft 2048, hop 512, 128 bands) and a MelVAE that 
 
 from __future__ import annotations
 
+import io
 import math
 import os
+import warnings
 from fractions import Fraction
 
 import numpy as np
@@ -29,6 +31,63 @@ SYNC_TOKENS_PER_SEGMENT = 8
 
 # Frame counts are floor(duration * rate); a small tolerance keeps 4.6 s * 25 fps = 114.99999999999999 at 115.
 _FRAME_EPS = 1e-6
+
+# Decoded media may end this much earlier than its container claims without being called truncated: AAC priming and
+# padding (1024-2048 samples, under 50 ms at 44.1 kHz) and edit lists move an intact file's end by a few tens of ms.
+TRUNCATION_TOLERANCE_SECONDS = 0.1
+TRUNCATION_ACTIONS = ("warn", "raise", "ignore")
+
+
+class TruncatedMediaWarning(UserWarning):
+    """Decoding a file gave less media than its container's index claims (a truncated or damaged file).
+
+    Turn it into an error everywhere with ``warnings.filterwarnings("error", category=TruncatedMediaWarning)``, or
+    per call with ``on_truncated="raise"``."""
+
+
+def media_label(source) -> str:
+    """How error messages name a media source: the path, or what kind of in-memory object it is."""
+    if isinstance(source, (str, os.PathLike)):
+        return repr(os.fspath(source))
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<{len(source)} bytes>"
+    return f"<{type(source).__name__}>"
+
+
+def check_decoded_duration(
+    decoded: float,
+    claimed: float | None,
+    label: str,
+    what: str,
+    on_truncated: str = "warn",
+    tolerance: float = TRUNCATION_TOLERANCE_SECONDS,
+) -> None:
+    r"""
+    Warns or raises when `decoded` seconds of media fall short of the `claimed` seconds of its container index by more
+    than `tolerance` (a truncated file: its header promises the full length, its data stops early).
+
+    Args:
+        decoded (`float`): Seconds actually decoded.
+        claimed (`float`, *optional*): Seconds the container says the stream lasts; None (unknown) checks nothing.
+        label (`str`): The file, as named in the message.
+        what (`str`): "audio" or "video".
+        on_truncated (`str`, defaults to `"warn"`): ``"warn"`` (`TruncatedMediaWarning`), ``"raise"`` (`ValueError`)
+            or ``"ignore"``.
+        tolerance (`float`, defaults to `TRUNCATION_TOLERANCE_SECONDS`): Allowed shortfall in seconds.
+    """
+    if on_truncated not in TRUNCATION_ACTIONS:
+        raise ValueError(f"`on_truncated` must be one of {TRUNCATION_ACTIONS}, got {on_truncated!r}.")
+    if claimed is None or not math.isfinite(claimed) or on_truncated == "ignore":
+        return
+    if claimed - decoded <= tolerance:
+        return
+    message = (
+        f"{label} is truncated or damaged: its {what} decodes to {decoded:.3f} s but the container claims "
+        f"{claimed:.3f} s (more than {tolerance:.3g} s missing)."
+    )
+    if on_truncated == "raise":
+        raise ValueError(message)
+    warnings.warn(message, TruncatedMediaWarning, stacklevel=4)  # the caller of load_audio / load_video
 
 
 def num_mel_frames(num_samples: int, n_fft: int = N_FFT, hop_length: int = HOP_LENGTH) -> int:
@@ -104,60 +163,123 @@ def resample(audio: np.ndarray | torch.Tensor, orig_sr: int, target_sr: int) -> 
     return out.astype(np.asarray(audio).dtype if np.asarray(audio).dtype.kind == "f" else np.float32)
 
 
-def _read_with_soundfile(path: str) -> tuple[np.ndarray, int]:
+def _read_with_soundfile(source) -> tuple[np.ndarray, int]:
     import soundfile as sf
 
-    data, sr = sf.read(path, dtype="float32", always_2d=True)  # (num_samples, channels)
+    data, sr = sf.read(source, dtype="float32", always_2d=True)  # (num_samples, channels)
     return data.T, int(sr)
 
 
-def _read_with_pyav(path: str) -> tuple[np.ndarray, int]:
+def is_image_container(container) -> bool:
+    """Whether FFmpeg opened a still image (png, jpeg, webp, ... whatever its file name says) rather than a media
+    container: its demuxer is an image pipe (``png_pipe``, ``jpeg_pipe``, ...) or the ``image2`` sequence reader."""
+    names = container.format.name.split(",")
+    return any(name.endswith("_pipe") or name in ("image2", "image2pipe") for name in names)
+
+
+def claimed_stream_seconds(container, stream) -> float | None:
+    """Seconds `stream` lasts according to the container index (per-stream duration, else the container's when it holds
+    only this stream); None when the container does not say."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None and len(container.streams) == 1:
+        import av
+
+        return container.duration / av.time_base
+    return None
+
+
+def _read_with_pyav(source, label: str, on_truncated: str = "warn") -> tuple[np.ndarray, int]:
     import av
 
-    with av.open(path) as container:
+    try:
+        container = av.open(source)
+    except (av.FFmpegError, UnicodeDecodeError) as error:
+        raise ValueError(f"{label} could not be opened as audio: {error}") from error
+    with container:
+        if is_image_container(container):
+            raise ValueError(
+                f"{label} is an image ({container.format.name}), not audio or video: it has no audio stream."
+            )
         if not container.streams.audio:
-            raise ValueError(f"`path` {path!r} has no audio stream.")
+            raise ValueError(f"{label} has no audio stream.")
         stream = container.streams.audio[0]
         # Planar float keeps (channels, samples) whatever the codec's native layout.
         resampler = av.AudioResampler(format="fltp")
-        chunks, sr = [], stream.rate
-        for frame in container.decode(stream):
-            for out in resampler.resample(frame):
-                chunks.append(out.to_ndarray())
-                sr = out.sample_rate
+        chunks, sr, corrupt_packets = [], stream.rate, 0
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()  # the final empty packet flushes the decoder
+            except av.InvalidDataError:  # a damaged packet (e.g. cut off at the end of a truncated file): skip it
+                corrupt_packets += 1
+                continue
+            for frame in frames:
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray())
+                    sr = out.sample_rate
         for out in resampler.resample(None):
             chunks.append(out.to_ndarray())
         if not chunks:
-            raise ValueError(f"`path` {path!r} has an empty audio stream.")
+            detail = f" ({corrupt_packets} corrupt packets)" if corrupt_packets else ""
+            raise ValueError(f"{label} has an empty or undecodable audio stream{detail}.")
         audio = np.concatenate(chunks, axis=-1)
+        claimed = claimed_stream_seconds(container, stream)
+        check_decoded_duration(audio.shape[-1] / sr, claimed, label, "audio", on_truncated)
         # AAC pads its last frame: keep only the samples the stream says it holds.
-        if stream.duration is not None and stream.time_base is not None:
-            expected = int(round(float(stream.duration * stream.time_base) * sr))
+        if claimed is not None:
+            expected = int(round(claimed * sr))
             if 0 < expected < audio.shape[-1]:
                 audio = audio[:, :expected]
     return audio.astype(np.float32), int(sr)
 
 
-def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, mono: bool = True) -> torch.Tensor:
+def load_audio(
+    path: str | os.PathLike | bytes,
+    sample_rate: int = SAMPLE_RATE,
+    mono: bool = True,
+    on_truncated: str = "warn",
+) -> torch.Tensor:
     r"""
     Read an audio file (soundfile for wav/flac/ogg, PyAV for everything FFmpeg decodes, video containers included)
     and resample it.
 
     Args:
-        path (`str` or `os.PathLike`): The file.
+        path (`str`, `os.PathLike` or `bytes`): The file, or its encoded bytes (e.g. a 🤗 `datasets` ``Audio``
+            cell read with ``decode=False``).
         sample_rate (`int`, defaults to 44100): Output sample rate.
         mono (`bool`, defaults to `True`): Average the channels into one.
+        on_truncated (`str`, defaults to `"warn"`): What to do when a file decoded by FFmpeg (mp4, m4a, mp3, ...)
+            holds more than `TRUNCATION_TOLERANCE_SECONDS` less audio than its container index claims (a truncated
+            download): ``"warn"`` (`TruncatedMediaWarning`), ``"raise"`` (`ValueError`) or ``"ignore"``. Damaged
+            packets are skipped. (wav/flac headers are re-derived from the file size by both libsndfile and FFmpeg,
+            so a truncated wav is not detected.)
 
     Returns:
         `torch.Tensor` of shape `(channels, num_samples)` (channels = 1 when `mono`), float32.
+
+    Raises:
+        FileNotFoundError: `path` is not a file.
+        ValueError: `path` is an image, has no audio stream, cannot be decoded, or (``on_truncated="raise"``) is
+            truncated.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"`path` {path!r} is not a file.")
-    try:
-        audio, sr = _read_with_soundfile(path)
-    except Exception:  # soundfile cannot read mp3/aac/mp4 on every libsndfile build: fall back to FFmpeg.
-        audio, sr = _read_with_pyav(path)
+    if on_truncated not in TRUNCATION_ACTIONS:
+        raise ValueError(f"`on_truncated` must be one of {TRUNCATION_ACTIONS}, got {on_truncated!r}.")
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        if len(path) == 0:
+            raise ValueError("`path` is empty bytes, not audio.")
+        data, label = bytes(path), f"`path` {media_label(path)}"
+        try:
+            audio, sr = _read_with_soundfile(io.BytesIO(data))
+        except Exception:  # not a libsndfile format: FFmpeg
+            audio, sr = _read_with_pyav(io.BytesIO(data), label, on_truncated)
+    else:
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"`path` {path!r} is not a file.")
+        try:
+            audio, sr = _read_with_soundfile(path)
+        except Exception:  # soundfile cannot read mp3/aac/mp4 on every libsndfile build: fall back to FFmpeg.
+            audio, sr = _read_with_pyav(path, f"`path` {media_label(path)}", on_truncated)
     if mono:
         audio = audio.mean(axis=0, keepdims=True)
     audio = resample(audio.astype(np.float32), sr, sample_rate)

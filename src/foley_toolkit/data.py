@@ -7,7 +7,7 @@ A dataset is a folder with a ``metadata.jsonl`` (or ``metadata.csv``) whose rows
     {"file_name": "door.mp4", "caption": "", "audio_file_name": "door.wav"}        # video + separate audio
     {"file_name": "rain.wav", "caption": "heavy rain on a tin roof"}               # audio only (text-audio pair)
 
-or a 🤗 ``datasets.Dataset`` with the same columns (`FoleyClipDataset.from_hf_dataset`). Optional columns:
+or a 🤗 ``datasets.Dataset`` with the same columns (`FoleyClipDataset.from_hf_dataset`, `load_hf_dataset`). Optional columns:
 ``duration`` (seconds; probed from the file otherwise), ``events`` (a list; clips with one event are the
 "single-event" clips of the temporal augmentation), ``id``. ``audio_file`` is accepted as an alias of
 ``audio_file_name`` (what ``foley_toolkit.synthetic`` writes).
@@ -22,6 +22,14 @@ What one item is (`FoleyClipDataset`), following the paper's data section (5.2):
   at the same time (``"A, while B"``).
 
 The plan of items is computed once, deterministically from ``seed``; decoding happens in ``__getitem__``.
+
+🤗 ``datasets`` and media decoding: datasets 5 decodes ``Audio`` / ``Video`` columns (and builds an ``audiofolder``)
+with torchcodec, whose PyPI wheels are built against CUDA torch and need system FFmpeg libraries, so a CPU install
+cannot load them. This module therefore never lets ``datasets`` decode: `FoleyClipDataset.from_hf_dataset` reads
+``Audio`` / ``Video`` columns with ``decode=False`` (``{"path", "bytes"}`` cells) and decodes the media itself with
+soundfile / PyAV, the same decoders as for a ``--data_dir`` folder; `load_hf_dataset` builds an ``audiofolder`` from
+the folder's metadata file when torchcodec cannot be loaded (the same rows, ``audio`` typed ``Audio(decode=False)``).
+torchcodec is not needed, and is used by ``datasets`` for building whenever it loads.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import json
 import math
 import os
 import re
+from dataclasses import replace
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -60,8 +69,8 @@ class ClipSource:
         id (`str`): Stable name (used for cache file names).
         caption (`str`): Text description ("" for video-audio pairs without text).
         video (`str` or `bytes`, *optional*): The video file (path or encoded bytes); None for audio-only clips.
-        audio (*optional*): A separate audio file (path), or decoded audio `(waveform (channels, samples), sample_rate)`;
-            None means the video's own audio track.
+        audio (*optional*): A separate audio file (path or encoded bytes), or decoded audio `(waveform (channels,
+            samples), sample_rate)`; None means the video's own audio track.
         duration (`float`, *optional*): Seconds; probed from the media when None.
         num_events (`int`, *optional*): Number of sound events, when the metadata knows it.
     """
@@ -69,7 +78,7 @@ class ClipSource:
     id: str
     caption: str
     video: str | bytes | None = None
-    audio: str | tuple[torch.Tensor, int] | None = None
+    audio: str | bytes | tuple[torch.Tensor, int] | None = None
     duration: float | None = None
     num_events: int | None = None
     extra: dict = field(default_factory=dict)
@@ -171,26 +180,136 @@ def sources_from_records(records: Sequence[dict], data_dir: str | os.PathLike | 
     return sources
 
 
-def _hf_media(value: Any, data_dir: Path | None, column: str) -> Any:
-    """A `datasets` cell -> a path, bytes or (waveform, sample_rate)."""
+def _hf_media(value: Any, data_dir: Path | None, column: str, row_index: int) -> tuple[Any, str | None]:
+    """A `datasets` cell -> `(media, file name)`: media is a path, bytes or `(waveform, sample_rate)`; the file name
+    (when the cell has one) tells audio files from videos by extension. Relative paths are resolved against
+    `data_dir` and must exist."""
     if value is None:
-        return None
-    if isinstance(value, str):
-        return str(data_dir / value) if data_dir is not None and not os.path.isabs(value) else value
+        return None, None
+    if isinstance(value, (str, os.PathLike)):
+        value = os.fspath(value)
+        path = str(data_dir / value) if data_dir is not None and not os.path.isabs(value) else value
+        if not os.path.isfile(path):
+            hint = "" if data_dir is not None or os.path.isabs(value) else " (relative paths need `data_dir`)"
+            raise FileNotFoundError(f"Row {row_index}, column `{column}`: {path!r} is not a file{hint}.")
+        return path, path
     if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
+        return bytes(value), None
     if isinstance(value, dict):
         if value.get("array") is not None:
             waveform = torch.as_tensor(np.asarray(value["array"], dtype=np.float32))
-            return (waveform if waveform.ndim == 2 else waveform[None], int(value["sampling_rate"]))
-        if value.get("bytes"):
-            return bytes(value["bytes"])
+            return (waveform if waveform.ndim == 2 else waveform[None], int(value["sampling_rate"])), value.get("path")
+        if value.get("bytes"):  # embedded media (Hub parquet): its `path` is only a name
+            return bytes(value["bytes"]), value.get("path")
         if value.get("path"):
-            return _hf_media(value["path"], data_dir, column)
-    if hasattr(value, "get_all_samples"):  # torchcodec AudioDecoder (datasets >= 4 with decoding on)
+            return _hf_media(value["path"], data_dir, column, row_index)
+    if hasattr(value, "get_all_samples"):  # torchcodec AudioDecoder (a dataset already decoded by torchcodec)
         samples = value.get_all_samples()
-        return (samples.data.float(), int(samples.sample_rate))
-    raise ValueError(f"Column `{column}` holds an unsupported value of type {type(value).__name__}.")
+        return (samples.data.float(), int(samples.sample_rate)), None
+    raise ValueError(f"Row {row_index}, column `{column}` holds an unsupported value of type {type(value).__name__}.")
+
+
+def _without_media_decoding(dataset):
+    """`dataset` with every ``Audio`` / ``Video`` column set to ``decode=False`` (cells ``{"path", "bytes"}``), so that
+    rows are read without torchcodec; this module decodes the media itself."""
+    import datasets
+
+    for name, feature in dataset.features.items():
+        if isinstance(feature, (datasets.Audio, datasets.Video)) and feature.decode:
+            dataset = dataset.cast_column(name, replace(feature, decode=False))
+    return dataset
+
+
+# datasets' folder builders and the column their `file_name` becomes
+FOLDER_BUILDERS = {"audiofolder": "audio", "videofolder": "video"}
+
+
+def torchcodec_available() -> bool:
+    """Whether torchcodec imports and loads its FFmpeg libraries here (what datasets 5 needs to decode media)."""
+    try:
+        import torchcodec.decoders  # noqa: F401  (loads the native libraries: fails without a matching FFmpeg/torch)
+    except Exception:  # ImportError, or OSError/RuntimeError from a wheel built for another torch or FFmpeg
+        return False
+    return True
+
+
+def _folder_dataset_from_metadata(builder: str, data_dir: Path, split: str, cache_dir: str | None):
+    """The rows ``datasets.load_dataset(builder, data_dir=data_dir, split=split)`` builds from the folder's metadata
+    file, read with datasets' json/csv builder: `file_name` becomes the ``audio``/``video`` column (absolute paths,
+    ``Audio(decode=False)``/``Video(decode=False)``); every other column is kept as it is."""
+    import datasets
+
+    folder = data_dir / split if (data_dir / split).is_dir() else data_dir
+    if folder == data_dir and split != "train":
+        raise ValueError(f"`split` {split!r}: `data_dir` {str(data_dir)!r} has no {split!r} sub-folder.")
+    metadata = next((folder / name for name in METADATA_FILES if (folder / name).is_file()), None)
+    if metadata is None:
+        raise FileNotFoundError(
+            f"`data_dir` {str(folder)!r} has neither metadata.jsonl nor metadata.csv (needed to read a {builder} "
+            "without torchcodec)."
+        )
+    dataset = datasets.load_dataset(
+        "json" if metadata.suffix == ".jsonl" else "csv", data_files=str(metadata), split="train", cache_dir=cache_dir
+    )
+    if "file_name" not in dataset.column_names:
+        raise ValueError(f"{metadata} has no `file_name` column.")
+    column = FOLDER_BUILDERS[builder]
+    root = str(folder.resolve())
+    dataset = dataset.map(lambda name: {"file_name": os.path.join(root, name)}, input_columns="file_name")
+    feature = datasets.Audio(decode=False) if column == "audio" else datasets.Video(decode=False)
+    return dataset.rename_column("file_name", column).cast_column(column, feature)
+
+
+def load_hf_dataset(
+    name: str | os.PathLike,
+    data_dir: str | os.PathLike | None = None,
+    split: str = "train",
+    cache_dir: str | os.PathLike | None = None,
+):
+    r"""
+    A 🤗 `datasets.Dataset` for `FoleyClipDataset.from_hf_dataset`: a folder written by ``save_to_disk``, a builder
+    (``"videofolder"``, ``"audiofolder"``, ``"json"``, ...) with `data_dir`, or a Hub name (cached offline).
+
+    Args:
+        name (`str` or `os.PathLike`): Saved folder, builder or dataset name.
+        data_dir (`str` or `os.PathLike`, *optional*): The folder a builder reads (required by ``audiofolder`` /
+            ``videofolder``), e.g. a clips folder with ``metadata.jsonl`` as written by ``foley-toolkit
+            make-synthetic``.
+        split (`str`, defaults to `"train"`): The split.
+        cache_dir (`str` or `os.PathLike`, *optional*): datasets' cache folder (its default when None).
+
+    ``audiofolder`` on datasets 5 needs torchcodec even to build (it encodes every path through torchcodec's audio
+    encoder); when torchcodec cannot be loaded, the same rows are read from the folder's ``metadata.jsonl`` /
+    ``metadata.csv`` (at `data_dir`, or ``data_dir/split``) with datasets' json/csv builder. ``videofolder`` builds
+    without torchcodec; its ``video`` column is read with ``decode=False`` by `FoleyClipDataset.from_hf_dataset`.
+    """
+    import datasets
+
+    name = os.fspath(name)
+    cache_dir = os.fspath(cache_dir) if cache_dir is not None else None
+    if os.path.isdir(name) and any(
+        os.path.isfile(os.path.join(name, f)) for f in ("dataset_dict.json", "dataset_info.json", "state.json")
+    ):
+        if data_dir is not None:
+            raise ValueError(f"`data_dir` is for builders; {name!r} is a folder written by `save_to_disk`.")
+        dataset = datasets.load_from_disk(name)
+        if isinstance(dataset, datasets.DatasetDict):
+            if split not in dataset:
+                raise ValueError(f"`split` {split!r} is not in {name!r} (splits: {sorted(dataset)}).")
+            dataset = dataset[split]
+        return dataset
+    if name in FOLDER_BUILDERS:
+        if data_dir is None:
+            raise ValueError(f"`data_dir` is required with {name!r}: the folder of media and metadata.jsonl to read.")
+        data_dir = Path(data_dir)
+        if not data_dir.is_dir():
+            raise FileNotFoundError(f"`data_dir` {str(data_dir)!r} is not a folder.")
+        if name == "audiofolder" and not torchcodec_available():
+            return _folder_dataset_from_metadata(name, data_dir, split, cache_dir)
+        data_dir = str(data_dir)
+    elif data_dir is not None:
+        data_dir = os.fspath(data_dir)
+    return datasets.load_dataset(name, data_dir=data_dir, split=split, cache_dir=cache_dir)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -211,11 +330,23 @@ def probe_duration(media: str | bytes, is_video: bool) -> float:
             return float(sf.info(media).duration)
         except Exception:  # not a libsndfile format: ask FFmpeg
             pass
+    from .audio_utils import is_image_container, media_label
+
+    label = media_label(media)
     source = io.BytesIO(media) if isinstance(media, bytes) else media
-    with av.open(source) as container:
+    try:
+        container = av.open(source)
+    except (av.FFmpegError, UnicodeDecodeError) as error:
+        raise ValueError(f"{label} could not be opened as {'a video' if is_video else 'audio'}: {error}") from error
+    with container:
+        if is_image_container(container):
+            raise ValueError(
+                f"{label} is an image ({container.format.name}), not a video or audio: it has no "
+                f"{'video' if is_video else 'audio'} stream."
+            )
         streams = container.streams.video if is_video else container.streams.audio
         if not streams:
-            raise ValueError(f"{'video' if is_video else 'audio'} stream missing in {media if isinstance(media, str) else '<bytes>'}.")
+            raise ValueError(f"{label} has no {'video' if is_video else 'audio'} stream.")
         stream = streams[0]
         if stream.duration is not None and stream.time_base is not None:
             return float(stream.duration * stream.time_base)
@@ -223,7 +354,7 @@ def probe_duration(media: str | bytes, is_video: bool) -> float:
             return float(stream.frames / stream.average_rate)
         if container.duration is not None:
             return container.duration / av.time_base
-    raise ValueError(f"Cannot find the duration of {media if isinstance(media, str) else '<bytes>'}.")
+    raise ValueError(f"Cannot find the duration of {label}.")
 
 
 def source_duration(source: ClipSource) -> float:
@@ -514,12 +645,15 @@ class FoleyClipDataset(torch.utils.data.Dataset):
         audio_column: str | None = None,
         **kwargs,
     ) -> "FoleyClipDataset":
-        """A dataset from a 🤗 `datasets.Dataset`.
+        """A dataset from a 🤗 `datasets.Dataset` (see `load_hf_dataset` for ``videofolder`` / ``audiofolder``).
 
         Columns are found by name when not given: caption `caption`/`text`; video `video`/`file_name` (paths,
-        bytes or ``{"path", "bytes"}``); audio `audio`/`audio_file_name`/`audio_file` (paths, ``{"array",
-        "sampling_rate"}``, ``{"path", "bytes"}`` or decoders). A `file_name` with an audio extension is an
-        audio-only clip. Relative paths are resolved against `data_dir`.
+        bytes or ``{"path", "bytes"}``); audio `audio`/`audio_file_name`/`audio_file` (paths, bytes, ``{"array",
+        "sampling_rate"}``, ``{"path", "bytes"}`` or decoders). A video-column file with an audio extension is an
+        audio-only clip. Relative paths are resolved against `data_dir` and must exist.
+
+        ``Audio`` / ``Video`` columns are read with ``decode=False`` and decoded here (soundfile / PyAV), so no
+        torchcodec is needed; a dataset without a video column (e.g. an ``audiofolder``) gives audio-only clips.
         """
         columns = set(dataset.column_names)
 
@@ -544,20 +678,32 @@ class FoleyClipDataset(torch.utils.data.Dataset):
                 f"(columns: {sorted(columns)})."
             )
         base = Path(data_dir) if data_dir is not None else None
-        sources = []
+        if base is not None and not base.is_dir():
+            raise FileNotFoundError(f"`data_dir` {str(base)!r} is not a folder.")
+        dataset = _without_media_decoding(dataset)
+        sources, seen_ids = [], set()
         for index in range(len(dataset)):
             row = dataset[index]
-            video = _hf_media(row[video_column], base, video_column) if video_column else None
-            audio = _hf_media(row[audio_column], base, audio_column) if audio_column else None
-            if isinstance(video, str) and _is_audio_path(video):
-                video, audio = None, audio or video
-            if isinstance(audio, bytes):
-                raise ValueError(f"Column `{audio_column}` holds encoded bytes; give paths or decoded arrays.")
+            video, video_name = _hf_media(row[video_column], base, video_column, index) if video_column else (None, None)
+            audio, audio_name = _hf_media(row[audio_column], base, audio_column, index) if audio_column else (None, None)
+            if video is not None and video_name is not None and _is_audio_path(video_name):
+                if audio is None:  # an audio-only clip named in the video column
+                    audio, audio_name = video, video_name
+                video = None
             if video is None and audio is None:
                 raise ValueError(f"Row {index} has neither video nor audio.")
+            # The `id` column, else the media's file name (as `from_folder` names clips), else the row number.
+            media_name = video_name if video is not None else audio_name
+            source_id = row.get("id")
+            if source_id is None:
+                source_id = Path(media_name).stem if media_name else index
+            source_id = _safe_id(str(source_id))
+            if source_id in seen_ids:
+                source_id = f"{source_id}_{index}"
+            seen_ids.add(source_id)
             sources.append(
                 ClipSource(
-                    id=_safe_id(str(row.get("id", index))),
+                    id=source_id,
                     caption=str(row.get(caption_column) or "") if caption_column else "",
                     video=video,
                     audio=audio,
@@ -590,10 +736,9 @@ class FoleyClipDataset(torch.utils.data.Dataset):
             waveform, rate = source.audio
             waveform = resample(waveform.float(), rate, self.sample_rate)
         else:
-            path = source.audio if source.audio is not None else source.video
-            if isinstance(path, bytes):
-                raise ValueError(f"Clip {source.id!r}: audio from video bytes is not supported; give a path.")
-            waveform = load_audio(path, sample_rate=self.sample_rate, mono=False)
+            media = source.audio if source.audio is not None else source.video
+            # A truncated file would be zero-padded to its planned (claimed) length: refuse it instead.
+            waveform = load_audio(media, sample_rate=self.sample_rate, mono=False, on_truncated="raise")
         if self.mono:
             waveform = waveform.mean(0, keepdim=True)
         elif waveform.shape[0] == 1:
@@ -627,7 +772,7 @@ class FoleyClipDataset(torch.utils.data.Dataset):
         clips, syncs = [], []
         for piece in item.pieces:
             source = self.sources[piece.source_index]
-            video = load_video(source.video, start_time=piece.start, max_duration=piece.duration)
+            video = load_video(source.video, start_time=piece.start, max_duration=piece.duration, on_truncated="raise")
             lengths = sequence_lengths(piece.duration)
             clips.append(_fit_frames(video.clip_frames, max(1, lengths["clip_frames"])))
             syncs.append(_fit_frames(video.sync_frames, max(1, lengths["sync_frames"])))

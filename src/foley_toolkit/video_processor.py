@@ -31,6 +31,11 @@ Conventions (documented choices):
   `preprocess_clip_frames`. All inputs (files, bytes, arrays, tensors) go through the same RGB resampler
   (FFmpeg's swscale, bicubic), so a file and its decoded frames give identical outputs.
 * Display-rotation metadata (phone videos) is not applied: frames come in their stored orientation.
+* **Bad files.** A still image (png, jpeg, ... whatever its extension) is refused with a ValueError naming the file,
+  not read as a one-frame video. A file whose frames end more than ``TRUNCATION_TOLERANCE_SECONDS`` (plus one frame)
+  before the duration its container index claims (a truncated download of an mp4 whose index is at the front) gives
+  a `TruncatedMediaWarning` (``on_truncated="raise"``: a ValueError) instead of a silently shorter clip; damaged
+  packets are skipped.
 """
 
 from __future__ import annotations
@@ -52,6 +57,14 @@ import torch.nn.functional as F
 # defined once in `audio_utils`.
 from .audio_utils import CLIP_FRAME_RATE, SYNC_FRAME_RATE, SYNC_SEGMENT_FRAMES
 from .audio_utils import SAMPLE_RATE as AUDIO_OUTPUT_SAMPLE_RATE
+from .audio_utils import (
+    TRUNCATION_ACTIONS,
+    TRUNCATION_TOLERANCE_SECONDS,
+    check_decoded_duration,
+    claimed_stream_seconds,
+    is_image_container,
+    media_label,
+)
 
 
 CLIP_IMAGE_SIZE = 224
@@ -272,7 +285,9 @@ def _frames_to_thwc_uint8(frames, name: str) -> np.ndarray:
 
 
 def _open_input(video, name: str = "video"):
-    """Opens a path / bytes / file object with PyAV, with errors that name the argument."""
+    """Opens a path / bytes / file object with PyAV, with errors that name the argument and the file; refuses still
+    images and containers without a video stream."""
+    label = f"`{name}` {media_label(video)}"
     if isinstance(video, (str, os.PathLike)):
         path = os.fspath(video)
         if not os.path.isfile(path):
@@ -292,10 +307,15 @@ def _open_input(video, name: str = "video"):
     try:
         container = av.open(source, mode="r")
     except (av.FFmpegError, UnicodeDecodeError) as error:
-        raise ValueError(f"`{name}` could not be opened as a video: {error}") from error
+        raise ValueError(f"{label} could not be opened as a video: {error}") from error
+    if is_image_container(container):
+        # FFmpeg reads an image as a one-frame "video" of 1/25 s: refuse it rather than produce 0.04 s of output
+        format_name = container.format.name
+        container.close()
+        raise ValueError(f"{label} is an image ({format_name}), not a video: it has no video stream.")
     if not container.streams.video:
         container.close()
-        raise ValueError(f"`{name}` has no video stream.")
+        raise ValueError(f"{label} has no video stream.")
     return container
 
 
@@ -329,8 +349,12 @@ def _frames_after_seek(container, stream, time: Fraction) -> Optional[Iterator[O
     return None
 
 
-def _decode(container, name: str, start_time: Fraction, duration, max_duration) -> VideoInput:
+def _decode(
+    container, name: str, start_time: Fraction, duration, max_duration, label: str = "", on_truncated: str = "warn"
+) -> VideoInput:
+    label = label or f"`{name}`"
     stream = container.streams.video[0]
+    claimed = claimed_stream_seconds(container, stream)
     stream.thread_type = "AUTO"  # frame + slice threads; decoding dominates the cost of long videos
     rate = stream.average_rate or stream.guessed_rate or None
     rate = Fraction(rate) if rate else None
@@ -350,6 +374,7 @@ def _decode(container, name: str, start_time: Fraction, duration, max_duration) 
     last_time = previous_time = None
     last_frame_duration = None
     skipped_packets = 0
+    stopped_at_cut = False
     try:
         frames = None
         if start_time > 0 and first_time is not None:
@@ -379,15 +404,16 @@ def _decode(container, name: str, start_time: Fraction, duration, max_duration) 
             else:
                 last_frame_duration = None
             if not sampler.push(_SourceFrame(time, frame)):
+                stopped_at_cut = True
                 break
     except av.FFmpegError as error:
-        raise ValueError(f"`{name}` could not be decoded as a video: {error}") from error
+        raise ValueError(f"{label} could not be decoded as a video: {error}") from error
     finally:
         container.close()
 
     if last_time is None:
         detail = f" ({skipped_packets} corrupt packets)" if skipped_packets else ""
-        raise ValueError(f"`{name}` contains no decodable video frames{detail}.")
+        raise ValueError(f"{label} contains no decodable video frames{detail}.")
     if not last_frame_duration:
         if previous_time is not None:
             last_frame_duration = last_time - previous_time
@@ -397,6 +423,12 @@ def _decode(container, name: str, start_time: Fraction, duration, max_duration) 
             raise ValueError(f"`{name}` has a single frame and no frame rate: its duration is unknown.")
     # when decoding stopped early at the cut, `video_duration` is a lower bound that still covers the cut
     video_duration = last_time + last_frame_duration
+    if not stopped_at_cut:
+        # the stream ended: it must reach the container's claimed duration (one frame of slack for timestamp rounding)
+        check_decoded_duration(
+            float(video_duration), claimed, label, "video", on_truncated,
+            tolerance=TRUNCATION_TOLERANCE_SECONDS + float(last_frame_duration),
+        )  # fmt: skip
     stop = _cut_bounds(video_duration, start_time, duration, max_duration)
     clip, sync = sampler.finish(stop)
     if rate is None:
@@ -429,6 +461,7 @@ def load_video(
     start_time: float = 0.0,
     duration: Optional[float] = None,
     max_duration: Optional[float] = None,
+    on_truncated: str = "warn",
 ) -> VideoInput:
     """Decodes a video and resamples it by timestamps to 8 fps CLIP frames and 25 fps sync frames (one pass).
 
@@ -442,6 +475,10 @@ def load_video(
         duration (`float`, *optional*): cut the output to exactly this many seconds (ValueError if the video is
             shorter).
         max_duration (`float`, *optional*): cut the output to at most this many seconds.
+        on_truncated (`str`, defaults to `"warn"`): what to do when a file's frames end more than
+            `TRUNCATION_TOLERANCE_SECONDS` plus one frame before the duration its container index claims (a truncated
+            file; checked when decoding reaches the end of the stream): ``"warn"`` (`TruncatedMediaWarning`),
+            ``"raise"`` (ValueError) or ``"ignore"``.
 
     Returns:
         `VideoInput` with `clip_frames` uint8 `(floor(d*8), 3, 224, 224)`, `sync_frames` uint8
@@ -449,8 +486,11 @@ def load_video(
 
     Raises:
         FileNotFoundError: `video` is a path that does not exist.
-        ValueError: `video` is not a video, has no video stream or no frames; `fps` missing for arrays; bad cuts.
+        ValueError: `video` is not a video (e.g. a still image), has no video stream or no frames; `fps` missing for
+            arrays; bad cuts; a truncated file with ``on_truncated="raise"``.
     """
+    if on_truncated not in TRUNCATION_ACTIONS:
+        raise ValueError(f"`on_truncated` must be one of {TRUNCATION_ACTIONS}, got {on_truncated!r}.")
     start = _to_fraction(start_time, "start_time")
     if start < 0:
         raise ValueError(f"`start_time` must be >= 0, got {start_time!r}.")
@@ -468,7 +508,7 @@ def load_video(
             f"(got fps={fps!r} with a {type(video).__name__})."
         )
     container = _open_input(video, "video")
-    return _decode(container, "video", start, cut, cap)
+    return _decode(container, "video", start, cut, cap, f"`video` {media_label(video)}", on_truncated)
 
 
 # ----------------------------------------------------------------------------------------------------------
