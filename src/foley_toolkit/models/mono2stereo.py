@@ -19,6 +19,7 @@ from diffusers import ModelMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.utils import BaseOutput
 
+from .adapters import AttentionFreeModelMixin, FoleyPeftAdapterMixin
 from .autoencoders.autoencoder_mel_vae import ChannelLayerNorm, LogMelSpectrogram, MelResnetBlock1D
 
 
@@ -34,7 +35,7 @@ class Mono2StereoOutput(BaseOutput):
     right_mel: torch.Tensor
 
 
-class Mono2Stereo(ModelMixin, ConfigMixin):
+class Mono2Stereo(AttentionFreeModelMixin, ModelMixin, ConfigMixin, FoleyPeftAdapterMixin):
     r"""
     Predicts per-band, per-frame log ratios of the left and right mels to the mono mel.
 
@@ -49,7 +50,19 @@ class Mono2Stereo(ModelMixin, ConfigMixin):
         video_feature_dim (`int`, *optional*, defaults to 1280): Width of the conditioning video features (MetaCLIP
             ViT-bigG-14 image embeddings); `None` builds an audio-only module.
         mel_mean (`float`, defaults to -5.0), mel_std (`float`, defaults to 3.0): Input normalisation of the log-mel.
+
+    LoRA (diffusers' `PeftAdapterMixin`; keys in pipeline LoRA files start with `mono2stereo.`):
+    `default_lora_target_modules` is every weight layer — `mel_in` (Conv1d), `video_proj` (Linear; absent with
+    `video_feature_dim=None`), `conv1`/`conv2` of every residual block and `ratio_out` (Conv1d). The module is small
+    (3.4M parameters at the defaults) and a new panning style needs all of it: where it looks (`video_proj`),
+    how it reads the mel (`mel_in`, blocks) and how far it pans (`ratio_out`). A LoRA on the zero-initialised
+    `ratio_out` starts as the identity like the layer itself (peft initialises `lora_B` to zero).
+
+    The model is convolutional: `set_attention_backend` raises a `ValueError` (there is no attention to route).
     """
+
+    lora_prefix = "mono2stereo"
+    default_lora_target_modules = ["mel_in", "video_proj", "conv1", "conv2", "ratio_out"]
 
     _supports_gradient_checkpointing = False
 

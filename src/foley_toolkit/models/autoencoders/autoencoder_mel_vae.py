@@ -20,6 +20,8 @@ from diffusers.models.autoencoders.vae import AutoencoderMixin, DecoderOutput, D
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.utils.accelerate_utils import apply_forward_hook
 
+from ..adapters import AttentionFreeModelMixin, FoleyPeftAdapterMixin
+
 # ---------------------------------------------------------------------------------------------------------------
 # Mel front end
 # ---------------------------------------------------------------------------------------------------------------
@@ -346,7 +348,7 @@ def _chunk_windows(latent_frames: int, chunk_size: int, overlap: int):
         yield start, end, max(0, start - overlap), min(latent_frames, end + overlap)
 
 
-class MelVAE(ModelMixin, AutoencoderMixin, ConfigMixin):
+class MelVAE(AttentionFreeModelMixin, ModelMixin, AutoencoderMixin, ConfigMixin, FoleyPeftAdapterMixin):
     r"""
     Kling-Foley's Mel-VAE (paper section 4.5): an `AutoencoderKL`-style VAE over 128-band log-mel spectrograms with
     one 2x temporal downsample, turning 44.1 kHz audio into 43.07 Hz latents (1024 samples per latent frame).
@@ -374,7 +376,20 @@ class MelVAE(ModelMixin, AutoencoderMixin, ConfigMixin):
         latents_mean (`list[float]`, *optional*), latents_std (`list[float]`, *optional*): Per-channel latent
             statistics measured on data; used by `normalize_latents` / `denormalize_latents`.
         scaling_factor (`float`, defaults to 1.0): Multiplies the (standardised) latents, diffusers-style.
+
+    LoRA (diffusers' `PeftAdapterMixin`; keys in pipeline LoRA files start with `vae.`): `default_lora_target_modules`
+    is the decoder's `Conv1d` layers — `decoder.conv_in`, both convolutions of every residual block at the latent and
+    the mel rate, and `decoder.conv_out`. Decoder only, because generation only decodes, and adapting the encoder
+    would move the latent space the transformer was trained in (and every cached latent) away from it. The
+    `ConvTranspose1d` upsampler stays frozen (peft has no LoRA layer for transposed convolutions); so do the 1x1
+    `post_quant_conv` (a per-frame channel mix that the LoRA on `decoder.conv_in` can already express) and the
+    parameter-free mel front end.
+
+    The model is convolutional: `set_attention_backend` raises a `ValueError` (there is no attention to route).
     """
+
+    lora_prefix = "vae"
+    default_lora_target_modules = r"decoder\.(conv_in|conv_out|(latent_rate_blocks|mel_rate_blocks)\.\d+\.conv[12])"
 
     _supports_gradient_checkpointing = True
     _no_split_modules = ["MelResnetBlock1D"]

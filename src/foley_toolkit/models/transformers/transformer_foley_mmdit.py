@@ -21,12 +21,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
-from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.attention import AttentionMixin, AttentionModuleMixin
+from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps, apply_rotary_emb, get_1d_rotary_pos_embed
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.utils import apply_lora_scale, logging
 from diffusers.utils.torch_utils import maybe_allow_in_graph
+
+from ..adapters import FoleyPeftAdapterMixin
 
 
 logger = logging.get_logger(__name__)  # pylint: disable=invalid-name
@@ -204,10 +206,18 @@ class FoleyAttnProcessor:
     Attention processor for [`FoleyAttention`]: joint attention over audio + CLIP + text (paper 4.3) when the extra
     streams are given, audio self-attention otherwise.
 
-    Q/K/V of each stream come from its own projections, get QK RMSNorm, are concatenated as `[audio, clip, text]`
-    into one `F.scaled_dot_product_attention`, rotated by `image_rotary_emb` (covering the concatenated sequence; text
-    rows are the identity), and split back into the streams.
+    Q/K/V of each stream come from its own projections, get QK RMSNorm, are concatenated as `[audio, clip, text]`,
+    rotated by `image_rotary_emb` (covering the concatenated sequence; text rows are the identity), go through one
+    attention call and are split back into the streams.
+
+    The attention call is diffusers' `dispatch_attention_fn`, so `model.set_attention_backend(name)` (which sets
+    `_attention_backend` on every processor) and the `attention_backend(...)` context manager choose the kernel
+    (`"native"` SDPA by default, `"_native_math"`, `"flex"`, `"flash"`, `"sage"`, ...). Padded text gives a boolean
+    mask; backends that cannot take a mask (flash-attn, sage) raise a `ValueError` for it rather than ignore it.
     """
+
+    _attention_backend = None
+    _parallel_config = None
 
     def __init__(self):
         if not hasattr(F, "scaled_dot_product_attention"):
@@ -240,17 +250,24 @@ class FoleyAttnProcessor:
             values.append(split_heads(attn.add_v_proj(encoder_hidden_states)))
             lengths.append(encoder_hidden_states.shape[1])
 
-        # (batch, heads, frames, head_dim) for scaled_dot_product_attention
-        query = torch.cat(queries, dim=1).transpose(1, 2)
-        key = torch.cat(keys, dim=1).transpose(1, 2)
-        value = torch.cat(values, dim=1).transpose(1, 2)
+        # (batch, frames, heads, head_dim): the layout of diffusers' attention dispatcher
+        query = torch.cat(queries, dim=1)
+        key = torch.cat(keys, dim=1)
+        value = torch.cat(values, dim=1)
 
         if image_rotary_emb is not None:
-            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=2)
-            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=2)
+            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
 
-        hidden_states = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
-        hidden_states = hidden_states.transpose(1, 2).flatten(2, 3).to(query.dtype)
+        hidden_states = dispatch_attention_fn(
+            query,
+            key,
+            value,
+            attn_mask=attention_mask,
+            backend=self._attention_backend,
+            parallel_config=self._parallel_config,
+        )
+        hidden_states = hidden_states.flatten(2, 3).to(query.dtype)
 
         if len(lengths) == 1:
             hidden_states = attn.to_out[0](hidden_states)
@@ -586,7 +603,7 @@ class FoleyMMDiTConditions:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class FoleyMMDiTTransformer(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapterMixin):
+class FoleyMMDiTTransformer(ModelMixin, AttentionMixin, ConfigMixin, FoleyPeftAdapterMixin):
     r"""
     The Kling-Foley flow network (arXiv 2506.19774, sections 3.2-4.4, Algorithm 1): an MM-DiT over audio latents
     conditioned on T5 text tokens, MetaCLIP frame features, Synchformer sync features, the flow timestep and the
@@ -640,7 +657,18 @@ class FoleyMMDiTTransformer(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapter
         sync_segment_frames (`int`, defaults to 16), sync_segment_stride (`int`, defaults to 8): encoder rates, used
             only for the length of the empty CLIP/sync sequence when that input is missing.
         eps (`float`, defaults to 1e-6): Epsilon of the LayerNorms and QK RMSNorms.
+
+    Attention backends: `set_attention_backend(name)` routes every attention layer through that diffusers backend
+    (see [`FoleyAttnProcessor`]); unknown names raise a `ValueError`.
+
+    LoRA (diffusers' `PeftAdapterMixin`; keys in pipeline LoRA files start with `transformer.`):
+    `default_lora_target_modules` are the audio stream's attention projections `to_q`, `to_k`, `to_v`, `to_out.0` of
+    every joint and single block — where a style/domain LoRA changes what the audio attends to, leaving the CLIP and
+    text streams' projections as trained (the `training/train_lora.py` default).
     """
+
+    lora_prefix = "transformer"
+    default_lora_target_modules = ["to_q", "to_k", "to_v", "to_out.0"]
 
     _supports_gradient_checkpointing = True
     _no_split_modules = ["FoleyJointTransformerBlock", "FoleySingleTransformerBlock"]
