@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DistributedDataParallelKwargs, DistributedType, ProjectConfiguration, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, ProjectConfiguration, gather_object, set_seed
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -40,6 +40,11 @@ logger = get_logger(__name__)
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 TRAINING_STATE_NAME = "training_state.json"
 LOG_FILE_NAME = "train_log.jsonl"
+SUMMARY_FILE_NAME = "training_summary.json"
+# Key of a batch (and of a skipped example) listing the items dropped under --skip_bad_items.
+BAD_ITEMS_KEY = "bad_items"
+# What `--push_to_hub` never uploads from an output folder: checkpoints and temporary files.
+HUB_IGNORE_PATTERNS = ["checkpoint-*", "*.tmp", "*.tmp.*", ".*.tmp*"]
 # Logged values that describe the optimizer step rather than a micro-batch.
 LAST_VALUE_KEYS = {"lr", "stage"}
 
@@ -97,6 +102,12 @@ def add_training_args(parser: argparse.ArgumentParser, default_learning_rate: fl
     group.add_argument("--logging_steps", type=int, default=1, help="Log (and write train_log.jsonl) every N steps.")
     group.add_argument("--report_to", type=str, default=None, help="accelerate tracker(s): tensorboard, wandb, ...")
     group.add_argument("--logging_dir", type=str, default="logs", help="Tracker folder, relative to --output_dir.")
+    group.add_argument("--skip_bad_items", action="store_true",
+                       help="Skip (log, count) items whose media cannot be read or whose features hold NaN/Inf, and "
+                            "optimizer steps whose loss or gradient is not finite, instead of stopping the run.")  # fmt: skip
+    group.add_argument("--push_to_hub", action="store_true", help="Upload the final model to the Hub at the end.")
+    group.add_argument("--hub_model_id", type=str, default=None, help="Hub repo (default: the --output_dir name).")
+    group.add_argument("--hub_token", type=str, default=None, help="Hub token (default: the stored login).")
 
 
 def add_ema_args(parser: argparse.ArgumentParser) -> None:
@@ -116,6 +127,8 @@ def add_audio_data_args(parser: argparse.ArgumentParser, default_crop_seconds: f
     group.add_argument("--data_dir", type=str, default=None, help="Folder with metadata.jsonl/metadata.csv and the media.")
     group.add_argument("--hf_dataset", type=str, default=None, help="A 🤗 datasets name or saved folder instead of --data_dir.")
     group.add_argument("--hf_split", type=str, default="train")
+    group.add_argument("--hf_data_dir", type=str, default=None,
+                       help="The folder a --hf_dataset builder reads (videofolder/audiofolder: media + metadata.jsonl).")  # fmt: skip
     group.add_argument("--crop_seconds", type=float, default=default_crop_seconds, help="Length of the random training crops.")
     group.add_argument("--crop_sampling", type=str, default="uniform", choices=CROP_SAMPLINGS,
                        help="energy: half of the crops are drawn with probability proportional to their energy, so "
@@ -125,23 +138,100 @@ def add_audio_data_args(parser: argparse.ArgumentParser, default_crop_seconds: f
 
 
 def build_clip_dataset(args: argparse.Namespace, **kwargs):
-    """A `FoleyClipDataset` from `--data_dir` or `--hf_dataset`."""
+    """A `FoleyClipDataset` from `--data_dir` or `--hf_dataset`, with ``data_report`` (see `report_clip_plan`).
+
+    Under ``--skip_bad_items`` the clips of a `--data_dir` whose media is missing or cannot be probed are left out
+    (logged with the file and the reason, counted) instead of stopping the run.
+    """
     from foley_toolkit.data import FoleyClipDataset
 
     if (args.data_dir is None) == (args.hf_dataset is None):
         raise ValueError("Pass exactly one of `--data_dir` and `--hf_dataset`.")
     kwargs.setdefault("seed", args.seed)
     if args.data_dir is not None:
-        return FoleyClipDataset.from_folder(args.data_dir, **kwargs)
-    import datasets
-
-    if os.path.isdir(args.hf_dataset):
-        dataset = datasets.load_from_disk(args.hf_dataset)
-        if isinstance(dataset, datasets.DatasetDict):
-            dataset = dataset[args.hf_split]
+        sources, unreadable = readable_clip_sources(args.data_dir, skip=bool(getattr(args, "skip_bad_items", False)))
+        dataset = FoleyClipDataset(sources, **kwargs)
     else:
-        dataset = datasets.load_dataset(args.hf_dataset, split=args.hf_split)
-    return FoleyClipDataset.from_hf_dataset(dataset, **kwargs)
+        from foley_toolkit.data import load_hf_dataset
+
+        hf_data_dir = getattr(args, "hf_data_dir", None)  # scripts without the flag read saved folders and Hub names
+        hf_dataset = load_hf_dataset(args.hf_dataset, data_dir=hf_data_dir, split=args.hf_split)
+        dataset, unreadable = FoleyClipDataset.from_hf_dataset(hf_dataset, data_dir=hf_data_dir, **kwargs), []
+    dataset.data_report = report_clip_plan(dataset, kwargs.get("min_seconds"), unreadable)
+    return dataset
+
+
+def warn_once(message: str) -> None:
+    """A warning from the main process, or from this process when no accelerate state exists yet (a dataset built
+    before the accelerator, as in notebooks and tests)."""
+    try:
+        logger.warning(message)
+    except RuntimeError:
+        logging.getLogger(__name__).warning(message)
+
+
+def readable_clip_sources(data_dir: str | os.PathLike, skip: bool) -> tuple[list, list[dict]]:
+    """`(sources, unreadable)`: the `ClipSource`s of `data_dir`'s metadata, and with `skip` the records
+    ``{"id", "file", "reason"}`` of the rows left out because their media is missing or its duration cannot be read
+    (without `skip` such a row raises, naming the file)."""
+    from foley_toolkit.data import read_metadata, source_duration, sources_from_records
+
+    records = read_metadata(data_dir)
+    if not skip:
+        return sources_from_records(records, data_dir), []
+    sources, unreadable, seen = [], [], set()
+    for row_index, row in enumerate(records):
+        try:
+            (source,) = sources_from_records([row], data_dir)
+            source_duration(source)  # probes the container once (stored on the source)
+        except Exception as error:  # missing file, not a media file, no stream, truncated header
+            record = {"id": str(row.get("id") or row.get("file_name")), "file": str(row.get("file_name")),
+                      "reason": f"{type(error).__name__}: {error}"}  # fmt: skip
+            warn_once(f"Skipping unreadable clip {record['file']!r}: {record['reason']}")
+            unreadable.append(record)
+            continue
+        if source.id in seen:  # the suffix `sources_from_records` gives a repeated id
+            source.id = f"{source.id}_{row_index}"
+        seen.add(source.id)
+        sources.append(source)
+    if not sources:
+        raise ValueError(f"`--data_dir` {str(data_dir)!r}: no clip could be read ({len(unreadable)} unreadable).")
+    return sources, unreadable
+
+
+def report_clip_plan(dataset: Any, min_seconds: float | None, unreadable: list[dict]) -> dict[str, Any]:
+    """Count (and warn once about) what the item plan drops or makes unconditional: clips (or the tails of long
+    clips) shorter than ``--min_seconds``, and audio-only clips without a caption (fully unconditional items)."""
+    eps = 1e-3
+    covered = [0.0] * len(dataset.sources)
+    for item in dataset.items:
+        if item.kind in ("overlay", "sequence"):  # augmented items reuse material: not coverage
+            continue
+        for piece in item.pieces:
+            covered[piece.source_index] += piece.duration
+    dropped, tails = [], []
+    for index, source in enumerate(dataset.sources):
+        if covered[index] <= eps:
+            dropped.append(source.id)
+        elif source.duration is not None and source.duration - covered[index] > eps:
+            tails.append(source.id)
+    uncaptioned = [s.id for s in dataset.sources if s.video is None and not s.caption.strip()]
+    if dropped:
+        warn_once(f"{len(dropped)} clips are shorter than --min_seconds={min_seconds} and were dropped: "
+                       f"{dropped[:10]}{' ...' if len(dropped) > 10 else ''}")  # fmt: skip
+    if tails:
+        warn_once(f"{len(tails)} clips lost a tail shorter than --min_seconds={min_seconds}.")
+    if uncaptioned:
+        warn_once(f"{len(uncaptioned)} audio-only clips have no caption: they train as fully unconditional "
+                       f"items (no text, no video): {uncaptioned[:10]}{' ...' if len(uncaptioned) > 10 else ''}")  # fmt: skip
+    return {
+        "num_unreadable_clips": len(unreadable),
+        "unreadable_clips": unreadable,
+        "num_short_clips_dropped": len(dropped),
+        "short_clips_dropped": dropped,
+        "num_short_tails_dropped": len(tails),
+        "num_uncaptioned_audio_only": len(uncaptioned),
+    }
 
 
 def build_audio_dataloader(args: argparse.Namespace, mono: bool = True):
@@ -159,8 +249,9 @@ def build_audio_dataloader(args: argparse.Namespace, mono: bool = True):
     )
     sampler = LengthGroupedBatchSampler([1] * len(dataset), args.train_batch_size, shuffle=True, seed=args.seed)
     dataloader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=collate_audio_crops, num_workers=args.dataloader_num_workers
-    )
+        guard_dataset(dataset, args), batch_sampler=sampler, collate_fn=BadItemCollate(collate_audio_crops),
+        num_workers=args.dataloader_num_workers,
+    )  # fmt: skip
     return dataset, sampler, dataloader
 
 
@@ -184,6 +275,26 @@ def validate_training_args(args: argparse.Namespace) -> None:
         raise ValueError(f"`--checkpoints_total_limit` must be >= 1, got {args.checkpoints_total_limit}.")
     if args.learning_rate <= 0:
         raise ValueError(f"`--learning_rate` must be > 0, got {args.learning_rate}.")
+    if getattr(args, "hub_token", None) is not None and args.report_to is not None and "wandb" in args.report_to:
+        raise ValueError(
+            "`--report_to wandb` with `--hub_token` would expose the token in the wandb run config: log in with "
+            "`hf auth login` instead of passing `--hub_token`."
+        )
+
+
+def check_output_dir(output_dir: str | os.PathLike, flag: str = "--output_dir") -> Path:
+    """Create `output_dir` and write (then remove) a probe file in it, so that a read-only or unwritable folder fails
+    at startup with the reason, not at the first checkpoint hours later. Returns the folder."""
+    import tempfile
+
+    path = Path(output_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-probe.", suffix=".tmp"):
+            pass
+    except OSError as error:
+        raise ValueError(f"`{flag}` {str(output_dir)!r} is not a writable folder: {error.strerror or error}.") from error
+    return path
 
 
 # ------------------------------------------------------------------------------------------------
@@ -198,6 +309,8 @@ def setup_accelerator(args: argparse.Namespace, find_unused_parameters: bool = F
     in a batch without captions, the empty embeddings when nothing is dropped).
     """
     validate_training_args(args)
+    # Before the accelerator: its trackers create folders in --output_dir.
+    check_output_dir(args.output_dir)
     project_config = ProjectConfiguration(
         project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, args.logging_dir)
     )
@@ -215,8 +328,6 @@ def setup_accelerator(args: argparse.Namespace, find_unused_parameters: bool = F
     if args.seed is not None:
         # Model init is identical on every process; per-process randomness uses `make_generator`.
         set_seed(args.seed)
-    if accelerator.is_main_process:
-        os.makedirs(args.output_dir, exist_ok=True)
     return accelerator
 
 
@@ -381,7 +492,10 @@ def save_checkpoint(
             shutil.rmtree(tmp_dir)
         tmp_dir.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp_dir))
+    try:
+        accelerator.save_state(str(tmp_dir))
+    except OSError as error:  # a full disk: say which checkpoint (the last complete one is untouched)
+        raise OSError(error.errno, f"{error.strerror or error} (while writing {tmp_dir})", str(tmp_dir)) from error
     if generator is not None:
         # One file per process: each process has its own noise stream.
         save_file(
@@ -579,31 +693,325 @@ def gather_model_for_saving(accelerator: Accelerator, model: torch.nn.Module) ->
 
 
 def save_pipeline_with_components(
-    base_pipeline: str | os.PathLike, output_dir: str | os.PathLike, components: dict[str, torch.nn.Module]
+    base_pipeline: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    components: dict[str, torch.nn.Module],
+    card: Any = None,
 ) -> Path:
-    """Write a `KlingFoleyPipeline` folder: the base pipeline's files with `components` (name -> trained model)
-    replaced. Files are copied rather than loaded, so multi-GB encoders never pass through memory."""
+    """Write a `KlingFoleyPipeline` folder: the base pipeline's components with `components` (name -> trained model)
+    replaced, its ``model_index.json`` updated, and `card` (a `ModelCard`, see `model_card`) as ``README.md``.
+
+    Only what loading needs is copied (the component folders, ``model_index.json``, custom pipeline code): the base
+    folder's own ``README.md`` and metric files (``eval_sync.json``, ...) describe other weights and are not
+    inherited. Files are copied rather than loaded, so multi-GB encoders never pass through memory; the folder is
+    written under a temporary name and renamed when complete."""
+    from foley_toolkit.training_utils import atomic_output
+
     base_pipeline, output_dir = Path(base_pipeline), Path(output_dir)
     index_file = base_pipeline / "model_index.json"
     if not index_file.is_file():
         raise FileNotFoundError(f"`{base_pipeline}` is not a pipeline folder (no model_index.json).")
-    tmp_dir = output_dir.with_name(output_dir.name + ".tmp")
-    if tmp_dir.exists():
-        shutil.rmtree(tmp_dir)
-    shutil.copytree(base_pipeline, tmp_dir, ignore=shutil.ignore_patterns(*components))
     model_index = json.loads(index_file.read_text())
-    for name, module in components.items():
-        module.save_pretrained(tmp_dir / name)
-        entry = model_index.get(name)
-        if not entry or entry[0] is None or entry[1] != type(module).__name__:
-            # A component the base pipeline lacked, or one of another class (a Vocos vocoder in place of BigVGAN):
-            # record its class as diffusers does for a library it does not know (the full module path).
-            model_index[name] = [type(module).__module__, type(module).__name__]
-    (tmp_dir / "model_index.json").write_text(json.dumps(model_index, indent=2, sort_keys=True) + "\n")
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    os.replace(tmp_dir, output_dir)
+    with atomic_output(output_dir, is_dir=True) as tmp:
+        tmp_dir = Path(tmp)
+        for entry in base_pipeline.iterdir():
+            if entry.is_dir() and entry.name in model_index and entry.name not in components:
+                shutil.copytree(entry, tmp_dir / entry.name)
+            elif entry.is_file() and entry.suffix == ".py":  # custom pipeline code named by model_index.json
+                shutil.copy2(entry, tmp_dir / entry.name)
+        for name, module in components.items():
+            module.save_pretrained(tmp_dir / name)
+            entry = model_index.get(name)
+            if not entry or entry[0] is None or entry[1] != type(module).__name__:
+                # A component the base pipeline lacked, or one of another class (a Vocos vocoder in place of
+                # BigVGAN): record its class as diffusers does for a library it does not know (the module path).
+                model_index[name] = [type(module).__module__, type(module).__name__]
+        (tmp_dir / "model_index.json").write_text(json.dumps(model_index, indent=2, sort_keys=True) + "\n")
+        if card is not None:
+            (tmp_dir / "README.md").write_text(str(card), encoding="utf-8")
     return output_dir
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad items (unreadable media, NaN/Inf features or losses) and the run summary
+# ------------------------------------------------------------------------------------------------
+
+
+class BadItemError(ValueError):
+    """An item whose media cannot be read or whose values are not finite (without ``--skip_bad_items``)."""
+
+
+class NonFiniteLossError(ValueError):
+    """A loss or gradient norm holding NaN/Inf on some process; raised on every process (the check is reduced)."""
+
+
+def describe_item(dataset: Any, index: int) -> tuple[str, list[str]]:
+    """`(item id, files)` of item `index` of a `CachedFeatureDataset`, a `FoleyClipDataset` or a dataset wrapping
+    one of them (``.clips`` / ``.dataset``), found without loading the item (it may be the unreadable one)."""
+    entries = getattr(dataset, "entries", None)
+    if entries is not None and getattr(dataset, "cache_dir", None) is not None:
+        entry = entries[index]
+        return str(entry.get("id", index)), [str(Path(dataset.cache_dir) / entry["file"])]
+    items, sources = getattr(dataset, "items", None), getattr(dataset, "sources", None)
+    if items is not None and sources is not None:
+        item, files = items[index], []
+        for piece in item.pieces:
+            source = sources[piece.source_index]
+            for media in (source.video, source.audio):
+                if isinstance(media, str) and media not in files:
+                    files.append(media)
+        return item.id, files
+    inner = getattr(dataset, "clips", None) or getattr(dataset, "dataset", None)
+    if inner is not None and inner is not dataset:
+        return describe_item(inner, index)
+    return str(index), []
+
+
+class BadItemGuard(torch.utils.data.Dataset):
+    """Wraps a dataset: an item that raises when loaded (unreadable or truncated media, a broken feature file) or
+    that holds NaN/Inf in a float tensor stops the run with a `BadItemError` naming the item id, its file and the
+    reason, or (`skip=True`) comes back as ``{BAD_ITEMS_KEY: [{"id", "file", "reason"}]}``, which `BadItemCollate`
+    removes from the batch and `run_training_loop` logs and counts (the record travels with the batch, so it is
+    counted in the training process even with dataloader workers). Other attributes (``set_epoch``, ``lengths``,
+    ``items``, ...) are the wrapped dataset's."""
+
+    def __init__(self, dataset: Any, skip: bool = False):
+        self.dataset = dataset
+        self.skip = skip
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "dataset":  # not set yet (unpickling in a worker)
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def check(self, index: int, example: Any = None, error: BaseException | None = None) -> dict | None:
+        """The bad-item record of `index` (None when `example` is fine); raises `BadItemError` unless skipping."""
+        from foley_toolkit.training_utils import non_finite_tensors
+
+        if error is not None:
+            reason = f"{type(error).__name__}: {error}"
+        else:
+            bad = non_finite_tensors(example) if isinstance(example, dict) else []
+            if not bad:
+                return None
+            reason = f"non-finite values (NaN/Inf) in {', '.join(bad)}"
+        item_id, files = describe_item(self.dataset, index)
+        record = {"id": item_id, "file": ", ".join(files), "reason": reason}
+        if not self.skip:
+            raise BadItemError(
+                f"Bad item {item_id!r} ({record['file'] or 'no file'}): {reason}. Fix or remove it, or pass "
+                "--skip_bad_items to skip (and count) such items."
+            ) from error
+        return record
+
+    def __getitem__(self, index: int) -> dict:
+        try:
+            example = self.dataset[index]
+        except Exception as error:  # anything a decoder or a safetensors reader raises for one broken file
+            return {BAD_ITEMS_KEY: [self.check(index, error=error)]}
+        record = self.check(index, example)
+        return example if record is None else {BAD_ITEMS_KEY: [record]}
+
+
+class BadItemCollate:
+    """Wraps a collate function: skipped examples (`BadItemGuard`) leave the batch, their records go to
+    ``batch[BAD_ITEMS_KEY]``; a batch of only bad items is ``{BAD_ITEMS_KEY: [...]}``."""
+
+    def __init__(self, collate_fn: Callable[[list], dict] | None = None):
+        self.collate_fn = collate_fn or torch.utils.data.default_collate
+
+    def __call__(self, examples: list[dict]) -> dict:
+        bad = [record for e in examples for record in e.get(BAD_ITEMS_KEY, [])]
+        good = [e for e in examples if BAD_ITEMS_KEY not in e]
+        batch = self.collate_fn(good) if good else {}
+        batch[BAD_ITEMS_KEY] = bad
+        return batch
+
+
+def guard_dataset(dataset: Any, args: argparse.Namespace) -> BadItemGuard:
+    """`dataset` wrapped in a `BadItemGuard` that skips under ``--skip_bad_items``."""
+    return BadItemGuard(dataset, skip=bool(getattr(args, "skip_bad_items", False)))
+
+
+def check_finite(accelerator: Accelerator, value: torch.Tensor | None, what: str) -> None:
+    """Raise `NonFiniteLossError` on every process when `value` holds NaN/Inf on any process (one reduction)."""
+    if value is None:
+        return
+    finite = torch.isfinite(value.detach()).all().to(torch.float32).reshape(1)
+    if accelerator.num_processes > 1:
+        finite = accelerator.reduce(finite.to(accelerator.device), reduction="sum") - (accelerator.num_processes - 1)
+    if float(finite) < 1.0:
+        raise NonFiniteLossError(f"non-finite {what} ({float(value.detach().float().reshape(-1)[0]) if value.numel() else value})")
+
+
+def check_finite_parameters(accelerator: Accelerator, global_step: int) -> None:
+    """Refuse to checkpoint weights holding NaN/Inf (so rotation never deletes a good checkpoint for a bad one)."""
+    bad = []
+    for model in accelerator._models:
+        module = unwrap_model(accelerator, model)
+        bad += [f"{type(module).__name__}.{name}" for name, p in module.named_parameters() if not bool(torch.isfinite(p).all())]
+    count = torch.tensor([float(len(bad))], device=accelerator.device)
+    if accelerator.num_processes > 1:
+        count = accelerator.reduce(count, reduction="sum")
+    if float(count) > 0:
+        raise ValueError(
+            f"Step {global_step}: {int(count)} parameter tensors hold NaN/Inf ({', '.join(bad[:5])}): no checkpoint is "
+            "written and none is rotated away; resume from the last checkpoint with a lower --learning_rate."
+        )
+
+
+class RunHealth:
+    """Bad items and skipped micro-batches of this process in `run_training_loop` (logged as they happen)."""
+
+    def __init__(self):
+        self.bad_items: list[dict] = []
+        self.skipped_batches: list[dict] = []
+
+    def add_bad_items(self, records: list[dict]) -> None:
+        for record in records:
+            logger.warning(f"Skipping bad item {record['id']!r} ({record['file']}): {record['reason']}", main_process_only=False)
+        self.bad_items.extend(records)
+
+    def add_skipped_batch(self, step: int, ids: list[str], reason: str) -> None:
+        logger.warning(f"Step {step}: skipping a batch ({reason}); items {ids}", main_process_only=False)
+        self.skipped_batches.append({"step": step, "ids": ids, "reason": reason})
+
+    def gathered(self, accelerator: Accelerator) -> tuple[list[dict], list[dict]]:
+        """Records of every process (call on every process)."""
+        if accelerator.num_processes == 1:
+            return self.bad_items, self.skipped_batches
+        return gather_object(self.bad_items), gather_object(self.skipped_batches)
+
+
+def dataset_report(dataset: Any) -> dict[str, Any]:
+    """What a `FoleyClipDataset`'s plan left out or made unconditional, logged once by `build_clip_dataset`."""
+    report = getattr(dataset, "data_report", None)
+    if report is None:
+        inner = getattr(dataset, "dataset", None) or getattr(dataset, "clips", None)
+        report = dataset_report(inner) if inner is not None and inner is not dataset else {}
+    return report
+
+
+def read_run_summary(output_dir: str | os.PathLike) -> dict[str, Any]:
+    """``output_dir/training_summary.json`` written by `run_training_loop` ({} before the first run ends)."""
+    path = Path(output_dir) / SUMMARY_FILE_NAME
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_run_summary(
+    accelerator: Accelerator,
+    args: argparse.Namespace,
+    global_step: int,
+    history: list[dict[str, Any]],
+    health: RunHealth,
+    data_report: dict[str, Any],
+) -> dict[str, Any]:
+    """Gather the bad items of every process and write ``training_summary.json`` (main process, atomically)."""
+    from foley_toolkit.training_utils import atomic_write_text
+
+    bad_items, skipped = health.gathered(accelerator)
+    previous = read_run_summary(args.output_dir) if accelerator.is_main_process else {}
+    last = {k: v for k, v in (history[-1] if history else previous.get("final_logs", {})).items() if k != "step"}
+    summary = {
+        "script": Path(sys.argv[0]).name if sys.argv and sys.argv[0].endswith(".py") else None,
+        "global_step": global_step,
+        "seed": args.seed,
+        "final_logs": last,
+        "num_bad_items": len(bad_items),
+        "bad_items": bad_items,
+        "num_skipped_batches": len(skipped),
+        "skipped_batches": skipped,
+        **data_report,
+    }
+    if accelerator.is_main_process:
+        if bad_items or skipped:
+            logger.warning(f"Skipped {len(bad_items)} bad items and {len(skipped)} batches (see {SUMMARY_FILE_NAME}).")
+        atomic_write_text(Path(args.output_dir) / SUMMARY_FILE_NAME, json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------
+# Model cards, trackers, the Hub
+# ------------------------------------------------------------------------------------------------
+
+
+def model_card(args: argparse.Namespace, script: str, components: list[str], base_model: str | None = None):
+    """A fresh `ModelCard` with this run's facts (script, base model, data, steps, seed, final loss, date, ...),
+    read from the arguments and ``training_summary.json``; nothing comes from the base model's card."""
+    from foley_toolkit.training_utils import training_model_card
+
+    summary = read_run_summary(args.output_dir)
+    final = summary.get("final_logs", {})
+    data = getattr(args, "data_dir", None) or getattr(args, "hf_dataset", None)
+    facts = {
+        "data": data,
+        "feature cache": getattr(args, "feature_dir", None),
+        "steps": summary.get("global_step"),
+        "seed": args.seed,
+        "final loss": f"{final['loss']:.6g}" if isinstance(final.get("loss"), (int, float)) else None,
+        "learning rate": args.learning_rate,
+        "batch size per device": args.train_batch_size,
+        "gradient accumulation steps": args.gradient_accumulation_steps,
+        "mixed precision": args.mixed_precision,
+        "bad items skipped": summary.get("num_bad_items") if args.skip_bad_items else None,
+    }
+    return training_model_card(script, base_model, facts, components=components)
+
+
+def log_validation_audio(accelerator: Accelerator, audio: Any, sample_rate: int, step: int, tag: str = "validation") -> None:
+    """Send a validation clip `(channels, samples)` in [-1, 1] to the ``--report_to`` trackers: TensorBoard
+    (``add_audio``, one mono track per channel: TensorBoard audio is mono) and wandb (``wandb.Audio``)."""
+    if not accelerator.is_main_process:
+        return
+    audio = torch.as_tensor(audio).detach().float().cpu().clamp(-1.0, 1.0)
+    audio = audio[None] if audio.ndim == 1 else audio
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            names = ["left", "right"] if audio.shape[0] == 2 else [str(c) for c in range(audio.shape[0])]
+            for channel, name in enumerate(names if audio.shape[0] > 1 else [None]):
+                tracker.writer.add_audio(f"{tag}/{name}" if name else tag, audio[channel], step, sample_rate=sample_rate)
+            tracker.writer.flush()
+        elif tracker.name == "wandb":
+            import wandb
+
+            tracker.log({tag: wandb.Audio(audio.numpy().T, sample_rate=sample_rate)}, step=step)
+
+
+def finish_training(
+    accelerator: Accelerator,
+    args: argparse.Namespace,
+    script: str,
+    folder: str | os.PathLike,
+    components: list[str],
+    base_model: str | None = None,
+) -> str | None:
+    """The end of every script (main process): a fresh model card in `folder` when it has none (a pipeline
+    written by `save_pipeline_with_components` has its own), then with ``--push_to_hub`` `folder` goes to the Hub
+    (``create_repo`` + ``upload_folder``, without checkpoints and temporary files). Returns the repo id or None."""
+    if not accelerator.is_main_process:
+        return None
+    from foley_toolkit.training_utils import atomic_write_text
+
+    folder = Path(folder)
+    if not (folder / "README.md").is_file():
+        atomic_write_text(folder / "README.md", str(model_card(args, script, components, base_model)))
+    if not args.push_to_hub:
+        return None
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=args.hub_token)
+    repo_id = api.create_repo(repo_id=args.hub_model_id or Path(args.output_dir).name, exist_ok=True).repo_id
+    api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(folder),
+        commit_message=f"{script}: end of training",
+        ignore_patterns=HUB_IGNORE_PATTERNS + [f"{args.logging_dir}/*"],
+    )
+    logger.info(f"Pushed {folder} to the Hub: {repo_id}")
+    return repo_id
 
 
 # ------------------------------------------------------------------------------------------------
@@ -619,13 +1027,19 @@ def backward_and_step(
     lr_scheduler: Any,
     max_grad_norm: float,
 ) -> None:
-    """The end of every ``training_step``: ``accelerator.backward(loss)``, gradient clipping of `parameters` to
-    `max_grad_norm` (``<= 0``: off) when gradients are synchronised, then ``optimizer.step()``,
+    """The end of every ``training_step``: a reduced NaN/Inf check of `loss` (`NonFiniteLossError`),
+    ``accelerator.backward(loss)``, gradient clipping of `parameters` to
+    `max_grad_norm` (``<= 0``: off; a non-finite norm raises `NonFiniteLossError`) when gradients are synchronised, then ``optimizer.step()``,
     ``lr_scheduler.step()`` and ``optimizer.zero_grad()`` (prepared optimizers and schedulers only act at
     accumulation boundaries)."""
+    # A NaN/Inf loss (on any process) never reaches the weights: `run_training_loop` stops the run naming the
+    # batch's items, or skips the batch under --skip_bad_items.
+    check_finite(accelerator, loss, "loss")
     accelerator.backward(loss)
     if accelerator.sync_gradients and max_grad_norm > 0:
-        accelerator.clip_grad_norm_(parameters, max_grad_norm)
+        grad_norm = accelerator.clip_grad_norm_(parameters, max_grad_norm)
+        if isinstance(grad_norm, torch.Tensor):
+            check_finite(accelerator, grad_norm, "gradient norm")
     optimizer.step()
     lr_scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -650,7 +1064,14 @@ def run_training_loop(
     batch inside ``accelerator.accumulate`` (optimizers prepared by accelerate step only at accumulation
     boundaries) and returns scalars to log; `step` is the number of optimizer steps completed before it.
     `on_optimizer_step(global_step)` runs after each optimizer step (EMA update, validation) on every process.
-    A checkpoint is saved every ``--checkpointing_steps`` steps and at the end.
+    A checkpoint is saved every ``--checkpointing_steps`` steps and at the end, never of non-finite weights.
+
+    Bad data (see `BadItemGuard`): a batch's skipped items (``batch[BAD_ITEMS_KEY]``) are logged and counted; a
+    `NonFiniteLossError` from `backward_and_step` stops the run with a `ValueError` naming the step and the
+    batch's item ids, or under ``--skip_bad_items`` skips that micro-batch (at an accumulation boundary the whole
+    optimizer step: gradients dropped, weights, optimizer and LR schedule unchanged; ``global_step`` still counts
+    it so that resumed runs stay exact). ``train_log.jsonl`` is cut back to the resumed step, then written one
+    whole line per ``os.write``; ``training_summary.json`` (final logs, bad items) is written at the end.
 
     Returns:
         `(global_step, history)`: `history` holds the logged values of every optimizer step of this run,
@@ -663,9 +1084,14 @@ def run_training_loop(
         range(max_train_steps), initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process
     )
     log_path = Path(args.output_dir) / LOG_FILE_NAME
+    if accelerator.is_main_process:
+        start_log(log_path, global_step)
     history: list[dict[str, Any]] = []
     last_saved_step = global_step if global_step > 0 else None
     accumulated: dict[str, list[float]] = {}
+    health = RunHealth()
+    skip_bad = bool(getattr(args, "skip_bad_items", False))
+    step_bad = 0  # bad items and skipped micro-batches of the current optimizer step (this process)
 
     for epoch in range(first_epoch, num_epochs):
         if global_step >= max_train_steps:
@@ -679,8 +1105,34 @@ def run_training_loop(
             if hasattr(seeded, "set_epoch"):
                 seeded.set_epoch(epoch)
         for batch in epoch_dataloader:
+            bad_records = batch.pop(BAD_ITEMS_KEY, []) if isinstance(batch, dict) else []
+            health.add_bad_items(bad_records)
+            step_bad += len(bad_records)
+            usable = bool(batch)
+            if skip_bad and accelerator.num_processes > 1:  # every process must skip a batch together (collectives)
+                flag = torch.tensor([float(usable)], device=accelerator.device)
+                usable = float(accelerator.reduce(flag, reduction="sum")) == accelerator.num_processes
             with accelerator.accumulate(*accumulate_models):
-                step_logs = training_step(batch, global_step)
+                try:
+                    if not usable:
+                        raise NonFiniteLossError("no usable item left in the batch on some process")
+                    step_logs = training_step(batch, global_step)
+                except NonFiniteLossError as error:
+                    ids = batch.get("id", []) if isinstance(batch, dict) else []
+                    ids = list(gather_object(list(ids))) if accelerator.num_processes > 1 else list(ids)
+                    if not skip_bad:
+                        raise ValueError(
+                            f"Step {global_step + 1}: {error} on a batch of items {ids}. No checkpoint holds it; "
+                            "find the bad item (NaN/Inf features, broken media) or lower the learning rate, or pass "
+                            "--skip_bad_items to skip such batches."
+                        ) from error
+                    health.add_skipped_batch(global_step + 1, ids, str(error))
+                    step_bad += 1
+                    if accelerator.sync_gradients:
+                        # Drop the whole step: earlier micro-batches' gradients were never synchronised.
+                        for optimizer in accelerator._optimizers:
+                            optimizer.optimizer.zero_grad(set_to_none=True)
+                    step_logs = {}
             for key, value in step_logs.items():
                 accumulated.setdefault(key, []).append(float(value))
             if not accelerator.sync_gradients:
@@ -699,14 +1151,20 @@ def run_training_loop(
             logs = {k: float(v) for k, v in zip(keys, reduced.tolist())}
             logs.update(extra_logs or {})
             accumulated = {}
+            if skip_bad:
+                count = torch.tensor([float(step_bad)], device=accelerator.device)
+                if accelerator.num_processes > 1:
+                    count = accelerator.reduce(count, reduction="sum")
+                logs["bad_items"] = float(count)
+            step_bad = 0
             history.append({"step": global_step, **logs})
             if global_step % args.logging_steps == 0 or global_step == max_train_steps:
                 progress_bar.set_postfix(**{k: f"{v:.4g}" for k, v in logs.items()})
                 accelerator.log(logs, step=global_step)
                 if accelerator.is_main_process:
-                    with open(log_path, "a") as f:
-                        f.write(json.dumps({"step": global_step, "epoch": epoch, **logs}) + "\n")
+                    append_log(log_path, {"step": global_step, "epoch": epoch, **logs})
             if global_step % args.checkpointing_steps == 0:
+                check_finite_parameters(accelerator, global_step)
                 save_checkpoint(accelerator, args.output_dir, global_step, generator, args.checkpoints_total_limit)
                 last_saved_step = global_step
             if global_step >= max_train_steps:
@@ -714,5 +1172,38 @@ def run_training_loop(
     progress_bar.close()
     if last_saved_step != global_step:
         # The end state is always resumable (continue with a larger --max_train_steps).
+        check_finite_parameters(accelerator, global_step)
         save_checkpoint(accelerator, args.output_dir, global_step, generator, args.checkpoints_total_limit)
+    write_run_summary(accelerator, args, global_step, history, health, dataset_report(getattr(train_dataloader, "dataset", None)))
     return global_step, history
+
+
+def start_log(log_path: Path, global_step: int) -> None:
+    """Keep only the lines of ``train_log.jsonl`` up to `global_step` (a resumed run replays the steps after its
+    checkpoint: their old lines would be repeated; a fresh run starts an empty log), rewritten atomically."""
+    from foley_toolkit.training_utils import atomic_write_text
+
+    kept = []
+    if log_path.is_file():
+        for line in log_path.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a crash of an older version
+                continue
+            if entry.get("step", 0) <= global_step:
+                kept.append(line + "\n")
+    atomic_write_text(log_path, "".join(kept))
+
+
+def append_log(log_path: Path, entry: dict[str, Any]) -> None:
+    """Append one whole JSON line with a single ``os.write`` on an ``O_APPEND`` descriptor: readers see whole lines
+    (the log grows every step, so it is appended rather than rewritten; `start_log` created it atomically)."""
+    data = (json.dumps(entry) + "\n").encode("utf-8")
+    try:
+        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+    except OSError as error:
+        raise OSError(error.errno, f"{error.strerror or error} (while writing {log_path})", str(log_path)) from error

@@ -3,8 +3,10 @@
 
 One safetensors file per item (a clip, a 10-second segment, a joined or augmented clip; see
 `foley_toolkit.data.FoleyClipDataset`) plus ``index.jsonl``. Each process takes every ``num_processes``-th item;
-finished items are skipped, so an interrupted run continues where it stopped (files are written to ``.tmp`` and
-renamed, never left half-written).
+finished items are skipped, so an interrupted run continues where it stopped (files are written under a temporary
+name and renamed, never left half-written). An item whose media cannot be read or whose features hold NaN/Inf
+stops the run naming the item and the file, or with ``--skip_bad_items`` is logged, counted (in the returned
+summary and ``extraction_summary.json``) and left out of ``index.jsonl``.
 
     accelerate launch training/extract_features.py --pretrained_model my-pipeline --data_dir clips/ \
         --output_dir features/ --segment_seconds 10 --concat_short --num_augmented_clips 1000
@@ -29,10 +31,12 @@ from tqdm.auto import tqdm
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # `common.py` sits next to this script
 
 import common  # noqa: E402
+from foley_toolkit.training_utils import atomic_write_text  # noqa: E402
 
 logger = get_logger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+SUMMARY_NAME = "extraction_summary.json"
 
 
 def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
@@ -58,6 +62,8 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_sequence_length", type=int, default=128, help="T5 tokens per caption.")
     parser.add_argument("--feature_dtype", type=str, default="float32", choices=sorted(DTYPES), help="dtype of stored features.")
     parser.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"], help="Autocast of the encoders.")
+    parser.add_argument("--skip_bad_items", action="store_true",
+                        help="Skip (log, count) items whose media cannot be read or whose features hold NaN/Inf.")  # fmt: skip
     args = parser.parse_args(input_args)
     if (args.data_dir is None) == (args.hf_dataset is None):
         raise ValueError("Pass exactly one of `--data_dir` and `--hf_dataset`.")
@@ -162,32 +168,31 @@ def extract_item(pipe, example: dict, args: argparse.Namespace, device: torch.de
 
 
 def write_index(output_dir: Path, file_names: list[str]) -> int:
-    """``index.jsonl`` from the metadata stored in each feature file's header (in dataset order)."""
+    """``index.jsonl`` from the metadata stored in each feature file's header (in dataset order); items without a
+    file (skipped as bad) are left out."""
     from foley_toolkit.data import FEATURE_INDEX_NAME
 
     entries = []
     for name in file_names:
+        if not (output_dir / name).is_file():
+            continue
         with safe_open(str(output_dir / name), framework="pt") as f:
             header = f.metadata()
         entry = json.loads(header["foley_toolkit"])
         entries.append({"file": name, **entry})
-    tmp = output_dir / (FEATURE_INDEX_NAME + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for entry in entries:
-            f.write(json.dumps(entry) + "\n")
-    os.replace(tmp, output_dir / FEATURE_INDEX_NAME)
+    atomic_write_text(output_dir / FEATURE_INDEX_NAME, "".join(json.dumps(entry) + "\n" for entry in entries))
     return len(entries)
 
 
 def main(args: argparse.Namespace) -> dict:
     from foley_toolkit.data import feature_file_name
+    from foley_toolkit.training_utils import atomic_output, non_finite_tensors
 
+    output_dir = common.check_output_dir(args.output_dir)
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
 
-    dataset = build_dataset(args)
+    dataset = common.guard_dataset(build_dataset(args), args)
     file_names = [feature_file_name(item.id) for item in dataset.items]
     if len(set(file_names)) != len(file_names):
         raise ValueError("Two items map to the same feature file name; give the clips unique `id`s / file names.")
@@ -204,22 +209,42 @@ def main(args: argparse.Namespace) -> dict:
         f"{len(my_indices) - len(todo)} already done.",
         main_process_only=False,
     )
+    health = common.RunHealth()
+    num_extracted = 0
     for index in tqdm(todo, desc="features", disable=not accelerator.is_local_main_process):
-        with accelerator.autocast():
-            tensors, metadata = extract_item(pipe, dataset[index], args, accelerator.device)
-        path = output_dir / file_names[index]
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={"foley_toolkit": json.dumps(metadata)})
-        os.replace(tmp, path)
+        example = dataset[index]  # a bad-item record under --skip_bad_items, else raises naming the item
+        if common.BAD_ITEMS_KEY in example:
+            health.add_bad_items(example[common.BAD_ITEMS_KEY])
+            continue
+        try:
+            with accelerator.autocast():
+                tensors, metadata = extract_item(pipe, example, args, accelerator.device)
+        except Exception as error:  # e.g. a video too short for the sync encoder's window
+            health.add_bad_items([dataset.check(index, error=error)])
+            continue
+        bad = non_finite_tensors(tensors)
+        if bad:  # never cache NaN/Inf: one such item poisons every later checkpoint of transformer training
+            health.add_bad_items([dataset.check(index, example={name: tensors[name] for name in bad})])
+            continue
+        with atomic_output(output_dir / file_names[index]) as tmp:
+            save_file(tensors, tmp, metadata={"foley_toolkit": json.dumps(metadata)})
+        num_extracted += 1
 
     accelerator.wait_for_everyone()
+    bad_items, _ = health.gathered(accelerator)
     num_indexed = 0
+    summary = {"num_items": len(dataset), "num_extracted": num_extracted, "num_bad_items": len(bad_items),
+               "bad_items": bad_items, **common.dataset_report(dataset)}  # fmt: skip
     if accelerator.is_main_process:
         num_indexed = write_index(output_dir, file_names)
+        summary["num_indexed"] = num_indexed
+        atomic_write_text(output_dir / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
+        if bad_items:
+            logger.warning(f"Skipped {len(bad_items)} bad items (see {output_dir / SUMMARY_NAME}).")
         logger.info(f"Wrote {num_indexed} items to {output_dir}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return {"num_items": len(dataset), "num_extracted": len(todo), "num_indexed": num_indexed}
+    return {**summary, "num_indexed": num_indexed}
 
 
 if __name__ == "__main__":

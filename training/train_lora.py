@@ -74,8 +74,8 @@ def lora_config(args: argparse.Namespace):
     )
 
 
-def save_lora(transformer: torch.nn.Module, folder: str) -> str:
-    """Write the adapter (and only the adapter) as ``folder/pytorch_lora_weights.safetensors``."""
+def save_lora(transformer: torch.nn.Module, folder: str, weight_name: str = LORA_WEIGHT_NAME) -> str:
+    """Write the adapter (and only the adapter) as ``folder/weight_name`` (``pytorch_lora_weights.safetensors``)."""
     from peft.utils import get_peft_model_state_dict
 
     from foley_toolkit.pipelines import KlingFoleyPipeline
@@ -84,9 +84,9 @@ def save_lora(transformer: torch.nn.Module, folder: str) -> str:
         folder,
         transformer_lora_layers=get_peft_model_state_dict(transformer),
         transformer_lora_adapter_metadata=transformer.peft_config["default"].to_dict(),
-        weight_name=LORA_WEIGHT_NAME,
+        weight_name=weight_name,
     )
-    return os.path.join(folder, LORA_WEIGHT_NAME)
+    return os.path.join(folder, weight_name)
 
 
 def load_lora(transformer: torch.nn.Module, folder: str) -> None:
@@ -161,8 +161,13 @@ def main(args: argparse.Namespace) -> dict:
     accelerator.wait_for_everyone()
     lora_file = None
     if accelerator.is_main_process:
-        lora_file = save_lora(common.unwrap_model(accelerator, transformer), args.output_dir)
+        from foley_toolkit.training_utils import atomic_output
+
+        lora_file = os.path.join(args.output_dir, LORA_WEIGHT_NAME)
+        with atomic_output(lora_file) as tmp:  # a temporary name beside it, renamed when complete
+            save_lora(common.unwrap_model(accelerator, transformer), os.path.dirname(tmp), os.path.basename(tmp))
         logger.info(f"Saved the LoRA to {lora_file}")
+    common.finish_training(accelerator, args, "train_lora.py", args.output_dir, ["transformer (LoRA)"], args.pretrained_model)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return {"global_step": global_step, "history": history, "lora_file": lora_file}

@@ -151,8 +151,9 @@ def main(args: argparse.Namespace) -> dict:
         raise ValueError("`--feature_dir` given, but this Mono2Stereo has `video_feature_dim=None` (audio-only).")
     sampler = LengthGroupedBatchSampler([1] * len(dataset), args.train_batch_size, shuffle=True, seed=args.seed)
     dataloader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=collate_stereo, num_workers=args.dataloader_num_workers
-    )
+        common.guard_dataset(dataset, args), batch_sampler=sampler, collate_fn=common.BadItemCollate(collate_stereo),
+        num_workers=args.dataloader_num_workers,
+    )  # fmt: skip
     common.scale_learning_rates(args, accelerator)
     optimizer = common.build_optimizer(args, model.parameters())
     model, optimizer, dataloader = accelerator.prepare(model, optimizer, dataloader)
@@ -186,11 +187,19 @@ def main(args: argparse.Namespace) -> dict:
     )  # fmt: skip
 
     accelerator.wait_for_everyone()
+    output = args.output_dir
     if accelerator.is_main_process:
+        from foley_toolkit.training_utils import atomic_save_pretrained
+
         trained = common.unwrap_model(accelerator, model)
-        trained.save_pretrained(os.path.join(args.output_dir, "mono2stereo"))
+        atomic_save_pretrained(trained, os.path.join(args.output_dir, "mono2stereo"))
         if args.base_pipeline:
-            common.save_pipeline_with_components(args.base_pipeline, os.path.join(args.output_dir, "pipeline"), {"mono2stereo": trained})
+            card = common.model_card(args, "train_mono2stereo.py", ["mono2stereo"], args.base_pipeline)
+            output = common.save_pipeline_with_components(
+                args.base_pipeline, os.path.join(args.output_dir, "pipeline"), {"mono2stereo": trained}, card
+            )
+    common.finish_training(accelerator, args, "train_mono2stereo.py", output, ["mono2stereo"],
+                           args.base_pipeline or args.pretrained_model)  # fmt: skip
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return {"global_step": global_step, "history": history}

@@ -104,8 +104,9 @@ def build_feature_dataloader(args: argparse.Namespace):
         seed=args.seed,
     )
     dataloader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=collate_features, num_workers=args.dataloader_num_workers
-    )
+        common.guard_dataset(dataset, args), batch_sampler=sampler, collate_fn=common.BadItemCollate(collate_features),
+        num_workers=args.dataloader_num_workers,
+    )  # fmt: skip
     return dataset, sampler, dataloader
 
 
@@ -175,8 +176,9 @@ def flow_matching_loss(
 
 
 class Validator:
-    """Generates the validation clip with the pipeline (built once, sharing the training transformer) and writes
-    ``output_dir/validation/step-N.wav``. Runs on the main process."""
+    """Generates the validation clip with the pipeline (built once, sharing the training transformer), writes
+    ``output_dir/validation/step-N.wav`` (atomically) and sends it to the ``--report_to`` trackers. Runs on the
+    main process."""
 
     def __init__(self, args: argparse.Namespace, accelerator, transformer: torch.nn.Module, ema=None):
         self.args, self.accelerator, self.transformer, self.ema = args, accelerator, transformer, ema
@@ -192,6 +194,7 @@ class Validator:
             return None
         from foley_toolkit.audio_utils import save_audio
         from foley_toolkit.pipelines import KlingFoleyPipeline
+        from foley_toolkit.training_utils import atomic_output
 
         model = common.unwrap_model(self.accelerator, self.transformer)
         if self.pipe is None:
@@ -217,7 +220,9 @@ class Validator:
                 self.ema.restore(model.parameters())
             model.train(was_training)
         path = Path(self.args.output_dir) / "validation" / f"step-{global_step}.wav"
-        save_audio(path, output.audios[0], output.sample_rate)
+        with atomic_output(path) as tmp:
+            save_audio(tmp, output.audios[0], output.sample_rate)
+        common.log_validation_audio(self.accelerator, output.audios[0], output.sample_rate, global_step)
         logger.info(f"Validation audio: {path}")
         return str(path)
 
@@ -304,16 +309,21 @@ def main(args: argparse.Namespace) -> dict:
     model = common.gather_model_for_saving(accelerator, transformer)
     pipeline_dir = None
     if accelerator.is_main_process:
-        model.save_pretrained(os.path.join(args.output_dir, "transformer"))
+        from foley_toolkit.training_utils import atomic_save_pretrained
+
+        atomic_save_pretrained(model, os.path.join(args.output_dir, "transformer"))
         if ema is not None:
-            ema.save_pretrained(os.path.join(args.output_dir, "transformer_ema"))
+            atomic_save_pretrained(ema, os.path.join(args.output_dir, "transformer_ema"))
             ema.copy_to(model.parameters())
+        card = common.model_card(args, "train_transformer.py", ["transformer"], args.pretrained_model)
         pipeline_dir = common.save_pipeline_with_components(
-            args.pretrained_model, os.path.join(args.output_dir, "pipeline"), {"transformer": model}
+            args.pretrained_model, os.path.join(args.output_dir, "pipeline"), {"transformer": model}, card
         )
         logger.info(f"Saved the trained pipeline to {pipeline_dir}")
         if validator.enabled and args.validation_steps and global_step % args.validation_steps != 0:
             validator(global_step)
+    common.finish_training(accelerator, args, "train_transformer.py", pipeline_dir or args.output_dir, ["transformer"],
+                           args.pretrained_model)  # fmt: skip
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return {

@@ -263,12 +263,19 @@ def main(args: argparse.Namespace) -> dict:
     latents_mean, latents_std = compute_latent_statistics(accelerator, trained_vae, stats_dataset, args.latent_stats_max_items)
     trained_vae.set_latent_statistics(latents_mean, latents_std)
     accelerator.wait_for_everyone()
+    output = args.output_dir
     if accelerator.is_main_process:
-        trained_vae.save_pretrained(os.path.join(args.output_dir, "vae"))
-        common.unwrap_model(accelerator, discriminator).save_pretrained(os.path.join(args.output_dir, "discriminator"))
+        from foley_toolkit.training_utils import atomic_save_pretrained
+
+        atomic_save_pretrained(trained_vae, os.path.join(args.output_dir, "vae"))
+        atomic_save_pretrained(common.unwrap_model(accelerator, discriminator), os.path.join(args.output_dir, "discriminator"))
         if args.base_pipeline:
-            common.save_pipeline_with_components(args.base_pipeline, os.path.join(args.output_dir, "pipeline"), {"vae": trained_vae})
+            card = common.model_card(args, "train_vae.py", ["vae"], args.base_pipeline)
+            output = common.save_pipeline_with_components(
+                args.base_pipeline, os.path.join(args.output_dir, "pipeline"), {"vae": trained_vae}, card
+            )
         logger.info(f"Saved the MelVAE (with latent statistics) to {os.path.join(args.output_dir, 'vae')}")
+    common.finish_training(accelerator, args, "train_vae.py", output, ["vae"], args.base_pipeline or args.pretrained_model)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return {"global_step": global_step, "history": history, "latents_mean": latents_mean, "latents_std": latents_std}

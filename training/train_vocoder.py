@@ -290,13 +290,20 @@ def main(args: argparse.Namespace) -> dict:
     )  # fmt: skip
 
     accelerator.wait_for_everyone()
+    output = args.output_dir
     if accelerator.is_main_process:
+        from foley_toolkit.training_utils import atomic_save_pretrained
+
         trained = common.unwrap_model(accelerator, vocoder)
-        trained.save_pretrained(os.path.join(args.output_dir, "vocoder"))
+        atomic_save_pretrained(trained, os.path.join(args.output_dir, "vocoder"))
         for name, discriminator in discriminators.items():
-            common.unwrap_model(accelerator, discriminator).save_pretrained(os.path.join(args.output_dir, name))
+            atomic_save_pretrained(common.unwrap_model(accelerator, discriminator), os.path.join(args.output_dir, name))
         if args.base_pipeline:
-            common.save_pipeline_with_components(args.base_pipeline, os.path.join(args.output_dir, "pipeline"), {"vocoder": trained})
+            card = common.model_card(args, "train_vocoder.py", ["vocoder"], args.base_pipeline)
+            output = common.save_pipeline_with_components(
+                args.base_pipeline, os.path.join(args.output_dir, "pipeline"), {"vocoder": trained}, card
+            )
+    common.finish_training(accelerator, args, "train_vocoder.py", output, ["vocoder"], args.base_pipeline or args.pretrained_model)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return {"global_step": global_step, "history": history}

@@ -503,3 +503,145 @@ def multi_resolution_stft_loss(
         log_magnitude = F.l1_loss(torch.log(predicted), torch.log(reference))
         losses.append(spectral_convergence + log_magnitude)
     return torch.stack(losses).mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs of training runs: atomic writes, non-finite checks, model cards
+# ---------------------------------------------------------------------------------------------
+
+# Imports of this section live here so that the sections can be edited independently.
+import contextlib as _contextlib  # noqa: E402
+import datetime as _datetime  # noqa: E402
+import os as _os  # noqa: E402
+import shutil as _shutil  # noqa: E402
+import tempfile as _tempfile  # noqa: E402
+from pathlib import Path as _Path  # noqa: E402
+from typing import Any as _Any  # noqa: E402
+from typing import Iterator as _Iterator  # noqa: E402
+
+TEMPORARY_MARKER = ".tmp"
+
+
+def _error_naming(error: OSError, path: str | _os.PathLike) -> OSError:
+    """`error` again (same errno, so the same subclass: a full disk stays an ENOSPC `OSError`) with `path` named."""
+    reason = error.strerror or str(error)
+    return OSError(error.errno, f"{reason} (while writing {_os.fspath(path)})", _os.fspath(path))
+
+
+@_contextlib.contextmanager
+def atomic_output(path: str | _os.PathLike, is_dir: bool = False) -> _Iterator[str]:
+    r"""
+    Write an output file (or folder) under a temporary name in the same folder and rename it onto `path` once the
+    writer has finished: a reader polling `path`, a concurrent run or a crash never sees a partial or empty output.
+
+    The temporary name keeps the extension (``.{name}.XXXX.tmp{ext}``), so writers that pick the format from it
+    (soundfile, safetensors) behave the same. A folder is swapped in with two renames when `path` already exists.
+    On failure the temporary output is removed; an `OSError` (a full disk, a read-only folder) is raised again with
+    the same errno and the path it was writing.
+
+    Args:
+        path (`str` or `os.PathLike`): The final file or folder.
+        is_dir (`bool`): Yield an empty temporary folder instead of a file path.
+
+    Yields:
+        `str`: The temporary path to write to.
+    """
+    path = _Path(path).absolute()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if is_dir:
+            tmp = _tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TEMPORARY_MARKER, dir=path.parent)
+        else:
+            handle, tmp = _tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_MARKER + path.suffix, dir=path.parent)
+            _os.close(handle)
+    except OSError as error:
+        raise _error_naming(error, path) from error
+    try:
+        yield tmp
+        # mkstemp/mkdtemp make private entries: give them the mode of a normal new file or folder.
+        umask = _os.umask(0)
+        _os.umask(umask)
+        _os.chmod(tmp, (0o777 if is_dir else 0o666) & ~umask)
+        if is_dir and path.exists():
+            old = path.with_name(f".{path.name}.old{TEMPORARY_MARKER}")
+            if old.exists():
+                _shutil.rmtree(old)
+            _os.replace(path, old)
+            _os.replace(tmp, path)
+            _shutil.rmtree(old)
+        else:
+            _os.replace(tmp, path)
+    except BaseException as error:
+        if is_dir:
+            _shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            with _contextlib.suppress(FileNotFoundError):
+                _os.remove(tmp)
+        if isinstance(error, OSError) and _os.fspath(path) not in str(error):
+            raise _error_naming(error, path) from error
+        raise
+
+
+def atomic_write_text(path: str | _os.PathLike, text: str) -> str:
+    """Write `text` (UTF-8) to `path` through `atomic_output`; returns the path."""
+    with atomic_output(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+    return _os.fspath(path)
+
+
+def atomic_save_pretrained(module: _Any, folder: str | _os.PathLike, **kwargs) -> str:
+    """``module.save_pretrained`` into a temporary folder renamed onto `folder` (see `atomic_output`)."""
+    with atomic_output(folder, is_dir=True) as tmp:
+        module.save_pretrained(tmp, **kwargs)
+    return _os.fspath(folder)
+
+
+def non_finite_tensors(tensors: dict[str, _Any]) -> list[str]:
+    """Names of the floating-point tensors of `tensors` holding a NaN or an infinity (other values are ignored)."""
+    return [
+        name
+        for name, value in tensors.items()
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
+
+
+def training_model_card(
+    script: str,
+    base_model: str | None,
+    facts: dict[str, _Any],
+    components: _Sequence[str] = (),
+    tags: _Sequence[str] = (),
+):
+    r"""
+    A fresh `huggingface_hub.ModelCard` for the output of a training script: its own training facts, nothing
+    inherited from the base model's card (its metrics describe other weights).
+
+    Args:
+        script (`str`): The training script (e.g. ``"train_transformer.py"``).
+        base_model (`str`, *optional*): The pipeline or model folder training started from / completed with.
+        facts (`dict`): Training facts listed in a table (data, steps, seed, final loss, ...); `None` values are
+            left out. A ``date`` (UTC, ISO 8601) is added when missing.
+        components (`Sequence[str]`): The components this run trained.
+        tags (`Sequence[str]`): Extra Hub tags.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    facts = {"date": _datetime.datetime.now(_datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), **facts}
+    data = ModelCardData(
+        library_name="diffusers",
+        tags=["foley_toolkit", "kling-foley", "video-to-audio", "text-to-audio", *tags],
+        base_model=base_model if base_model and not _os.path.isabs(base_model) and not _os.path.exists(base_model) else None,
+    )
+    trained = ", ".join(f"`{name}`" for name in components) or "the model"
+    rows = "\n".join(f"| {key} | {value} |" for key, value in facts.items() if value is not None)
+    content = (
+        f"---\n{data.to_yaml()}\n---\n\n"
+        f"# Kling-Foley: {trained} trained with `{script}`\n\n"
+        f"This folder was written by `training/{script}` of foley_toolkit"
+        + (f", starting from `{base_model}`" if base_model else "")
+        + ". It holds no evaluation results: evaluate it before publishing numbers.\n\n"
+        "## Training\n\n| fact | value |\n|---|---|\n"
+        f"| script | {script} |\n" + (f"| base model | {base_model} |\n" if base_model else "") + rows + "\n"
+    )
+    return ModelCard(content)
