@@ -189,3 +189,139 @@ def test_extraction_never_caches_non_finite_features(tmp_path, tiny_pipeline_dir
     assert poisoned_id not in ids and len(ids) == result["num_indexed"]
     summary = json.loads((tmp_path / "skip" / "extraction_summary.json").read_text())
     assert summary["num_bad_items"] == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Item 9: logs that survive a resume, outputs that appear whole
+# ------------------------------------------------------------------------------------------------
+
+
+def test_resumed_run_logs_each_step_once(tmp_path, tiny_pipeline_dir, feature_dir):
+    """A run killed after logging step 3 but before checkpointing it replays step 3 when resumed: the log keeps
+    one line per step, the replayed one being the resumed run's."""
+    import train_transformer
+
+    output = tmp_path / "run"
+    argv = _transformer_argv(tiny_pipeline_dir, feature_dir, output, "--checkpointing_steps", 2,
+                             "--resume_from_checkpoint", "latest")  # fmt: skip
+    _run(train_transformer, [*argv, "--max_train_steps", 3])
+    shutil.rmtree(output / "checkpoint-3")  # killed before the final checkpoint was written
+    resumed = _run(train_transformer, [*argv, "--max_train_steps", 4])
+    assert [h["step"] for h in resumed["history"]] == [3, 4]
+    log = [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log] == [1, 2, 3, 4]
+    assert log[2]["loss"] == resumed["history"][0]["loss"]
+
+
+class _Inotify:
+    """Records, through Linux inotify, how files appear in a folder tree while a run writes it: a file created
+    under its final name (``IN_CREATE``) can be read half-written; one renamed into place (``IN_MOVED_TO``)
+    cannot. Sub-folders are watched as they appear."""
+
+    IN_MODIFY, IN_MOVED_TO, IN_CREATE, IN_ISDIR = 0x2, 0x80, 0x100, 0x40000000
+
+    def __init__(self, root: Path):
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = self.libc.inotify_init1(os.O_NONBLOCK)
+        if self.fd < 0:
+            pytest.skip("inotify is not available")
+        self.paths: dict[int, Path] = {}
+        self.events: list[tuple[str, Path]] = []
+        self.stop = threading.Event()
+        for folder in [root, *[p for p in root.rglob("*") if p.is_dir()]]:
+            self.watch(folder)
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+
+    def watch(self, folder: Path) -> None:
+        wd = self.libc.inotify_add_watch(self.fd, str(folder).encode(), self.IN_CREATE | self.IN_MOVED_TO | self.IN_MODIFY)
+        if wd >= 0:
+            self.paths[wd] = folder
+
+    def read(self) -> None:
+        try:
+            data = os.read(self.fd, 1 << 16)
+        except BlockingIOError:
+            return
+        offset = 0
+        while offset < len(data):
+            wd, mask, _, length = struct.unpack_from("iIII", data, offset)
+            name = data[offset + 16 : offset + 16 + length].rstrip(b"\0").decode()
+            offset += 16 + length
+            if not name:  # an event of the watched folder itself
+                continue
+            path = self.paths.get(wd, Path("?")) / name
+            if mask & self.IN_ISDIR:
+                if mask & (self.IN_CREATE | self.IN_MOVED_TO):
+                    self.watch(path)
+                if mask & self.IN_MOVED_TO:  # a folder completed under a temporary name
+                    self.events.append(("rename", path))
+                continue
+            kind = "create" if mask & self.IN_CREATE else "rename" if mask & self.IN_MOVED_TO else "modify"
+            self.events.append((kind, path))
+
+    def loop(self) -> None:
+        while not self.stop.is_set():
+            select.select([self.fd], [], [], 0.01)
+            self.read()
+
+    def close(self) -> list[tuple[str, Path]]:
+        self.stop.set()
+        self.thread.join()
+        self.read()
+        os.close(self.fd)
+        return self.events
+
+
+def _is_temporary(path: Path, root: Path) -> bool:
+    return any(".tmp" in part for part in path.relative_to(root).parts)
+
+
+def test_outputs_appear_whole_to_a_concurrent_reader(tmp_path, tiny_pipeline_dir, feature_dir):
+    """While a run writes its outputs (log, validation audio, models, pipeline, summary), a reader polling them sees
+    either nothing or a whole file: every file but the append-only log gets its final name by a rename."""
+    import soundfile as sf
+    import train_transformer
+
+    output = tmp_path / "run"
+    for folder in ("validation", "transformer", "pipeline"):  # watched from the start: outputs land in them
+        (output / folder).mkdir(parents=True)
+    watcher = _Inotify(output)
+    partial_reads, stop = [], threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            for path in [output / "train_log.jsonl", output / "training_summary.json", *output.glob("validation/step-*.wav")]:
+                try:
+                    data = path.read_bytes()
+                except FileNotFoundError:
+                    continue
+                try:
+                    if path.suffix == ".wav":
+                        sf.read(path)
+                    elif path.suffix == ".jsonl":
+                        assert data.endswith(b"\n") or not data
+                        [json.loads(line) for line in data.splitlines()]
+                    else:
+                        json.loads(data)
+                except Exception as error:  # noqa: BLE001  (any parse error is a partial file)
+                    partial_reads.append(f"{path.name}: {error}")
+
+    reader = threading.Thread(target=poll, daemon=True)
+    reader.start()
+    try:
+        _run(train_transformer,
+             _transformer_argv(tiny_pipeline_dir, feature_dir, output, "--max_train_steps", 2, "--validation_steps", 2,
+                               "--validation_duration", 1.0, "--validation_prompt", "a ball bounces", "--num_validation_inference_steps", 2))  # fmt: skip
+    finally:
+        stop.set()
+        reader.join()
+        events = watcher.close()
+    assert not partial_reads, partial_reads
+    created_in_place = sorted({str(p.relative_to(output)) for kind, p in events if kind == "create" and not _is_temporary(p, output)})
+    assert created_in_place == [], created_in_place
+    modified = {str(p.relative_to(output)) for kind, p in events if kind == "modify" and not _is_temporary(p, output)}
+    assert modified <= {"train_log.jsonl"}, modified
+    renamed = {str(p.relative_to(output)) for kind, p in events if kind == "rename"}
+    assert {"train_log.jsonl", "training_summary.json", "validation/step-2.wav", "transformer", "pipeline"} <= renamed
+    assert sf.info(output / "validation" / "step-2.wav").frames == 44100
