@@ -325,3 +325,166 @@ def test_outputs_appear_whole_to_a_concurrent_reader(tmp_path, tiny_pipeline_dir
     renamed = {str(p.relative_to(output)) for kind, p in events if kind == "rename"}
     assert {"train_log.jsonl", "training_summary.json", "validation/step-2.wav", "transformer", "pipeline"} <= renamed
     assert sf.info(output / "validation" / "step-2.wav").frames == 44100
+
+
+# ------------------------------------------------------------------------------------------------
+# Item 3: a trained pipeline carries its own model card, not the base pipeline's card and metrics
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def carded_base_pipeline(tmp_path, tiny_pipeline_dir) -> Path:
+    """The tiny pipeline with a demo card and metrics of its own (what a published base pipeline has)."""
+    base = tmp_path / "base"
+    shutil.copytree(tiny_pipeline_dir, base)
+    (base / "README.md").write_text("---\nlicense: mit\n---\n# Demo pipeline\nonset F1 0.49 on held-out clips\n")
+    (base / "eval_sync.json").write_text(json.dumps({"onset_f1": 0.49}))
+    return base
+
+
+def _check_card(pipeline: Path, script: str, summary: dict, data: Path, base: Path) -> str:
+    from huggingface_hub import ModelCard
+
+    assert not (pipeline / "eval_sync.json").exists()
+    card = ModelCard.load(pipeline / "README.md")
+    assert card.data.library_name == "diffusers" and "foley_toolkit" in card.data.tags
+    assert card.data.license is None  # nothing of the base card's metadata either
+    text = card.text
+    assert "onset F1" not in text and "Demo pipeline" not in text
+    assert f"| script | {script} |" in text and f"| base model | {base} |" in text
+    assert f"| steps | {summary['global_step']} |" in text and "| seed | 0 |" in text
+    assert f"| final loss | {summary['final_logs']['loss']:.6g} |" in text
+    assert str(data) in text
+    import datetime
+
+    assert f"| date | {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}" in text
+    return text
+
+
+def test_trained_pipelines_have_a_fresh_model_card(tmp_path, carded_base_pipeline, feature_dir, clip_data_dir):
+    import train_mono2stereo
+    import train_transformer
+
+    from foley_toolkit.pipelines import KlingFoleyPipeline
+
+    output = tmp_path / "transformer"
+    _run(train_transformer, ["--pretrained_model", carded_base_pipeline, "--feature_dir", feature_dir,
+                             "--output_dir", output, "--train_batch_size", 2, "--max_train_steps", 2])  # fmt: skip
+    summary = json.loads((output / "training_summary.json").read_text())
+    assert summary["global_step"] == 2
+    text = _check_card(output / "pipeline", "train_transformer.py", summary, feature_dir, carded_base_pipeline)
+    assert "`transformer`" in text
+    assert isinstance(KlingFoleyPipeline.from_pretrained(output / "pipeline"), KlingFoleyPipeline)
+
+    output = tmp_path / "m2s"
+    _run(train_mono2stereo, ["--base_pipeline", carded_base_pipeline, "--pretrained_model", carded_base_pipeline,
+                             "--data_dir", clip_data_dir, "--output_dir", output, "--train_batch_size", 2,
+                             "--crop_seconds", 0.5, "--max_train_steps", 2, "--segment_seconds", 1.5,
+                             "--min_seconds", 0.5, "--seed", 0])  # fmt: skip
+    summary = json.loads((output / "training_summary.json").read_text())
+    text = _check_card(output / "pipeline", "train_mono2stereo.py", summary, clip_data_dir, carded_base_pipeline)
+    assert "`mono2stereo`" in text
+
+
+# ------------------------------------------------------------------------------------------------
+# Item 4: trackers get scalars and validation audio; --push_to_hub in every script
+# ------------------------------------------------------------------------------------------------
+
+
+class _HubCalls:
+    """`HfApi.create_repo` / `upload_folder` stand-ins that record their calls (no network)."""
+
+    def __init__(self, monkeypatch):
+        from huggingface_hub import HfApi
+
+        self.repos, self.uploads = [], []
+        calls = self
+
+        def create_repo(api, repo_id, **kwargs):
+            calls.repos.append({"repo_id": repo_id, "token": api.token, **kwargs})
+
+            class RepoUrl(str):
+                pass
+
+            url = RepoUrl(f"https://huggingface.co/{repo_id}")
+            url.repo_id = repo_id
+            return url
+
+        def upload_folder(api, *, repo_id, folder_path, **kwargs):
+            files = sorted(str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file())
+            calls.uploads.append({"repo_id": repo_id, "folder_path": Path(folder_path), "files": files, **kwargs})
+
+        monkeypatch.setattr(HfApi, "create_repo", create_repo)
+        monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+
+
+def test_tensorboard_gets_scalars_and_the_validation_audio_and_the_pipeline_is_pushed(
+    tmp_path, tiny_pipeline_dir, feature_dir, monkeypatch
+):
+    import io
+    import wave
+
+    import numpy as np
+    import soundfile as sf
+    import train_transformer
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    hub = _HubCalls(monkeypatch)
+    output = tmp_path / "run"
+    _run(train_transformer,
+         _transformer_argv(tiny_pipeline_dir, feature_dir, output, "--max_train_steps", 3, "--report_to", "tensorboard",
+                           "--validation_steps", 3, "--validation_duration", 1.0, "--validation_prompt", "a ball bounces",
+                           "--num_validation_inference_steps", 2, "--push_to_hub", "--hub_model_id", "me/my-foley",
+                           "--hub_token", "hf_test"))  # fmt: skip
+
+    (event_file,) = (output / "logs" / "train_transformer").glob("events.out.tfevents.*")
+    events = EventAccumulator(str(event_file), size_guidance={"audio": 0, "scalars": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss")] == [1, 2, 3]
+    assert sorted(events.Tags()["audio"]) == ["validation/left", "validation/right"]
+    written, rate = sf.read(output / "validation" / "step-3.wav", dtype="float32")
+    peak_dbfs = 20 * np.log10(np.abs(written).max())
+    assert peak_dbfs > -60, f"validation audio is silence ({peak_dbfs:.1f} dBFS)"
+    for channel, tag in enumerate(["validation/left", "validation/right"]):
+        (logged,) = events.Audio(tag)
+        assert logged.step == 3 and logged.sample_rate == rate == 44100 and logged.length_frames == 44100
+        with wave.open(io.BytesIO(logged.encoded_audio_string)) as f:
+            samples = np.frombuffer(f.readframes(f.getnframes()), dtype="<i2").astype(np.float32) / 32767
+        # The tracker holds the clip written to validation/ (16-bit in both).
+        np.testing.assert_allclose(samples, written[:, channel], atol=2 / 32767)
+
+    assert hub.repos == [{"repo_id": "me/my-foley", "token": "hf_test", "exist_ok": True}]
+    (upload,) = hub.uploads
+    assert upload["repo_id"] == "me/my-foley" and upload["folder_path"] == output / "pipeline"
+    assert "README.md" in upload["files"] and "model_index.json" in upload["files"]
+    assert any(f.startswith("transformer/") and f.endswith(".safetensors") for f in upload["files"])
+
+
+def test_lora_push_uploads_the_adapter_and_card_without_checkpoints(tmp_path, tiny_pipeline_dir, feature_dir, monkeypatch):
+    import fnmatch
+
+    import train_lora
+
+    hub = _HubCalls(monkeypatch)
+    output = tmp_path / "my-lora"
+    _run(train_lora, _transformer_argv(tiny_pipeline_dir, feature_dir, output, "--max_train_steps", 2, "--rank", 2,
+                                       "--checkpointing_steps", 1, "--push_to_hub"))  # fmt: skip
+    assert hub.repos[0]["repo_id"] == "my-lora"  # the --output_dir name without --hub_model_id
+    (upload,) = hub.uploads
+    assert upload["folder_path"] == output
+    uploaded = [f for f in upload["files"] if not any(fnmatch.fnmatch(f, p) for p in upload["ignore_patterns"])]
+    assert "pytorch_lora_weights.safetensors" in uploaded and "README.md" in uploaded
+    assert not [f for f in uploaded if f.startswith("checkpoint-")]
+    assert "train_lora.py" in (output / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "script", ["train_transformer", "train_lora", "train_vae", "train_vocoder", "train_mono2stereo", "train_sync_encoder"]
+)
+def test_every_training_script_has_the_hub_flags(script, tmp_path):
+    module = __import__(script)
+    required = {"train_transformer": ["--pretrained_model", "p", "--feature_dir", "f"],
+                "train_lora": ["--pretrained_model", "p", "--feature_dir", "f"]}.get(script, [])  # fmt: skip
+    args = module.parse_args([*required, "--output_dir", str(tmp_path), "--push_to_hub", "--hub_model_id", "me/x",
+                              "--hub_token", "t", "--skip_bad_items"])  # fmt: skip
+    assert args.push_to_hub and args.hub_model_id == "me/x" and args.hub_token == "t" and args.skip_bad_items
