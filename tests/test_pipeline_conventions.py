@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
-from diffusers import DiffusionPipeline, MMAudioVocoder
+from diffusers import DiffusionPipeline, FlowMatchHeunDiscreteScheduler, MMAudioVocoder
 
 from foley_toolkit import KlingFoleyPipeline, VocosVocoder, tiny_vocos_config
 from foley_toolkit.models.vocoder import vocoder_hop_length
@@ -204,3 +204,111 @@ def test_vocoder_with_another_hop_is_refused_when_built_and_loaded(tmp_path, pip
         KlingFoleyPipeline.from_pretrained(folder)
     with pytest.raises(ValueError, match=r"`vocoder`.*1024.*512"):
         DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# prompt_embeds / negative_prompt_embeds, sigmas / timesteps
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_prompt_embeds_give_the_same_audio_as_the_prompt(pipe, short_video):
+    embeds, mask, negative, negative_mask = pipe.encode_prompt("a door slams", negative_prompt="music")
+    with_text = run(pipe, video=short_video, prompt="a door slams", negative_prompt="music")
+    with_embeds = run(
+        pipe,
+        video=short_video,
+        prompt_embeds=embeds,
+        prompt_attention_mask=mask,
+        negative_prompt_embeds=negative,
+        negative_prompt_attention_mask=negative_mask,
+    )
+    # The same modules on the same call path: exactly the same numbers.
+    np.testing.assert_array_equal(with_embeds, with_text)
+    # Text-to-audio, and a text prompt mixed with precomputed negative embeddings.
+    np.testing.assert_array_equal(
+        run(pipe, prompt_embeds=embeds, prompt_attention_mask=mask, duration=0.5),
+        run(pipe, prompt="a door slams", duration=0.5),
+    )
+    np.testing.assert_array_equal(
+        run(pipe, video=short_video, prompt="a door slams", negative_prompt_embeds=negative,
+            negative_prompt_attention_mask=negative_mask),  # fmt: skip
+        with_text,
+    )
+    # The embeddings are used: other embeddings, other audio.
+    other, other_mask, _, _ = pipe.encode_prompt("rain on a tin roof", do_classifier_free_guidance=False)
+    changed = run(pipe, video=short_video, prompt_embeds=other, prompt_attention_mask=other_mask,
+                  negative_prompt_embeds=negative, negative_prompt_attention_mask=negative_mask)  # fmt: skip
+    assert np.abs(changed - with_text).max() > 1e-3
+
+
+def test_batch_one_prompt_embeds_are_shared_by_all_videos(pipe, short_video):
+    embeds, mask, _, _ = pipe.encode_prompt("a door slams", do_classifier_free_guidance=False)
+    videos = [short_video, short_video]
+    shared = run(pipe, video=videos, prompt_embeds=embeds, prompt_attention_mask=mask, num_waveforms_per_prompt=2,
+                 generator=[generator(i) for i in range(4)])  # fmt: skip
+    repeated = run(pipe, video=videos, prompt_embeds=embeds.repeat(2, 1, 1), prompt_attention_mask=mask.repeat(2, 1),
+                   num_waveforms_per_prompt=2, generator=[generator(i) for i in range(4)])  # fmt: skip
+    assert shared.shape[0] == 4
+    np.testing.assert_array_equal(shared, repeated)
+
+
+def test_custom_sigmas_and_timesteps_equal_to_the_default_schedule(pipe, short_video):
+    default = run(pipe, video=short_video, num_inference_steps=3)
+    np.testing.assert_array_equal(run(pipe, video=short_video, sigmas=[1.0, 2 / 3, 1 / 3]), default)
+    np.testing.assert_array_equal(run(pipe, video=short_video, sigmas=torch.tensor([1.0, 2 / 3, 1 / 3])), default)
+    np.testing.assert_array_equal(run(pipe, video=short_video, timesteps=np.linspace(1000, 1000 / 3, 3)), default)
+    # The count of sigmas sets the number of steps, and another schedule gives other audio.
+    steps = []
+    run(pipe, video=short_video, sigmas=[1.0, 0.9, 0.5, 0.2], callback_on_step_end=lambda p, i, t, kw: steps.append(
+        float(t)) or {})  # fmt: skip
+    assert steps == pytest.approx([1000.0, 900.0, 500.0, 200.0])
+    other = run(pipe, video=short_video, sigmas=[1.0, 0.9, 0.1])
+    assert np.abs(other - default).max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"prompt": "x", "prompt_embeds": "EMB", "prompt_attention_mask": "MASK"}, "`prompt` or `prompt_embeds`"),
+        ({"negative_prompt": "x", "negative_prompt_embeds": "EMB", "negative_prompt_attention_mask": "MASK"},
+         "`negative_prompt` or `negative_prompt_embeds`"),  # fmt: skip
+        ({"prompt_embeds": "EMB"}, "needs `prompt_attention_mask`"),
+        ({"negative_prompt_embeds": "EMB"}, "needs `negative_prompt_attention_mask`"),
+        ({"prompt_attention_mask": "MASK"}, "`prompt_attention_mask` was given without `prompt_embeds`"),
+        ({"prompt_embeds": "EMB", "prompt_attention_mask": "SHORT_MASK"}, "`prompt_attention_mask` must have shape"),
+        ({"prompt_embeds": "FLAT", "prompt_attention_mask": "MASK"}, r"`prompt_embeds` must be a tensor of shape"),
+        ({"prompt_embeds": "NARROW", "prompt_attention_mask": "MASK"}, "`prompt_embeds` has 8 features per token"),
+        ({"prompt_embeds": "EMB", "prompt_attention_mask": "MASK", "negative_prompt_embeds": "SHORT",
+          "negative_prompt_attention_mask": "SHORT_MASK"}, "same number of tokens"),  # fmt: skip
+        ({"prompt_embeds": "EMB3", "prompt_attention_mask": "MASK3", "video": ["V", "V"]},
+         "`prompt_embeds` has batch size 3"),  # fmt: skip
+        ({"sigmas": [1.0, 0.5], "timesteps": [1000, 500]}, "`sigmas` or `timesteps`, not both"),
+        ({"sigmas": [0.5, 1.0]}, "`sigmas` must decrease strictly"),
+        ({"sigmas": [1.5, 0.5]}, "`sigmas` must decrease strictly"),
+        ({"sigmas": [1.0, float("nan")]}, "`sigmas` must be a non-empty 1-D sequence of finite numbers"),
+        ({"sigmas": []}, "`sigmas` must be a non-empty"),
+        ({"timesteps": [1000, 0]}, "`timesteps` must decrease strictly"),
+        ({"sigmas": [1.0, 0.5], "scheduler": "HEUN"}, "`sigmas`: the scheduler FlowMatchHeunDiscreteScheduler"),
+    ],
+)
+def test_bad_embeddings_and_schedules_raise_naming_the_argument(pipe, short_video, kwargs, match):
+    embeds, mask, _, _ = pipe.encode_prompt("a door slams", do_classifier_free_guidance=False)
+    values = {
+        "EMB": embeds,
+        "MASK": mask,
+        "EMB3": embeds.repeat(3, 1, 1),
+        "MASK3": mask.repeat(3, 1),
+        "SHORT": embeds[:, :5],
+        "SHORT_MASK": mask[:, :5],
+        "FLAT": embeds[0],
+        "NARROW": embeds[..., :8],
+        "V": short_video,
+    }
+    kwargs = {k: ([values.get(x, x) for x in v] if isinstance(v, list) else values.get(v, v)) if isinstance(
+        v, (str, list)) else v for k, v in kwargs.items()}  # fmt: skip
+    kwargs.setdefault("video", short_video)
+    target = pipe
+    if kwargs.pop("scheduler", None) == "HEUN":
+        target = KlingFoleyPipeline(**{**pipe.components, "scheduler": FlowMatchHeunDiscreteScheduler()})
+    with pytest.raises(ValueError, match=match):
+        run(target, **kwargs)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import FlowMatchEulerDiscreteScheduler, MMAudioVocoder
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.pipelines.aura_flow.pipeline_aura_flow import retrieve_timesteps  # the function Flux and SD3 use too
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import logging, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
@@ -245,8 +246,8 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
     # `foley_toolkit.KlingFoleyPipeline`.
     PIPELINE_MODULE = "pipeline_kling_foley"
     PIPELINE_FILE_TEXT = (
-        "# Written by foley_toolkit's `KlingFoleyPipeline.save_pretrained` so that diffusers' generic loader finds the\n"
-        "# pipeline class:  DiffusionPipeline.from_pretrained(<this folder or Hub id>, trust_remote_code=True)\n"
+        "# Written by foley_toolkit's `KlingFoleyPipeline.save_pretrained` so that diffusers' generic loader finds\n"
+        "# the pipeline class:  DiffusionPipeline.from_pretrained(<this folder or Hub id>, trust_remote_code=True)\n"
         "# It defines nothing: it imports the installed package (`pip install foley_toolkit`).\n"
         "from foley_toolkit.pipelines.kling_foley.pipeline_kling_foley import KlingFoleyPipeline\n"
         "\n"
@@ -341,6 +342,9 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
         embeds = embeds * attention_mask.unsqueeze(-1).to(embeds.dtype)
         return embeds, attention_mask
 
+    # No autograd, as `encode_video` and `__call__`: the encoders are frozen, and grad mode runs other kernels whose
+    # last bits differ, so embeddings computed here reproduce the pipeline's own exactly.
+    @torch.no_grad()
     def encode_prompt(
         self,
         prompt: str | list[str] | None,
@@ -349,9 +353,13 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
         do_classifier_free_guidance: bool = True,
         negative_prompt: str | list[str] | None = None,
         max_sequence_length: int = 128,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         r"""
-        Encode prompts (and negative prompts) with T5.
+        Encode prompts (and negative prompts) with T5; precomputed embeddings are used as given instead.
 
         Args:
             prompt (`str` or `list[str]`, *optional*):
@@ -367,6 +375,14 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
                 learned empty text embedding as the unconditional text.
             max_sequence_length (`int`, defaults to 128):
                 Token count every prompt is padded or truncated to.
+            prompt_embeds (`torch.Tensor`, *optional*):
+                Precomputed embeddings `(batch, sequence, 768)` used instead of encoding `prompt` (pass one or the
+                other), with their `prompt_attention_mask` `(batch, sequence)`.
+            negative_prompt_embeds (`torch.Tensor`, *optional*):
+                Precomputed negative embeddings used instead of encoding `negative_prompt`, with their
+                `negative_prompt_attention_mask`.
+            prompt_attention_mask, negative_prompt_attention_mask (`torch.Tensor`, *optional*):
+                1 for real tokens, 0 for padding, as returned by this method.
 
         Returns:
             `(prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_attention_mask)`: embeddings of
@@ -375,15 +391,37 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
             is `None` (or, for the negative, when guidance is off).
         """
         device = device or self._execution_device
-        prompt_embeds = prompt_attention_mask = negative_embeds = negative_attention_mask = None
+        negative_embeds = negative_attention_mask = None
+
+        if prompt is not None and prompt_embeds is not None:
+            raise ValueError("Pass either `prompt` or `prompt_embeds`, not both.")
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError("Pass either `negative_prompt` or `negative_prompt_embeds`, not both.")
+
+        def given(name, embeds, mask_name, mask):
+            self._check_text_embeds(name, embeds, mask_name, mask)
+            return embeds.to(device), mask.to(device)
 
         prompts = [prompt] if isinstance(prompt, str) else prompt
-        if prompts is not None:
+        if prompt_embeds is not None:
+            prompt_embeds, prompt_attention_mask = given(
+                "prompt_embeds", prompt_embeds, "prompt_attention_mask", prompt_attention_mask
+            )
+        elif prompts is not None:
             prompt_embeds, prompt_attention_mask = self._encode_text(list(prompts), device, max_sequence_length)
 
-        if do_classifier_free_guidance and negative_prompt is not None:
+        if not do_classifier_free_guidance:
+            negative_embeds = negative_attention_mask = None
+        elif negative_prompt_embeds is not None:
+            negative_embeds, negative_attention_mask = given(
+                "negative_prompt_embeds",
+                negative_prompt_embeds,
+                "negative_prompt_attention_mask",
+                negative_prompt_attention_mask,
+            )
+        elif negative_prompt is not None:
             negatives = [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt)
-            batch_size = len(prompts) if prompts is not None else len(negatives)
+            batch_size = prompt_embeds.shape[0] if prompt_embeds is not None else len(negatives)
             if len(negatives) == 1 and batch_size > 1:
                 negatives = negatives * batch_size
             if len(negatives) != batch_size:
@@ -402,6 +440,33 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
             repeat(negative_embeds),
             repeat(negative_attention_mask),
         )
+
+    def _check_text_embeds(
+        self, name: str, embeds: torch.Tensor | None, mask_name: str, mask: torch.Tensor | None
+    ) -> None:
+        """Validate precomputed text embeddings `(batch, sequence, text_dim)` and their mask `(batch, sequence)`."""
+        if embeds is None:
+            if mask is not None:
+                raise ValueError(f"`{mask_name}` was given without `{name}`; it is the mask of those embeddings.")
+            return
+        text_dim = getattr(self.transformer.config, "text_dim", None) if self.transformer is not None else None
+        if not isinstance(embeds, torch.Tensor) or embeds.ndim != 3 or embeds.shape[0] == 0:
+            shape = tuple(embeds.shape) if isinstance(embeds, torch.Tensor) else type(embeds).__name__
+            raise ValueError(f"`{name}` must be a tensor of shape (batch, sequence, {text_dim}), got {shape}.")
+        if text_dim is not None and embeds.shape[-1] != text_dim:
+            raise ValueError(
+                f"`{name}` has {embeds.shape[-1]} features per token; the transformer takes {text_dim} "
+                "(the text encoder's width)."
+            )
+        if mask is None:
+            # The text path attends only to real tokens; without the mask, padding would be attended silently.
+            raise ValueError(
+                f"`{name}` needs `{mask_name}` (1 = real token, 0 = padding) as `encode_prompt` returns it; pass "
+                f"`torch.ones({embeds.shape[0]}, {embeds.shape[1]})` if every position is a token."
+            )
+        if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(embeds.shape[:2]):
+            shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise ValueError(f"`{mask_name}` must have shape {tuple(embeds.shape[:2])} (as `{name}`), got {shape}.")
 
     @staticmethod
     def _fit_frames(frames: torch.Tensor, num_frames: int) -> torch.Tensor:
@@ -559,10 +624,44 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
         output_type,
         callback_on_step_end_tensor_inputs,
         guidance_scale: float = 1.0,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+        sigmas: list[float] | np.ndarray | torch.Tensor | None = None,
+        timesteps: list[float] | np.ndarray | torch.Tensor | None = None,
+        max_sequence_length: int = 128,
     ) -> int:
         """Validate the arguments of `__call__`; return the batch size (number of clips/prompts)."""
-        if video is None and prompt is None:
-            raise ValueError("Provide `video`, `prompt` or both; got neither.")
+        if prompt is not None and prompt_embeds is not None:
+            raise ValueError("Pass either `prompt` or `prompt_embeds`, not both.")
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError("Pass either `negative_prompt` or `negative_prompt_embeds`, not both.")
+        self._check_text_embeds("prompt_embeds", prompt_embeds, "prompt_attention_mask", prompt_attention_mask)
+        self._check_text_embeds(
+            "negative_prompt_embeds", negative_prompt_embeds, "negative_prompt_attention_mask",
+            negative_prompt_attention_mask,
+        )  # fmt: skip
+        # Both guidance branches run in one batch: their token counts must agree (text is padded to
+        # `max_sequence_length`).
+        lengths = {
+            name: value
+            for name, value in (
+                ("prompt_embeds", None if prompt_embeds is None else prompt_embeds.shape[1]),
+                ("negative_prompt_embeds", None if negative_prompt_embeds is None else negative_prompt_embeds.shape[1]),
+                ("prompt", max_sequence_length if prompt is not None else None),
+                ("negative_prompt", max_sequence_length if negative_prompt is not None else None),
+            )
+            if value is not None
+        }
+        if (prompt_embeds is not None or negative_prompt_embeds is not None) and len(set(lengths.values())) > 1:
+            raise ValueError(
+                f"`prompt_embeds` and `negative_prompt_embeds` (or the text, padded to `max_sequence_length`) must "
+                f"have the same number of tokens, got {lengths}."
+            )
+        self._check_schedule(sigmas, timesteps)
+        if video is None and prompt is None and prompt_embeds is None:
+            raise ValueError("Provide `video`, `prompt` or both (`prompt_embeds` in place of `prompt`); got neither.")
         for name, value in (("prompt", prompt), ("negative_prompt", negative_prompt)):
             if value is not None and not (
                 isinstance(value, str) or (isinstance(value, (list, tuple)) and all(isinstance(p, str) for p in value))
@@ -598,6 +697,9 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
 
         num_videos = None if video is None else (len(video) if isinstance(video, (list, tuple)) else 1)
         num_prompts = None if prompt is None else (1 if isinstance(prompt, str) else len(prompt))
+        prompt_name = "prompt"
+        if prompt_embeds is not None:
+            num_prompts, prompt_name = prompt_embeds.shape[0], "prompt_embeds"
         if num_videos == 0 or num_prompts == 0:
             raise ValueError("`video` / `prompt` lists must not be empty.")
         sizes = [n for n in (num_videos, num_prompts) if n is not None]
@@ -605,7 +707,7 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
         # One video may be paired with several prompts and one prompt with several videos; otherwise they pair up.
         if any(n not in (1, batch_size) for n in sizes):
             raise ValueError(
-                f"`video` has batch size {num_videos} but `prompt` has batch size {num_prompts}; pass the same "
+                f"`video` has batch size {num_videos} but `{prompt_name}` has batch size {num_prompts}; pass the same "
                 "number of each (or a single one of either)."
             )
         if negative_prompt is not None and not isinstance(negative_prompt, str):
@@ -613,7 +715,40 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
                 raise ValueError(
                     f"`negative_prompt` has batch size {len(negative_prompt)}, expected 1 or {batch_size}."
                 )
+        if negative_prompt_embeds is not None and negative_prompt_embeds.shape[0] not in (1, batch_size):
+            raise ValueError(
+                f"`negative_prompt_embeds` has batch size {negative_prompt_embeds.shape[0]}, expected 1 or "
+                f"{batch_size}."
+            )
         return batch_size
+
+    def _check_schedule(self, sigmas, timesteps) -> None:
+        """Custom `sigmas` (noise levels in (0, 1], the scheduler appends the final 0) or `timesteps` (in
+        (0, num_train_timesteps]): one of them, 1-D, finite, strictly decreasing, and a scheduler that takes it."""
+        if sigmas is not None and timesteps is not None:
+            raise ValueError("Pass either `sigmas` or `timesteps`, not both.")
+        for name, value in (("sigmas", sigmas), ("timesteps", timesteps)):
+            if value is None:
+                continue
+            if name not in inspect.signature(self.scheduler.set_timesteps).parameters:
+                raise ValueError(
+                    f"`{name}`: the scheduler {type(self.scheduler).__name__} takes no custom {name}; use a "
+                    "FlowMatchEulerDiscreteScheduler, or `num_inference_steps`."
+                )
+            if isinstance(value, torch.Tensor):
+                value = value.detach().cpu().double().numpy()
+            try:
+                array = np.asarray(value, dtype=np.float64)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"`{name}` must be a 1-D sequence of numbers, got {value!r}.") from error
+            upper = 1.0 if name == "sigmas" else float(self.scheduler.config.num_train_timesteps)
+            if array.ndim != 1 or array.size == 0 or not np.isfinite(array).all():
+                raise ValueError(f"`{name}` must be a non-empty 1-D sequence of finite numbers, got {value!r}.")
+            if array.min() <= 0 or array.max() > upper or (array.size > 1 and not (np.diff(array) < 0).all()):
+                raise ValueError(
+                    f"`{name}` must decrease strictly within (0, {upper:g}] (the final 0 is appended by the "
+                    f"scheduler), got {array.tolist()}."
+                )
 
     # ------------------------------------------------------------------------------------------------------------
     # Latents, timesteps, decoding
@@ -642,7 +777,14 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
             raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}.")
         return latents.to(device=device, dtype=dtype)
 
-    def _set_timesteps(self, num_inference_steps: int, device: torch.device, latent_frames: int) -> torch.Tensor:
+    def _set_timesteps(
+        self,
+        num_inference_steps: int,
+        device: torch.device,
+        latent_frames: int,
+        sigmas: list[float] | np.ndarray | torch.Tensor | None = None,
+        timesteps: list[float] | np.ndarray | torch.Tensor | None = None,
+    ) -> torch.Tensor:
         set_timesteps_params = set(inspect.signature(self.scheduler.set_timesteps).parameters)
         kwargs = {}
         if getattr(self.scheduler.config, "use_dynamic_shifting", False):
@@ -650,13 +792,17 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
             config = self.scheduler.config
             slope = (config.max_shift - config.base_shift) / (config.max_image_seq_len - config.base_image_seq_len)
             kwargs["mu"] = config.base_shift + slope * (latent_frames - config.base_image_seq_len)
-        if "sigmas" in set_timesteps_params:
-            # sigma 1 -> 1/N then 0: N Euler steps of exactly dt = 1/N (the paper's dt = 0.05 at 20 steps).
+        if isinstance(sigmas, torch.Tensor):
+            sigmas = sigmas.detach().cpu().numpy()
+        if isinstance(timesteps, torch.Tensor):
+            timesteps = timesteps.detach().cpu().numpy()
+        if sigmas is None and timesteps is None and "sigmas" in set_timesteps_params:
+            # As Flux: sigma 1 -> 1/N then 0, N Euler steps of exactly dt = 1/N (the paper's dt = 0.05 at 20 steps).
             sigmas = np.linspace(1.0, 1.0 / num_inference_steps, num_inference_steps)
-            self.scheduler.set_timesteps(sigmas=sigmas, device=device, **kwargs)
-        else:
-            self.scheduler.set_timesteps(num_inference_steps, device=device, **kwargs)
-        return self.scheduler.timesteps
+        timesteps, _ = retrieve_timesteps(
+            self.scheduler, num_inference_steps, device, timesteps=timesteps, sigmas=sigmas, **kwargs
+        )
+        return timesteps
 
     def decode_latents(
         self, latents: torch.Tensor, clip_features: torch.Tensor | None = None
@@ -744,6 +890,12 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
         video_fps: float | None = None,
         max_sequence_length: int = 128,
         attention_kwargs: dict[str, Any] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+        sigmas: list[float] | np.ndarray | torch.Tensor | None = None,
+        timesteps: list[float] | np.ndarray | torch.Tensor | None = None,
     ) -> KlingFoleyPipelineOutput | tuple:
         r"""
         Generate audio for videos, prompts, or both.
@@ -784,6 +936,20 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
                 T5 token count of the prompts.
             attention_kwargs (`dict`, *optional*):
                 Passed to the transformer's attention processors (e.g. `{"scale": 0.5}` for LoRA).
+            prompt_embeds (`torch.Tensor`, *optional*):
+                Precomputed text embeddings `(batch, sequence, 768)` instead of `prompt` (e.g. from `encode_prompt`,
+                to reuse or edit them); batch 1 is shared by all videos. Needs `prompt_attention_mask`.
+            negative_prompt_embeds (`torch.Tensor`, *optional*):
+                Precomputed embeddings instead of `negative_prompt`; same token count as `prompt_embeds`. Needs
+                `negative_prompt_attention_mask`.
+            prompt_attention_mask, negative_prompt_attention_mask (`torch.Tensor`, *optional*):
+                `(batch, sequence)` masks of the embeddings above, 1 = real token, as `encode_prompt` returns them.
+            sigmas (`list[float]`, *optional*):
+                Custom noise levels, strictly decreasing in (0, 1] (the scheduler appends the final 0); their count
+                sets the number of steps. Defaults to Flux's `linspace(1, 1 / num_inference_steps,
+                num_inference_steps)`.
+            timesteps (`list[float]`, *optional*):
+                Custom timesteps in (0, `num_train_timesteps`] instead of `sigmas` (not both).
 
         Examples:
 
@@ -804,6 +970,13 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
             output_type,
             callback_on_step_end_tensor_inputs,
             guidance_scale=guidance_scale,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            prompt_attention_mask=prompt_attention_mask,
+            negative_prompt_attention_mask=negative_prompt_attention_mask,
+            sigmas=sigmas,
+            timesteps=timesteps,
+            max_sequence_length=max_sequence_length,
         )
         self._guidance_scale = guidance_scale
         self._attention_kwargs = attention_kwargs
@@ -836,6 +1009,10 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
         if negatives is not None:
             negatives = [negatives] if isinstance(negatives, str) else list(negatives)
             negatives = negatives * batch_size if len(negatives) == 1 else negatives
+
+        def broadcast(x):  # precomputed batch-1 embeddings are shared, like a single prompt
+            return x.expand(batch_size, *x.shape[1:]) if x is not None and x.shape[0] == 1 else x
+
         prompt_embeds, prompt_mask, negative_embeds, negative_mask = self.encode_prompt(
             prompts,
             device=device,
@@ -843,6 +1020,10 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
             do_classifier_free_guidance=do_cfg,
             negative_prompt=negatives,
             max_sequence_length=max_sequence_length,
+            prompt_embeds=broadcast(prompt_embeds),
+            negative_prompt_embeds=broadcast(negative_prompt_embeds),
+            prompt_attention_mask=broadcast(prompt_attention_mask),
+            negative_prompt_attention_mask=broadcast(negative_prompt_attention_mask),
         )
 
         total_batch = batch_size * num_waveforms_per_prompt
@@ -869,7 +1050,7 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
         )
 
         # 5. Timesteps
-        timesteps = self._set_timesteps(num_inference_steps, device, latent_frames)
+        timesteps = self._set_timesteps(num_inference_steps, device, latent_frames, sigmas=sigmas, timesteps=timesteps)
         self._num_timesteps = len(timesteps)
 
         # 6. Initial noise. The scheduler integrates in float32 whatever the weights' dtype.
