@@ -488,3 +488,137 @@ def test_every_training_script_has_the_hub_flags(script, tmp_path):
     args = module.parse_args([*required, "--output_dir", str(tmp_path), "--push_to_hub", "--hub_model_id", "me/x",
                               "--hub_token", "t", "--skip_bad_items"])  # fmt: skip
     assert args.push_to_hub and args.hub_model_id == "me/x" and args.hub_token == "t" and args.skip_bad_items
+
+
+# ------------------------------------------------------------------------------------------------
+# Item 10: unreadable clips, dropped clips, unwritable folders, full disks
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def broken_clip_dir(tmp_path, clip_data_dir) -> Path:
+    """The synthetic clips with clip_00001's audio replaced by garbage (fails when decoded) and an extra row whose
+    video is not a media file at all (fails when its duration is probed)."""
+    data = tmp_path / "clips"
+    shutil.copytree(clip_data_dir, data)
+    (data / "clip_00001.wav").write_bytes(b"RIFF" + os.urandom(2000))
+    (data / "broken.mp4").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(500))
+    with open(data / "metadata.jsonl", "a") as f:
+        f.write(json.dumps({"file_name": "broken.mp4", "caption": "a door slams"}) + "\n")
+    return data
+
+
+def test_unreadable_clips_stop_extraction_or_are_skipped_and_counted(tmp_path, tiny_pipeline_dir, broken_clip_dir):
+    import extract_features
+
+    argv = ["--pretrained_model", tiny_pipeline_dir, "--data_dir", broken_clip_dir, *EXTRACT_ARGS]
+    with pytest.raises(Exception, match="broken.mp4"):
+        _run(extract_features, [*argv, "--output_dir", tmp_path / "stop"])
+    result = _run(extract_features, [*argv, "--output_dir", tmp_path / "skip", "--skip_bad_items"])
+    assert result["num_unreadable_clips"] == 1 and result["unreadable_clips"][0]["file"] == "broken.mp4"
+    # Every item made from clip_00001 (its segment, and any joined or augmented item using it) is skipped.
+    assert result["num_bad_items"] >= 1
+    for record in result["bad_items"]:
+        assert "clip_00001.wav" in record["file"] and record["reason"]
+    assert result["num_indexed"] == result["num_items"] - result["num_bad_items"]
+    assert all("clip_00001" not in e["id"] for e in _entries(tmp_path / "skip") if not e["id"].startswith(("concat", "aug")))
+    # Without the broken row, the undecodable audio alone stops a run, naming the file.
+    rows = (broken_clip_dir / "metadata.jsonl").read_text().splitlines()[:-1]
+    (broken_clip_dir / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=r"clip_00001.*clip_00001\.wav.*--skip_bad_items"):
+        _run(extract_features, [*argv, "--output_dir", tmp_path / "stop2"])
+
+
+def test_codec_training_skips_unreadable_clips(tmp_path, broken_clip_dir):
+    import train_vocoder
+
+    output = tmp_path / "vocoder"
+    result = _run(
+        train_vocoder,
+        ["--vocoder_type", "vocos", "--vocoder_config", "tiny", "--data_dir", broken_clip_dir, "--output_dir", output,
+         "--train_batch_size", 2, "--crop_seconds", 0.25, "--num_train_epochs", 1, "--gan_weight", 0,
+         "--stft_loss_weight", 0, "--segment_seconds", 1.5, "--min_seconds", 0.5, "--skip_bad_items"],
+    )  # fmt: skip
+    summary = json.loads((output / "training_summary.json").read_text())
+    assert summary["num_unreadable_clips"] == 1
+    assert summary["num_bad_items"] == 1 and "clip_00001.wav" in summary["bad_items"][0]["file"]
+    assert sum(h["bad_items"] for h in result["history"]) == 1
+    assert _all_finite(output / "vocoder")
+
+
+def test_short_and_uncaptioned_clips_are_counted_and_warned_once(tmp_path, clip_data_dir, caplog):
+    import logging
+
+    import common
+
+    data = tmp_path / "clips"
+    shutil.copytree(clip_data_dir, data)
+    rows = [json.loads(line) for line in (data / "metadata.jsonl").read_text().splitlines()]
+    extra = [{"file_name": "clip_00002.wav", "caption": ""}, {"file_name": "clip_00003.wav", "caption": " "}]
+    (data / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows + extra))
+    short = [r for r in rows if r["duration"] < 1.8]
+    assert 0 < len(short) < len(rows)
+
+    class Args:
+        data_dir, hf_dataset, seed, skip_bad_items = str(data), None, 0, False
+
+    with caplog.at_level(logging.WARNING):
+        dataset = common.build_clip_dataset(Args, segment_seconds=None, min_seconds=1.8, load_video=False)
+    report = dataset.data_report
+    # The short video clips and the audio-only rows made from them are dropped.
+    short_audio = [e for e in extra if any(r["audio_file"] == e["file_name"] for r in short)]
+    assert report["num_short_clips_dropped"] == len(short) + len(short_audio)
+    assert len(dataset) == len(rows) + len(extra) - report["num_short_clips_dropped"]
+    assert report["num_uncaptioned_audio_only"] == 2
+    dropped = [r for r in caplog.records if "shorter than --min_seconds" in r.getMessage()]
+    uncaptioned = [r for r in caplog.records if "no caption" in r.getMessage()]
+    assert len(dropped) == 1 and f"{report['num_short_clips_dropped']} clips" in dropped[0].getMessage()
+    assert len(uncaptioned) == 1 and "2 audio-only clips" in uncaptioned[0].getMessage()
+
+
+def _unwritable_folder(tmp_path: Path) -> Path:
+    """An existing folder this process cannot write to (root ignores file modes: use /sys, read-only for it)."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        (folder / "probe").write_bytes(b"")
+    except OSError:
+        return folder
+    (folder / "probe").unlink()
+    return Path("/sys/kernel")
+
+
+def test_unwritable_output_dir_fails_at_startup(tmp_path, tiny_pipeline_dir):
+    import extract_features
+    import train_vocoder
+
+    folder = _unwritable_folder(tmp_path)
+    # The data folder does not exist either: the output folder is checked first, before any work.
+    with pytest.raises(ValueError, match=r"--output_dir.*not a writable folder"):
+        _run(train_vocoder, ["--vocoder_type", "vocos", "--data_dir", tmp_path / "nowhere", "--output_dir", folder])
+    with pytest.raises(ValueError, match=r"--output_dir.*not a writable folder"):
+        _run(extract_features, ["--pretrained_model", tiny_pipeline_dir, "--data_dir", tmp_path / "nowhere",
+                                "--output_dir", folder / "features"])  # fmt: skip
+
+
+def test_a_full_disk_error_names_the_file(tmp_path, tiny_pipeline_dir, clip_data_dir, monkeypatch):
+    import common
+    import extract_features
+    from accelerate import Accelerator
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(extract_features, "save_file", disk_full)
+    output = tmp_path / "features"
+    with pytest.raises(OSError, match=r"No space left on device \(while writing .*features/clip_00000_0\.safetensors\)") as caught:
+        _run(extract_features, ["--pretrained_model", tiny_pipeline_dir, "--data_dir", clip_data_dir,
+                                "--output_dir", output, *EXTRACT_ARGS])  # fmt: skip
+    assert caught.value.errno == errno.ENOSPC
+    assert not [p.name for p in output.iterdir() if p.name.endswith(".safetensors") or ".tmp" in p.name]
+
+    accelerator = Accelerator()
+    monkeypatch.setattr(accelerator, "save_state", disk_full)
+    with pytest.raises(OSError, match=r"No space left on device \(while writing .*checkpoint-2\.tmp\)"):
+        common.save_checkpoint(accelerator, tmp_path / "run", 2)

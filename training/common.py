@@ -495,7 +495,7 @@ def save_checkpoint(
     try:
         accelerator.save_state(str(tmp_dir))
     except OSError as error:  # a full disk: say which checkpoint (the last complete one is untouched)
-        raise OSError(error.errno, f"{error.strerror or error} (while writing {tmp_dir})", str(tmp_dir)) from error
+        raise OSError(error.errno, f"{error.strerror or error} (while writing {tmp_dir})") from error
     if generator is not None:
         # One file per process: each process has its own noise stream.
         save_file(
@@ -1206,4 +1206,4 @@ def append_log(log_path: Path, entry: dict[str, Any]) -> None:
         finally:
             os.close(fd)
     except OSError as error:
-        raise OSError(error.errno, f"{error.strerror or error} (while writing {log_path})", str(log_path)) from error
+        raise OSError(error.errno, f"{error.strerror or error} (while writing {log_path})") from error

@@ -525,7 +525,7 @@ TEMPORARY_MARKER = ".tmp"
 def _error_naming(error: OSError, path: str | _os.PathLike) -> OSError:
     """`error` again (same errno, so the same subclass: a full disk stays an ENOSPC `OSError`) with `path` named."""
     reason = error.strerror or str(error)
-    return OSError(error.errno, f"{reason} (while writing {_os.fspath(path)})", _os.fspath(path))
+    return OSError(error.errno, f"{reason} (while writing {_os.fspath(path)})")
 
 
 @_contextlib.contextmanager
