@@ -17,6 +17,8 @@ from diffusers import ModelMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.utils import BaseOutput
 
+from .adapters import AttentionFreeModelMixin
+
 
 @dataclass
 class MelDiscriminatorOutput(BaseOutput):
@@ -61,7 +63,7 @@ class MelDiscriminatorScale(nn.Module):
         return self.conv_out(hidden_states), features
 
 
-class MelDiscriminator(ModelMixin, ConfigMixin):
+class MelDiscriminator(AttentionFreeModelMixin, ModelMixin, ConfigMixin):
     r"""
     Multi-scale PatchGAN discriminator over log-mel spectrograms.
 
@@ -73,6 +75,8 @@ class MelDiscriminator(ModelMixin, ConfigMixin):
         kernel_size (`tuple[int, int]`, defaults to `(3, 9)`): (bands, frames) kernel.
         negative_slope (`float`, defaults to 0.2): LeakyReLU slope.
         mel_mean (`float`, defaults to -5.0), mel_std (`float`, defaults to 3.0): Input normalisation (same as MelVAE).
+
+    The model has no attention layer: `set_attention_backend` raises a `ValueError` (there is no attention to route).
     """
 
     @register_to_config
@@ -185,7 +189,7 @@ class PeriodDiscriminator(nn.Module):
         return logits.flatten(1, -1), features
 
 
-class MultiPeriodDiscriminator(ModelMixin, ConfigMixin):
+class MultiPeriodDiscriminator(AttentionFreeModelMixin, ModelMixin, ConfigMixin):
     r"""
     Multi-period waveform discriminator (HiFi-GAN, also BigVGAN's MPD): one `PeriodDiscriminator` per period.
 
@@ -194,6 +198,8 @@ class MultiPeriodDiscriminator(ModelMixin, ConfigMixin):
         channels (`tuple[int, ...]`, defaults to `(32, 128, 512, 1024, 1024)`): Conv widths of every sub-discriminator.
         kernel_size (`int`, defaults to 5), stride (`int`, defaults to 3): Time kernel and stride of the convs.
         negative_slope (`float`, defaults to 0.1): LeakyReLU slope.
+
+    The model has no attention layer: `set_attention_backend` raises a `ValueError` (there is no attention to route).
     """
 
     @register_to_config
@@ -268,7 +274,7 @@ class ResolutionDiscriminator(nn.Module):
         return logits.flatten(1, -1), features
 
 
-class MultiResolutionDiscriminator(ModelMixin, ConfigMixin):
+class MultiResolutionDiscriminator(AttentionFreeModelMixin, ModelMixin, ConfigMixin):
     r"""
     Multi-resolution spectrogram discriminator (UnivNet's MRD, used by BigVGAN): one `ResolutionDiscriminator` per
     STFT resolution.
@@ -279,6 +285,8 @@ class MultiResolutionDiscriminator(ModelMixin, ConfigMixin):
         channels (`int`, defaults to 32): Conv width.
         num_strided (`int`, defaults to 3): Convs striding 2 in time.
         negative_slope (`float`, defaults to 0.1): LeakyReLU slope.
+
+    The model has no attention layer: `set_attention_backend` raises a `ValueError` (there is no attention to route).
     """
 
     @register_to_config

@@ -27,6 +27,7 @@ from diffusers import ModelMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.vae import DecoderOutput
 
+from .adapters import AttentionFreeModelMixin
 from .autoencoders.autoencoder_mel_vae import slaney_mel_filterbank
 
 __all__ = ["VocosVocoder", "VocosConvNeXtBlock", "vocos_small_config", "tiny_vocos_config"]
@@ -68,7 +69,7 @@ class VocosConvNeXtBlock(nn.Module):
         return residual + (self.gamma * hidden_states).transpose(1, 2)
 
 
-class VocosVocoder(ModelMixin, ConfigMixin):
+class VocosVocoder(AttentionFreeModelMixin, ModelMixin, ConfigMixin):
     r"""
     Vocos vocoder: log-mel `(batch, num_mels, frames)` -> waveform `(batch, 1, frames * hop_length)` in [-1, 1].
 
@@ -93,6 +94,8 @@ class VocosVocoder(ModelMixin, ConfigMixin):
             and spectral envelope: on sparse Foley clips (short loud events on a quiet bed) a plain head learns the
             bed first and stays ~45 dB too quiet within a short budget.
         sample_rate (`int`, defaults to 44100): Sample rate of the mel filterbank (used by `mel_magnitude_prior`).
+
+    The model has no attention layer: `set_attention_backend` raises a `ValueError` (there is no attention to route).
     """
 
     @register_to_config

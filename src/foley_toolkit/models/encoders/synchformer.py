@@ -32,12 +32,12 @@ ff.net.0.proj,ff.net.2,attn}``.
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from diffusers import ModelMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.attention import FeedForward
+from diffusers.models.attention import AttentionMixin, AttentionModuleMixin, FeedForward
+from diffusers.models.attention_dispatch import dispatch_attention_fn
 
 
 def _trunc_normal_(tensor: torch.Tensor, std: float = 0.02) -> torch.Tensor:
@@ -64,17 +64,100 @@ class SynchformerPatchEmbed(nn.Module):
         return self.proj(segments).flatten(2).transpose(1, 2)
 
 
-class SynchformerDividedAttention(nn.Module):
+class SynchformerDividedAttnProcessor:
+    r"""
+    Attention processor for [`SynchformerDividedAttention`] (MotionFormer's `DividedAttention`).
+
+    Two attention calls: the CLS token over every token, then every group (`"time"`: one per spatial patch, over its
+    time steps; `"space"`: one per time step, over its patches) over the CLS token and the group's tokens, the groups
+    batched. Both calls are diffusers' `dispatch_attention_fn`, so `model.set_attention_backend(name)` (which sets
+    `_attention_backend` on every processor) and the `attention_backend(...)` context manager choose the kernel
+    (`"native"` SDPA by default, `"_native_math"`, `"flex"`, `"flash"`, `"sage"`, ...). No mask is needed: every
+    group has the same length.
+    """
+
+    _attention_backend = None
+    _parallel_config = None
+
+    def __call__(
+        self,
+        attn: "SynchformerDividedAttention",
+        hidden_states: torch.Tensor,
+        num_frames: int,
+        num_patches: int,
+        group: str,
+    ) -> torch.Tensor:
+        if group not in ("time", "space"):
+            raise ValueError(f"`group` must be 'time' or 'space', got {group!r}.")
+        batch = hidden_states.shape[0]
+        heads, head_dim = attn.heads, attn.head_dim
+        dropout_p = attn.attention_dropout if attn.training else 0.0
+
+        def split_heads(x: torch.Tensor) -> torch.Tensor:
+            return x.unflatten(-1, (heads, head_dim))  # (batch, length, heads, head_dim): the dispatcher's layout
+
+        q = split_heads(attn.to_q(hidden_states))
+        k = split_heads(attn.to_k(hidden_states))
+        v = split_heads(attn.to_v(hidden_states))
+
+        def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+            return dispatch_attention_fn(
+                query,
+                key,
+                value,
+                dropout_p=dropout_p,
+                backend=self._attention_backend,
+                parallel_config=self._parallel_config,
+            )
+
+        # the CLS token sees everything (space and time)
+        cls_out = attend(q[:, :1], k, v)
+
+        def to_groups(x: torch.Tensor) -> torch.Tensor:
+            x = x[:, 1:].reshape(batch, num_frames, num_patches, heads, head_dim)
+            if group == "time":  # one group per spatial patch: sequence over time
+                x = x.transpose(1, 2)  # (batch, patches, time, heads, head_dim)
+            return x.reshape(-1, x.shape[2], heads, head_dim)  # (batch * groups, group length, heads, head_dim)
+
+        num_groups = num_patches if group == "time" else num_frames
+        # every group also attends to the CLS key / value
+        cls_k = k[:, :1].unsqueeze(1).expand(-1, num_groups, -1, -1, -1).reshape(-1, 1, heads, head_dim)
+        cls_v = v[:, :1].unsqueeze(1).expand(-1, num_groups, -1, -1, -1).reshape(-1, 1, heads, head_dim)
+        out = attend(to_groups(q), torch.cat([cls_k, to_groups(k)], dim=1), torch.cat([cls_v, to_groups(v)], dim=1))
+
+        # back to (batch, time * patches, heads, head_dim), time-major
+        out = out.reshape(batch, num_groups, -1, heads, head_dim)
+        if group == "time":
+            out = out.transpose(1, 2)  # (batch, time, patches, heads, head_dim)
+        out = out.reshape(batch, num_frames * num_patches, heads, head_dim)
+        out = torch.cat([cls_out, out], dim=1).flatten(2, 3).to(q.dtype)
+        for layer in attn.to_out:
+            out = layer(out)
+        return out
+
+
+class SynchformerDividedAttention(nn.Module, AttentionModuleMixin):
     """Multi-head attention restricted to groups of tokens, with a global CLS token (MotionFormer).
 
     The input is `(batch, 1 + time * patches, dim)`: a CLS token followed by time-major patch tokens.
     `group="time"`: a patch token attends to the CLS token and to the same spatial patch at every time step.
     `group="space"`: a patch token attends to the CLS token and to all patches of its own time step.
-    The CLS token attends to every token in both cases.
+    The CLS token attends to every token in both cases. The computation is [`SynchformerDividedAttnProcessor`]'s
+    (its attention calls go through diffusers' attention dispatcher).
     """
 
+    _default_processor_cls = SynchformerDividedAttnProcessor
+    _available_processors = [SynchformerDividedAttnProcessor]
+    _supports_qkv_fusion = False
+
     def __init__(
-        self, dim: int, num_heads: int, qkv_bias: bool = True, dropout: float = 0.0, attention_dropout: float = 0.0
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        dropout: float = 0.0,
+        attention_dropout: float = 0.0,
+        processor=None,
     ):
         super().__init__()
         if dim % num_heads != 0:
@@ -86,50 +169,11 @@ class SynchformerDividedAttention(nn.Module):
         self.to_k = nn.Linear(dim, dim, bias=qkv_bias)
         self.to_v = nn.Linear(dim, dim, bias=qkv_bias)
         self.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(dropout)])
-
-    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        batch, length, _ = x.shape
-        return x.view(batch, length, self.heads, self.head_dim).transpose(1, 2)  # (batch, heads, length, head_dim)
+        self.set_processor(processor if processor is not None else self._default_processor_cls())
 
     def forward(self, hidden_states: torch.Tensor, num_frames: int, num_patches: int, group: str) -> torch.Tensor:
-        batch = hidden_states.shape[0]
-        heads, head_dim = self.heads, self.head_dim
-        dropout_p = self.attention_dropout if self.training else 0.0
-        q = self._split_heads(self.to_q(hidden_states))
-        k = self._split_heads(self.to_k(hidden_states))
-        v = self._split_heads(self.to_v(hidden_states))
-
-        # the CLS token sees everything (space and time)
-        cls_out = F.scaled_dot_product_attention(q[:, :, :1], k, v, dropout_p=dropout_p)
-
-        def to_groups(x: torch.Tensor) -> torch.Tensor:
-            x = x[:, :, 1:].reshape(batch, heads, num_frames, num_patches, head_dim)
-            if group == "time":  # one group per spatial patch: sequence over time
-                x = x.permute(0, 3, 1, 2, 4)  # (batch, patches, heads, time, head_dim)
-            else:  # one group per time step: sequence over patches
-                x = x.permute(0, 2, 1, 3, 4)  # (batch, time, heads, patches, head_dim)
-            return x.reshape(-1, heads, x.shape[-2], head_dim)
-
-        num_groups = num_patches if group == "time" else num_frames
-        # every group also attends to the CLS key / value
-        cls_k = k[:, :, :1].unsqueeze(1).expand(-1, num_groups, -1, -1, -1).reshape(-1, heads, 1, head_dim)
-        cls_v = v[:, :, :1].unsqueeze(1).expand(-1, num_groups, -1, -1, -1).reshape(-1, heads, 1, head_dim)
-        group_q = to_groups(q)
-        group_k = torch.cat([cls_k, to_groups(k)], dim=2)
-        group_v = torch.cat([cls_v, to_groups(v)], dim=2)
-        out = F.scaled_dot_product_attention(group_q, group_k, group_v, dropout_p=dropout_p)
-
-        # back to (batch, heads, time * patches, head_dim), time-major
-        out = out.reshape(batch, num_groups, heads, -1, head_dim)
-        if group == "time":
-            out = out.permute(0, 2, 3, 1, 4)  # (batch, heads, time, patches, head_dim)
-        else:
-            out = out.permute(0, 2, 1, 3, 4)
-        out = out.reshape(batch, heads, num_frames * num_patches, head_dim)
-        out = torch.cat([cls_out, out], dim=2).transpose(1, 2).reshape(batch, -1, heads * head_dim)
-        for layer in self.to_out:
-            out = layer(out)
-        return out
+        """`(batch, 1 + num_frames * num_patches, dim)` -> the same shape."""
+        return self.processor(self, hidden_states, num_frames, num_patches, group)
 
 
 class SynchformerDividedSpaceTimeBlock(nn.Module):
@@ -163,6 +207,60 @@ class SynchformerDividedSpaceTimeBlock(nn.Module):
         return hidden_states + self.ff(self.ff_norm(hidden_states))
 
 
+class SynchformerPoolingAttnProcessor:
+    r"""
+    Attention processor for [`SynchformerPoolingAttention`]: the query of the first (pooling) token over every token,
+    through diffusers' `dispatch_attention_fn` (the backend set by `set_attention_backend` / `attention_backend(...)`).
+    """
+
+    _attention_backend = None
+    _parallel_config = None
+
+    def __call__(self, attn: "SynchformerPoolingAttention", tokens: torch.Tensor) -> torch.Tensor:
+        def split_heads(x: torch.Tensor) -> torch.Tensor:
+            return x.unflatten(-1, (attn.heads, -1))  # (batch, length, heads, head_dim): the dispatcher's layout
+
+        query = split_heads(attn.to_q(tokens[:, :1]))
+        attended = dispatch_attention_fn(
+            query,
+            split_heads(attn.to_k(tokens)),
+            split_heads(attn.to_v(tokens)),
+            dropout_p=attn.attention_dropout if attn.training else 0.0,
+            backend=self._attention_backend,
+            parallel_config=self._parallel_config,
+        )
+        attended = attended.flatten(2, 3).to(query.dtype)
+        for layer in attn.to_out:
+            attended = layer(attended)
+        return attended
+
+
+class SynchformerPoolingAttention(nn.Module, AttentionModuleMixin):
+    """The self-attention of [`SynchformerSpatialPooling`] with only the first token's query:
+    `(batch, 1 + patches, dim)` -> `(batch, 1, dim)` (the pooling token's output; the other tokens' outputs are never
+    used). Projections `to_q`, `to_k`, `to_v`, `to_out.0` (the split `in_proj` / `out_proj` of torch's
+    `MultiheadAttention`)."""
+
+    _default_processor_cls = SynchformerPoolingAttnProcessor
+    _available_processors = [SynchformerPoolingAttnProcessor]
+    _supports_qkv_fusion = False
+
+    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0, attention_dropout: float = 0.0, processor=None):
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"`hidden_size` ({dim}) must be divisible by `num_attention_heads` ({num_heads}).")
+        self.heads = num_heads
+        self.attention_dropout = attention_dropout
+        self.to_q = nn.Linear(dim, dim)
+        self.to_k = nn.Linear(dim, dim)
+        self.to_v = nn.Linear(dim, dim)
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(dropout)])
+        self.set_processor(processor if processor is not None else self._default_processor_cls())
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.processor(self, tokens)
+
+
 class SynchformerSpatialPooling(nn.Module):
     """Pools the patches of one time step into one token (Synchformer `SpatialTransformerEncoderLayer`).
 
@@ -180,43 +278,21 @@ class SynchformerSpatialPooling(nn.Module):
         attention_dropout: float,
     ):
         super().__init__()
-        self.heads = num_heads
-        self.attention_dropout = attention_dropout
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.norm1 = nn.LayerNorm(dim, eps=layer_norm_eps)
-        self.attn = nn.Module()
-        self.attn.to_q = nn.Linear(dim, dim)
-        self.attn.to_k = nn.Linear(dim, dim)
-        self.attn.to_v = nn.Linear(dim, dim)
-        self.attn.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(dropout)])
+        self.attn = SynchformerPoolingAttention(dim, num_heads, dropout, attention_dropout)
         self.norm2 = nn.LayerNorm(dim, eps=layer_norm_eps)
         self.ff = _vit_mlp(dim, mlp_ratio, dropout)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         """`(batch, patches, dim)` -> `(batch, dim)`."""
-        batch, _, dim = patches.shape
-        head_dim = dim // self.heads
-        cls = self.cls_token.expand(batch, -1, -1)
-        tokens = self.norm1(torch.cat([cls, patches], dim=1))
-
-        def heads(x: torch.Tensor) -> torch.Tensor:
-            return x.view(batch, -1, self.heads, head_dim).transpose(1, 2)
-
-        attended = F.scaled_dot_product_attention(
-            heads(self.attn.to_q(tokens[:, :1])),
-            heads(self.attn.to_k(tokens)),
-            heads(self.attn.to_v(tokens)),
-            dropout_p=self.attention_dropout if self.training else 0.0,
-        )
-        attended = attended.transpose(1, 2).reshape(batch, 1, dim)
-        for layer in self.attn.to_out:
-            attended = layer(attended)
-        pooled = cls + attended
+        cls = self.cls_token.expand(patches.shape[0], -1, -1)
+        pooled = cls + self.attn(self.norm1(torch.cat([cls, patches], dim=1)))
         pooled = pooled + self.ff(self.norm2(pooled))
         return pooled[:, 0]
 
 
-class SynchformerEncoder(ModelMixin, ConfigMixin):
+class SynchformerEncoder(ModelMixin, AttentionMixin, ConfigMixin):
     r"""Synchformer visual features for Kling-Foley's sync (align) condition.
 
     Defaults are the official Synchformer visual encoder: MotionFormer ViT-B/16 (hidden 768, 12 layers, 12 heads,
@@ -237,6 +313,10 @@ class SynchformerEncoder(ModelMixin, ConfigMixin):
         layer_norm_eps (`float`, defaults to 1e-6): LayerNorm epsilon.
         dropout (`float`, defaults to 0.0): dropout after attention projections and in MLPs.
         attention_dropout (`float`, defaults to 0.0): dropout on attention weights.
+
+    Attention backends: every attention call (the divided space-time attention of each block and the spatial pooling)
+    goes through diffusers' `dispatch_attention_fn`, so `set_attention_backend(name)` and the
+    `attention_backend(...)` context manager choose the kernel; unknown names raise a `ValueError`.
     """
 
     _supports_gradient_checkpointing = True

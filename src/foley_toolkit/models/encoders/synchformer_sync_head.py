@@ -34,6 +34,8 @@ from torch import nn
 from diffusers import ModelMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 
+from ..adapters import AttentionFreeModelMixin
+
 
 class _ResidualConvBlock(nn.Module):
     """GroupNorm -> GELU -> Conv1d, twice, plus the input (time length kept)."""
@@ -53,7 +55,7 @@ class _ResidualConvBlock(nn.Module):
         return residual + hidden_states
 
 
-class SynchformerSyncHead(ModelMixin, ConfigMixin):
+class SynchformerSyncHead(AttentionFreeModelMixin, ModelMixin, ConfigMixin):
     r"""Audio encoder + offset classifier that trains a `SynchformerEncoder` with Synchformer's sync objective.
 
     Args:
@@ -71,6 +73,8 @@ class SynchformerSyncHead(ModelMixin, ConfigMixin):
         segment_token_stride (`int`, defaults to 4): tubelet steps between segment starts
             (`segment_stride / temporal_patch_size`).
         contrastive_dim (`int`, defaults to 128): width of the segment embeddings of `contrastive_loss`.
+
+    The model has no attention layer: `set_attention_backend` raises a `ValueError` (there is no attention to route).
     """
 
     @register_to_config
