@@ -916,7 +916,6 @@ def write_run_summary(
     previous = read_run_summary(args.output_dir) if accelerator.is_main_process else {}
     last = {k: v for k, v in (history[-1] if history else previous.get("final_logs", {})).items() if k != "step"}
     summary = {
-        "script": Path(sys.argv[0]).name if sys.argv and sys.argv[0].endswith(".py") else None,
         "global_step": global_step,
         "seed": args.seed,
         "final_logs": last,
