@@ -100,9 +100,18 @@ def test_nan_feature_stops_training_naming_the_item_and_skip_bad_items_counts_it
     assert summary["bad_items"][0]["id"] == bad_id and "latents_mean" in summary["bad_items"][0]["reason"]
     assert summary["bad_items"][0]["file"].endswith(_entries(features)[1]["file"])
     log = [json.loads(line) for line in (skipped / "train_log.jsonl").read_text().splitlines()]
-    assert sum(entry["bad_items"] for entry in log) == 1
+    assert sum(entry["bad_items"] for entry in log) == 1 and sum(entry["skipped_batches"] for entry in log) == 0
     assert all(torch.isfinite(torch.tensor(entry["loss"])) for entry in log)
     assert _all_finite(skipped / "transformer") and _all_finite(skipped / "pipeline" / "transformer")
+
+    # Batches of one: the bad item's batch is empty, that step is skipped (and still counted, for exact resumes).
+    alone = tmp_path / "alone"
+    result = _run(train_transformer, _transformer_argv(tiny_pipeline_dir, features, alone, "--num_train_epochs", 1,
+                                                       "--skip_bad_items", "--train_batch_size", 1))  # fmt: skip
+    assert result["global_step"] == num_items
+    assert [h["bad_items"] for h in result["history"]].count(1.0) == 1
+    assert [h["skipped_batches"] for h in result["history"]] == [h["bad_items"] for h in result["history"]]
+    assert _all_finite(alone / "transformer")
 
 
 class _Args:
@@ -157,7 +166,8 @@ def test_nan_loss_is_never_checkpointed_nor_rotates_good_checkpoints_away(tmp_pa
         assert _all_finite(checkpoint / "linear")
 
     (global_step, history), weights = _nan_loss_run(tmp_path / "skip", skip_bad_items=True)
-    assert global_step == 4 and [h["bad_items"] for h in history] == [0.0, 0.0, 1.0, 0.0]
+    assert global_step == 4 and [h["skipped_batches"] for h in history] == [0.0, 0.0, 1.0, 0.0]
+    assert [h["bad_items"] for h in history] == [0.0] * 4
     # The skipped step left the weights as they were; the next step trained again.
     torch.testing.assert_close(weights[3], weights[2], rtol=0, atol=0)
     assert not torch.equal(weights[4], weights[3])

@@ -1090,7 +1090,7 @@ def run_training_loop(
     accumulated: dict[str, list[float]] = {}
     health = RunHealth()
     skip_bad = bool(getattr(args, "skip_bad_items", False))
-    step_bad = 0  # bad items and skipped micro-batches of the current optimizer step (this process)
+    step_counts = [0, 0]  # bad items, skipped micro-batches of the current optimizer step (this process)
 
     for epoch in range(first_epoch, num_epochs):
         if global_step >= max_train_steps:
@@ -1106,7 +1106,7 @@ def run_training_loop(
         for batch in epoch_dataloader:
             bad_records = batch.pop(BAD_ITEMS_KEY, []) if isinstance(batch, dict) else []
             health.add_bad_items(bad_records)
-            step_bad += len(bad_records)
+            step_counts[0] += len(bad_records)
             usable = bool(batch)
             if skip_bad and accelerator.num_processes > 1:  # every process must skip a batch together (collectives)
                 flag = torch.tensor([float(usable)], device=accelerator.device)
@@ -1126,7 +1126,7 @@ def run_training_loop(
                             "--skip_bad_items to skip such batches."
                         ) from error
                     health.add_skipped_batch(global_step + 1, ids, str(error))
-                    step_bad += 1
+                    step_counts[1] += 1
                     if accelerator.sync_gradients:
                         # Drop the whole step: earlier micro-batches' gradients were never synchronised.
                         for optimizer in accelerator._optimizers:
@@ -1150,12 +1150,12 @@ def run_training_loop(
             logs = {k: float(v) for k, v in zip(keys, reduced.tolist())}
             logs.update(extra_logs or {})
             accumulated = {}
-            if skip_bad:
-                count = torch.tensor([float(step_bad)], device=accelerator.device)
+            if skip_bad:  # this step's counts, summed over processes
+                counts = torch.tensor([float(c) for c in step_counts], device=accelerator.device)
                 if accelerator.num_processes > 1:
-                    count = accelerator.reduce(count, reduction="sum")
-                logs["bad_items"] = float(count)
-            step_bad = 0
+                    counts = accelerator.reduce(counts, reduction="sum")
+                logs["bad_items"], logs["skipped_batches"] = (float(c) for c in counts.tolist())
+            step_counts = [0, 0]
             history.append({"step": global_step, **logs})
             if global_step % args.logging_steps == 0 or global_step == max_train_steps:
                 progress_bar.set_postfix(**{k: f"{v:.4g}" for k, v in logs.items()})
