@@ -322,15 +322,17 @@ def test_outputs_appear_whole_to_a_concurrent_reader(tmp_path, tiny_pipeline_dir
     try:
         _run(train_transformer,
              _transformer_argv(tiny_pipeline_dir, feature_dir, output, "--max_train_steps", 2, "--validation_steps", 2,
-                               "--validation_duration", 1.0, "--validation_prompt", "a ball bounces", "--num_validation_inference_steps", 2))  # fmt: skip
+                               "--validation_duration", 1.0, "--validation_prompt", "a ball bounces",
+                               "--num_validation_inference_steps", 2))  # fmt: skip
     finally:
         stop.set()
         reader.join()
         events = watcher.close()
     assert not partial_reads, partial_reads
-    created_in_place = sorted({str(p.relative_to(output)) for kind, p in events if kind == "create" and not _is_temporary(p, output)})
+    final = [(kind, str(p.relative_to(output))) for kind, p in events if not _is_temporary(p, output)]
+    created_in_place = sorted({path for kind, path in final if kind == "create"})
     assert created_in_place == [], created_in_place
-    modified = {str(p.relative_to(output)) for kind, p in events if kind == "modify" and not _is_temporary(p, output)}
+    modified = {path for kind, path in final if kind == "modify"}
     assert modified <= {"train_log.jsonl"}, modified
     renamed = {str(p.relative_to(output)) for kind, p in events if kind == "rename"}
     assert {"train_log.jsonl", "training_summary.json", "validation/step-2.wav", "transformer", "pipeline"} <= renamed
@@ -622,7 +624,8 @@ def test_a_full_disk_error_names_the_file(tmp_path, tiny_pipeline_dir, clip_data
 
     monkeypatch.setattr(extract_features, "save_file", disk_full)
     output = tmp_path / "features"
-    with pytest.raises(OSError, match=r"No space left on device \(while writing .*features/clip_00000_0\.safetensors\)") as caught:
+    message = r"No space left on device \(while writing .*features/clip_00000_0\.safetensors\)"
+    with pytest.raises(OSError, match=message) as caught:
         _run(extract_features, ["--pretrained_model", tiny_pipeline_dir, "--data_dir", clip_data_dir,
                                 "--output_dir", output, *EXTRACT_ARGS])  # fmt: skip
     assert caught.value.errno == errno.ENOSPC

@@ -844,7 +844,8 @@ def check_finite(accelerator: Accelerator, value: torch.Tensor | None, what: str
     if accelerator.num_processes > 1:
         finite = accelerator.reduce(finite.to(accelerator.device), reduction="sum") - (accelerator.num_processes - 1)
     if float(finite) < 1.0:
-        raise NonFiniteLossError(f"non-finite {what} ({float(value.detach().float().reshape(-1)[0]) if value.numel() else value})")
+        shown = float(value.detach().float().reshape(-1)[0]) if value.numel() else value
+        raise NonFiniteLossError(f"non-finite {what} ({shown})")
 
 
 def check_finite_parameters(accelerator: Accelerator, global_step: int) -> None:
@@ -852,7 +853,9 @@ def check_finite_parameters(accelerator: Accelerator, global_step: int) -> None:
     bad = []
     for model in accelerator._models:
         module = unwrap_model(accelerator, model)
-        bad += [f"{type(module).__name__}.{name}" for name, p in module.named_parameters() if not bool(torch.isfinite(p).all())]
+        for name, parameter in module.named_parameters():
+            if not bool(torch.isfinite(parameter).all()):
+                bad.append(f"{type(module).__name__}.{name}")
     count = torch.tensor([float(len(bad))], device=accelerator.device)
     if accelerator.num_processes > 1:
         count = accelerator.reduce(count, reduction="sum")
@@ -872,7 +875,8 @@ class RunHealth:
 
     def add_bad_items(self, records: list[dict]) -> None:
         for record in records:
-            logger.warning(f"Skipping bad item {record['id']!r} ({record['file']}): {record['reason']}", main_process_only=False)
+            message = f"Skipping bad item {record['id']!r} ({record['file']}): {record['reason']}"
+            logger.warning(message, main_process_only=False)
         self.bad_items.extend(records)
 
     def add_skipped_batch(self, step: int, ids: list[str], reason: str) -> None:
@@ -960,7 +964,9 @@ def model_card(args: argparse.Namespace, script: str, components: list[str], bas
     return training_model_card(script, base_model, facts, components=components)
 
 
-def log_validation_audio(accelerator: Accelerator, audio: Any, sample_rate: int, step: int, tag: str = "validation") -> None:
+def log_validation_audio(
+    accelerator: Accelerator, audio: Any, sample_rate: int, step: int, tag: str = "validation"
+) -> None:
     """Send a validation clip `(channels, samples)` in [-1, 1] to the ``--report_to`` trackers: TensorBoard
     (``add_audio``, one mono track per channel: TensorBoard audio is mono) and wandb (``wandb.Audio``)."""
     if not accelerator.is_main_process:
@@ -1028,7 +1034,8 @@ def backward_and_step(
 ) -> None:
     """The end of every ``training_step``: a reduced NaN/Inf check of `loss` (`NonFiniteLossError`),
     ``accelerator.backward(loss)``, gradient clipping of `parameters` to
-    `max_grad_norm` (``<= 0``: off; a non-finite norm raises `NonFiniteLossError`) when gradients are synchronised, then ``optimizer.step()``,
+    `max_grad_norm` (``<= 0``: off; a non-finite norm raises `NonFiniteLossError`) when gradients are synchronised,
+    then ``optimizer.step()``,
     ``lr_scheduler.step()`` and ``optimizer.zero_grad()`` (prepared optimizers and schedulers only act at
     accumulation boundaries)."""
     # A NaN/Inf loss (on any process) never reaches the weights: `run_training_loop` stops the run naming the
@@ -1173,7 +1180,8 @@ def run_training_loop(
         # The end state is always resumable (continue with a larger --max_train_steps).
         check_finite_parameters(accelerator, global_step)
         save_checkpoint(accelerator, args.output_dir, global_step, generator, args.checkpoints_total_limit)
-    write_run_summary(accelerator, args, global_step, history, health, dataset_report(getattr(train_dataloader, "dataset", None)))
+    report = dataset_report(getattr(train_dataloader, "dataset", None))
+    write_run_summary(accelerator, args, global_step, history, health, report)
     return global_step, history
 
 

@@ -552,7 +552,8 @@ def atomic_output(path: str | _os.PathLike, is_dir: bool = False) -> _Iterator[s
         if is_dir:
             tmp = _tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TEMPORARY_MARKER, dir=path.parent)
         else:
-            handle, tmp = _tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_MARKER + path.suffix, dir=path.parent)
+            suffix = TEMPORARY_MARKER + path.suffix
+            handle, tmp = _tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
             _os.close(handle)
     except OSError as error:
         raise _error_naming(error, path) from error
@@ -631,7 +632,8 @@ def training_model_card(
     data = ModelCardData(
         library_name="diffusers",
         tags=["foley_toolkit", "kling-foley", "video-to-audio", "text-to-audio", *tags],
-        base_model=base_model if base_model and not _os.path.isabs(base_model) and not _os.path.exists(base_model) else None,
+        # The Hub's `base_model` is a repo id: a local folder is named in the text only.
+        base_model=base_model if base_model and not _os.path.exists(base_model) else None,
     )
     trained = ", ".join(f"`{name}`" for name in components) or "the model"
     rows = "\n".join(f"| {key} | {value} |" for key, value in facts.items() if value is not None)
