@@ -10,6 +10,7 @@ import pytest
 import safetensors.torch
 import torch
 from diffusers import DiffusionPipeline, FlowMatchHeunDiscreteScheduler, MMAudioVocoder
+from diffusers.pipelines.pipeline_loading_utils import _get_custom_components_and_folders
 
 from foley_toolkit import KlingFoleyPipeline, VocosVocoder, tiny_vocos_config
 from foley_toolkit.models.vocoder import vocoder_hop_length
@@ -111,17 +112,33 @@ def assert_same_pipeline_audio(loaded, reference, video):
     )
 
 
-def test_saved_pipeline_names_its_class_the_diffusers_way(tmp_path, pipe_dir, pipe, short_video):
+def test_saved_pipeline_carries_the_code_files_diffusers_resolves(tmp_path, pipe_dir, pipe, short_video):
     index = json.loads((pipe_dir / "model_index.json").read_text())
     assert index["_class_name"] == ["pipeline_kling_foley", "KlingFoleyPipeline"]
-    assert (pipe_dir / "pipeline_kling_foley.py").read_text() == KlingFoleyPipeline.PIPELINE_FILE_TEXT
+    assert (pipe_dir / "pipeline_kling_foley.py").read_text() == KlingFoleyPipeline.reexport_file_text(
+        "foley_toolkit.pipelines.kling_foley.pipeline_kling_foley", "KlingFoleyPipeline"
+    )
+    ours = {name: entry for name, entry in index.items() if isinstance(entry, list) and entry[0].startswith("foley_")}
+    assert set(ours) == {"mono2stereo", "sync_encoder", "transformer", "vae"}  # the tiny vocoder is diffusers'
+    for name, (module, class_name) in ours.items():
+        text = (pipe_dir / name / f"{module}.py").read_text()
+        assert text == KlingFoleyPipeline.reexport_file_text(module, class_name)
+    # The check a Hub download makes (`DiffusionPipeline.download`): every component library is either one diffusers
+    # knows or a code file in the repository.
+    files = [p.relative_to(pipe_dir).as_posix() for p in pipe_dir.rglob("*") if p.is_file()]
+    custom_components, _ = _get_custom_components_and_folders("someone/kling-foley-tiny", index, files)
+    assert custom_components == {name: entry[0] for name, entry in ours.items()}
 
-    # Folders written before the pipeline file existed (`"_class_name": "KlingFoleyPipeline"`) still load.
-    shutil.copytree(pipe_dir, tmp_path / "pipe")
-    (tmp_path / "pipe" / "pipeline_kling_foley.py").unlink()
+    # Folders written before the code files existed (`"_class_name": "KlingFoleyPipeline"`) still load.
+    shutil.copytree(pipe_dir, tmp_path / "pipe", ignore=shutil.ignore_patterns("*.py"))
     index["_class_name"] = "KlingFoleyPipeline"
     (tmp_path / "pipe" / "model_index.json").write_text(json.dumps(index))
     assert_same_pipeline_audio(KlingFoleyPipeline.from_pretrained(tmp_path / "pipe"), pipe, short_video)
+    # ... and `write_code_files` upgrades them for the generic entry point.
+    KlingFoleyPipeline.write_code_files(tmp_path / "pipe")
+    assert sorted(p.name for p in (tmp_path / "pipe").rglob("*.py")) == sorted(p.name for p in pipe_dir.rglob("*.py"))
+    loaded = DiffusionPipeline.from_pretrained(tmp_path / "pipe", trust_remote_code=True)
+    assert_same_pipeline_audio(loaded, pipe, short_video)
 
 
 def test_diffusion_pipeline_from_pretrained_local_folder(pipe_dir, pipe, short_video):
@@ -154,11 +171,16 @@ def test_from_pretrained_hub_id_from_the_offline_cache(tmp_path, pipe_dir, pipe,
     )
 
 
-def test_pipeline_file_is_trusted_only_when_it_is_this_packages(tmp_path, pipe_dir):
+@pytest.mark.parametrize(
+    "code_file", ["pipeline_kling_foley.py", "transformer/foley_toolkit.models.transformers.transformer_foley_mmdit.py"]
+)
+def test_code_files_are_trusted_only_when_they_only_import_foley_toolkit(tmp_path, pipe_dir, code_file):
     shutil.copytree(pipe_dir, tmp_path / "pipe")
-    (tmp_path / "pipe" / "pipeline_kling_foley.py").write_text(
-        KlingFoleyPipeline.PIPELINE_FILE_TEXT + "print('arbitrary code')\n"
-    )
+    path = tmp_path / "pipe" / code_file
+    original = path.read_text()
+    path.write_text("# reworded comment\n" + original)  # comments and layout do not matter
+    assert type(KlingFoleyPipeline.from_pretrained(tmp_path / "pipe")) is KlingFoleyPipeline
+    path.write_text(original + "print('arbitrary code')\n")
     with pytest.raises(ValueError, match="trust_remote_code"):
         KlingFoleyPipeline.from_pretrained(tmp_path / "pipe")
 
@@ -195,6 +217,11 @@ def test_vocoder_with_another_hop_is_refused_when_built_and_loaded(tmp_path, pip
     vocos = VocosVocoder(**{**tiny_vocos_config(), "hop_length": 1024})
     with pytest.raises(ValueError, match=r"`vocoder`.*1024.*512"):
         KlingFoleyPipeline(**{**components, "vocoder": vocos})
+    # A component swapped in after construction is refused before generating.
+    pipe = KlingFoleyPipeline(**components)
+    pipe.vocoder = wrong
+    with pytest.raises(ValueError, match=r"`vocoder`.*1024.*512"):
+        pipe(prompt="a door slams", duration=0.5, num_inference_steps=1)
 
     folder = tmp_path / "pipe"
     shutil.copytree(pipe_dir, folder)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
 import json
 import math
@@ -64,6 +65,31 @@ EXAMPLE_DOC_STRING = """
 """
 
 VideoLike = str | os.PathLike | bytes | np.ndarray | torch.Tensor | VideoInput
+
+
+def _only_imports_foley_toolkit(path: str) -> bool:
+    """Whether a Python file holds nothing but `from foley_toolkit... import Name` statements, string literals and
+    an `__all__` list: running it runs only the installed package."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError):
+        return False
+    package = __name__.split(".")[0]
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom):
+            ok = node.level == 0 and (node.module or "").split(".")[0] == package
+            ok = ok and all(alias.name != "*" for alias in node.names)
+        elif isinstance(node, ast.Expr):
+            ok = isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+        elif isinstance(node, ast.Assign):
+            ok = [ast.unparse(t) for t in node.targets] == ["__all__"] and isinstance(node.value, (ast.List, ast.Tuple))
+            ok = ok and all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.value.elts)
+        else:
+            ok = False
+        if not ok:
+            return False
+    return True
 
 
 class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
@@ -175,9 +201,9 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
         pickle otherwise).
 
         The generic entry point works too: `DiffusionPipeline.from_pretrained(folder_or_id, trust_remote_code=True)`
-        returns this class through the `pipeline_kling_foley.py` file that `save_pretrained` writes (see
-        `save_config`). Here that file is run only when it is exactly the one this package writes, which imports
-        the installed class and nothing else.
+        returns this class through the code files that `save_pretrained` writes (see `save_config`). This method
+        lets diffusers run those files only when each of them does nothing but import from the installed
+        foley_toolkit; any other code in them needs your own `trust_remote_code=True`.
         """
         path = os.fspath(pretrained_model_name_or_path)
         if not os.path.isdir(path):
@@ -208,10 +234,10 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
         kwargs.setdefault("use_safetensors", True)
         if kwargs["use_safetensors"] is True:
             cls._check_safetensors_weights(path, model_index, passed=kwargs)
-        class_name = model_index.get("_class_name")
-        if isinstance(class_name, (list, tuple)) and cls._is_own_pipeline_file(path, class_name):
-            # diffusers runs the folder's pipeline file whenever `_class_name` names one; it is this package's
-            # import-only file, so trusting it runs nothing but the installed foley_toolkit.
+        code_files = cls._code_files(path, model_index)
+        if code_files and "custom_pipeline" not in kwargs and all(map(_only_imports_foley_toolkit, code_files)):
+            # diffusers runs a folder's pipeline / component code files only under `trust_remote_code`; these
+            # only import the installed foley_toolkit, so running them runs nothing else.
             kwargs.setdefault("trust_remote_code", True)
         pipe = super().from_pretrained(path, **kwargs)
         pipe.register_to_config(_name_or_path=os.fspath(pretrained_model_name_or_path))
@@ -239,46 +265,76 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
                     "safetensors where present, pickle otherwise)."
                 )
 
-    # `save_pretrained` writes this file next to `model_index.json` and records `_class_name` as
-    # `[PIPELINE_MODULE, "KlingFoleyPipeline"]`: diffusers' convention for a pipeline class that lives outside
-    # diffusers (`DiffusionPipeline.from_pretrained(..., trust_remote_code=True)` imports it from that file, locally
-    # or from a Hub snapshot). The file only re-exports the installed class, so the loaded object *is* a
-    # `foley_toolkit.KlingFoleyPipeline`.
+    # diffusers resolves a class that lives outside diffusers/transformers from a code file shipped with the saved
+    # pipeline (`trust_remote_code=True`), locally and from the Hub: `_class_name` `[module, class]` names
+    # `<module>.py` next to `model_index.json`, and a component entry `[library, class]` names
+    # `<component>/<library>.py`. `save_config` writes both kinds as files that only re-export the installed
+    # classes, so what loads *is* `foley_toolkit.KlingFoleyPipeline` (and its component classes). Component entries
+    # keep their module path as the library name, so a folder without the files still loads wherever foley_toolkit
+    # is imported.
     PIPELINE_MODULE = "pipeline_kling_foley"
-    PIPELINE_FILE_TEXT = (
-        "# Written by foley_toolkit's `KlingFoleyPipeline.save_pretrained` so that diffusers' generic loader finds\n"
-        "# the pipeline class:  DiffusionPipeline.from_pretrained(<this folder or Hub id>, trust_remote_code=True)\n"
-        "# It defines nothing: it imports the installed package (`pip install foley_toolkit`).\n"
-        "from foley_toolkit.pipelines.kling_foley.pipeline_kling_foley import KlingFoleyPipeline\n"
-        "\n"
-        '__all__ = ["KlingFoleyPipeline"]\n'
-    )
+
+    @staticmethod
+    def reexport_file_text(module: str, class_name: str) -> str:
+        """The code file `save_config` writes for a class of this package: an import and `__all__`."""
+        return (
+            "# Written by foley_toolkit's `KlingFoleyPipeline.save_pretrained` so that diffusers' generic loader finds\n"
+            "# this class:  DiffusionPipeline.from_pretrained(<this folder or Hub id>, trust_remote_code=True)\n"
+            "# It defines nothing: it imports the installed package (`pip install foley_toolkit`).\n"
+            f"from {module} import {class_name}\n"
+            "\n"
+            f'__all__ = ["{class_name}"]\n'
+        )
 
     @classmethod
-    def _is_own_pipeline_file(cls, path: str, class_name: list | tuple) -> bool:
-        """Whether `model_index.json`'s `[module, class]` names this package's pipeline file, unchanged."""
-        if list(class_name) != [cls.PIPELINE_MODULE, "KlingFoleyPipeline"]:
-            return False
-        try:
-            with open(os.path.join(path, f"{cls.PIPELINE_MODULE}.py"), encoding="utf-8") as f:
-                return f.read() == cls.PIPELINE_FILE_TEXT
-        except OSError:
-            return False
+    def _code_files(cls, path: str, model_index: dict) -> list[str]:
+        """The code files of a saved pipeline that diffusers would run: the pipeline's and the components'."""
+        files = []
+        class_name = model_index.get("_class_name")
+        if isinstance(class_name, (list, tuple)):
+            files.append(os.path.join(path, f"{class_name[0]}.py"))
+        for name, entry in model_index.items():
+            if not name.startswith("_") and isinstance(entry, (list, tuple)) and isinstance(entry[0], str):
+                files.append(os.path.join(path, name, f"{entry[0]}.py"))
+        return [f for f in files if os.path.isfile(f)]
 
     def save_config(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> None:
         r"""
-        Write `model_index.json` (called by `save_pretrained` before any upload), plus the pipeline file diffusers
-        needs to resolve this out-of-tree class: `_class_name` becomes `["pipeline_kling_foley",
-        "KlingFoleyPipeline"]` and `pipeline_kling_foley.py` re-exports the installed class. Both files are written
-        to a temporary name and renamed, so a reader never sees half of one.
+        Write `model_index.json` (called by `save_pretrained` after the components, before any upload), then the
+        code files diffusers needs to resolve the out-of-tree classes (`write_code_files`).
         """
         super().save_config(save_directory, push_to_hub=push_to_hub, **kwargs)
-        index_file = os.path.join(save_directory, self.config_name)
+        self.write_code_files(save_directory)
+
+    @classmethod
+    def write_code_files(cls, pipeline_dir: str | os.PathLike) -> None:
+        r"""
+        Make a saved pipeline folder loadable by `DiffusionPipeline.from_pretrained(..., trust_remote_code=True)`,
+        locally and from the Hub: `_class_name` in `model_index.json` becomes `["pipeline_kling_foley",
+        "KlingFoleyPipeline"]` with `pipeline_kling_foley.py` next to it, and each component of this package
+        (`[foley_toolkit.<module>, <class>]`) gets `<component>/foley_toolkit.<module>.py`; every file only
+        re-exports the installed class. `save_pretrained` calls it; call it on folders written before, or after
+        replacing a component's folder by hand. Each file is written to a temporary name and renamed.
+        """
+        pipeline_dir = os.fspath(pipeline_dir)
+        index_file = os.path.join(pipeline_dir, cls.config_name)
+        if not os.path.isfile(index_file):
+            raise FileNotFoundError(f"`pipeline_dir`: {pipeline_dir!r} has no `{cls.config_name}`.")
         with open(index_file, encoding="utf-8") as f:
             model_index = json.load(f)
-        model_index["_class_name"] = [self.PIPELINE_MODULE, "KlingFoleyPipeline"]
-        self._write_atomic(index_file, json.dumps(model_index, indent=2, sort_keys=True) + "\n")
-        self._write_atomic(os.path.join(save_directory, f"{self.PIPELINE_MODULE}.py"), self.PIPELINE_FILE_TEXT)
+        cls._write_atomic(
+            os.path.join(pipeline_dir, f"{cls.PIPELINE_MODULE}.py"),
+            cls.reexport_file_text(KlingFoleyPipeline.__module__, "KlingFoleyPipeline"),
+        )
+        for name, entry in model_index.items():
+            folder = os.path.join(pipeline_dir, name)
+            if name.startswith("_") or not isinstance(entry, list) or not isinstance(entry[0], str):
+                continue
+            if entry[0].split(".")[0] == __name__.split(".")[0] and os.path.isdir(folder):
+                cls._write_atomic(os.path.join(folder, f"{entry[0]}.py"), cls.reexport_file_text(*entry))
+        # Last: `_class_name` names the pipeline file only once that file exists.
+        model_index["_class_name"] = [cls.PIPELINE_MODULE, "KlingFoleyPipeline"]
+        cls._write_atomic(index_file, json.dumps(model_index, indent=2, sort_keys=True) + "\n")
 
     @staticmethod
     def _write_atomic(path: str, text: str) -> None:
@@ -633,6 +689,7 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
         max_sequence_length: int = 128,
     ) -> int:
         """Validate the arguments of `__call__`; return the batch size (number of clips/prompts)."""
+        self._check_vocoder_hop()  # again here: `pipe.vocoder = ...` swaps a component without `__init__`
         if prompt is not None and prompt_embeds is not None:
             raise ValueError("Pass either `prompt` or `prompt_embeds`, not both.")
         if negative_prompt is not None and negative_prompt_embeds is not None:
