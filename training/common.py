@@ -845,7 +845,8 @@ def check_finite(accelerator: Accelerator, value: torch.Tensor | None, what: str
         finite = accelerator.reduce(finite.to(accelerator.device), reduction="sum") - (accelerator.num_processes - 1)
     if float(finite) < 1.0:
         shown = float(value.detach().float().reshape(-1)[0]) if value.numel() else value
-        raise NonFiniteLossError(f"non-finite {what} ({shown})")
+        where = "" if accelerator.num_processes == 1 else " on some process"
+        raise NonFiniteLossError(f"non-finite {what}{where} (here: {shown})")
 
 
 def check_finite_parameters(accelerator: Accelerator, global_step: int) -> None:
@@ -1132,8 +1133,9 @@ def run_training_loop(
                             "find the bad item (NaN/Inf features, broken media) or lower the learning rate, or pass "
                             "--skip_bad_items to skip such batches."
                         ) from error
-                    health.add_skipped_batch(global_step + 1, ids, str(error))
-                    step_counts[1] += 1
+                    if accelerator.is_main_process:  # one global batch, whatever the number of processes
+                        health.add_skipped_batch(global_step + 1, ids, str(error))
+                        step_counts[1] += 1
                     if accelerator.sync_gradients:
                         # Drop the whole step: earlier micro-batches' gradients were never synchronised.
                         for optimizer in accelerator._optimizers:
