@@ -243,7 +243,7 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
         pipe.register_to_config(_name_or_path=os.fspath(pretrained_model_name_or_path))
         return pipe
 
-    # Files that hold pickled weights (running them can execute code) and those that hold safe tensors.
+    # Weight files that are pickles (loading one can run code).
     _pickle_weight_suffixes = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
     @classmethod
@@ -278,8 +278,8 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
     def reexport_file_text(module: str, class_name: str) -> str:
         """The code file `save_config` writes for a class of this package: an import and `__all__`."""
         return (
-            "# Written by foley_toolkit's `KlingFoleyPipeline.save_pretrained` so that diffusers' generic loader finds\n"
-            "# this class:  DiffusionPipeline.from_pretrained(<this folder or Hub id>, trust_remote_code=True)\n"
+            "# Written by foley_toolkit's `KlingFoleyPipeline.save_pretrained` so that diffusers' generic loader\n"
+            "# finds this class:  DiffusionPipeline.from_pretrained(<this folder or Hub id>, trust_remote_code=True)\n"
             "# It defines nothing: it imports the installed package (`pip install foley_toolkit`).\n"
             f"from {module} import {class_name}\n"
             "\n"
