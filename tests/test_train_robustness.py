@@ -123,8 +123,8 @@ class _Args:
         self.checkpoints_total_limit, self.seed = 2, 0
 
 
-def _nan_loss_run(output_dir, skip_bad_items: bool, bad_step: int = 3):
-    """A linear regression through `common.run_training_loop` whose loss is NaN at optimizer step `bad_step`."""
+def _nan_loss_run(output_dir, skip_bad_items: bool, bad_steps: tuple = (3,)):
+    """A linear regression through `common.run_training_loop` whose loss is NaN at the optimizer steps `bad_steps`."""
     import common
     from accelerate import Accelerator
 
@@ -143,7 +143,7 @@ def _nan_loss_run(output_dir, skip_bad_items: bool, bad_step: int = 3):
 
     def training_step(batch, step):
         loss = model(batch["x"]).pow(2).mean()
-        if step + 1 == bad_step:
+        if step + 1 in bad_steps:
             loss = loss * float("nan")
         common.backward_and_step(accelerator, loss, model.parameters(), optimizer, scheduler, 1.0)
         return {"loss": loss.item()}
@@ -174,6 +174,10 @@ def test_nan_loss_is_never_checkpointed_nor_rotates_good_checkpoints_away(tmp_pa
     summary = json.loads((tmp_path / "skip" / "training_summary.json").read_text())
     assert summary["num_skipped_batches"] == 1 and summary["skipped_batches"][0]["ids"] == ["row4", "row5"]
     assert _all_finite(tmp_path / "skip" / "checkpoint-4" / "linear")
+    reset_accelerate_state()
+    # Skipping is for a few bad batches: a run in which every step is skipped fails instead of "completing".
+    with pytest.raises(ValueError, match="skipped every step of this run"):
+        _nan_loss_run(tmp_path / "all", skip_bad_items=True, bad_steps=(1, 2, 3, 4))
 
 
 def test_extraction_never_caches_non_finite_features(tmp_path, tiny_pipeline_dir, clip_data_dir, monkeypatch):

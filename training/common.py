@@ -1099,6 +1099,7 @@ def run_training_loop(
     health = RunHealth()
     skip_bad = bool(getattr(args, "skip_bad_items", False))
     step_counts = [0, 0]  # bad items, skipped micro-batches of the current optimizer step (this process)
+    num_trained_steps = 0  # steps of this run in which some micro-batch trained
 
     for epoch in range(first_epoch, num_epochs):
         if global_step >= max_train_steps:
@@ -1151,6 +1152,7 @@ def run_training_loop(
             # Average the step's values over accumulation micro-batches (the learning rate and the stage are taken
             # after the optimizer step), then over processes.
             keys = sorted(accumulated)
+            num_trained_steps += bool(keys)
             local = torch.tensor(
                 [accumulated[k][-1] if k in LAST_VALUE_KEYS else sum(accumulated[k]) / len(accumulated[k]) for k in keys],
                 device=accelerator.device,
@@ -1183,7 +1185,12 @@ def run_training_loop(
         check_finite_parameters(accelerator, global_step)
         save_checkpoint(accelerator, args.output_dir, global_step, generator, args.checkpoints_total_limit)
     report = dataset_report(getattr(train_dataloader, "dataset", None))
-    write_run_summary(accelerator, args, global_step, history, health, report)
+    summary = write_run_summary(accelerator, args, global_step, history, health, report)
+    if history and num_trained_steps == 0:
+        # --skip_bad_items must not turn a broken setup (every item unreadable, a bug in a training step raising on
+        # every batch) into a run that "completes" without training.
+        reasons = sorted({r["reason"] for r in summary["bad_items"] + summary["skipped_batches"]})[:3]
+        raise ValueError(f"--skip_bad_items skipped every step of this run ({len(history)} steps): {reasons}")
     return global_step, history
 
 
