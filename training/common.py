@@ -746,8 +746,11 @@ class NonFiniteLossError(ValueError):
 
 
 def describe_item(dataset: Any, index: int) -> tuple[str, list[str]]:
-    """`(item id, files)` of item `index` of a `CachedFeatureDataset`, a `FoleyClipDataset` or a dataset wrapping
-    one of them (``.clips`` / ``.dataset``), found without loading the item (it may be the unreadable one)."""
+    """`(item id, files)` of item `index` of a `CachedFeatureDataset`, a `FoleyClipDataset`, a dataset with its own
+    ``describe_item(index)`` or one wrapping them index for index (``.clips`` / ``.dataset``), found without loading
+    the item (it may be the unreadable one)."""
+    if hasattr(type(dataset), "describe_item"):
+        return dataset.describe_item(index)
     entries = getattr(dataset, "entries", None)
     if entries is not None and getattr(dataset, "cache_dir", None) is not None:
         entry = entries[index]
