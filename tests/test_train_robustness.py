@@ -203,6 +203,10 @@ def test_extraction_never_caches_non_finite_features(tmp_path, tiny_pipeline_dir
     assert poisoned_id not in ids and len(ids) == result["num_indexed"]
     summary = json.loads((tmp_path / "skip" / "extraction_summary.json").read_text())
     assert summary["num_bad_items"] == 1
+    # Skipping is for a few bad items: when every item is bad the run fails instead of leaving an empty cache.
+    monkeypatch.setattr(extract_features, "extract_item", lambda *a: (_ for _ in ()).throw(RuntimeError("decoder bug")))
+    with pytest.raises(ValueError, match=r"Every item to extract was bad .*decoder bug"):
+        _run(extract_features, [*argv, "--output_dir", tmp_path / "all", "--skip_bad_items"])
 
 
 # ------------------------------------------------------------------------------------------------

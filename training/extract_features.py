@@ -232,6 +232,13 @@ def main(args: argparse.Namespace) -> dict:
 
     accelerator.wait_for_everyone()
     bad_items, _ = health.gathered(accelerator)
+    totals = torch.tensor([float(len(todo)), float(num_extracted)], device=accelerator.device)
+    if accelerator.num_processes > 1:
+        totals = accelerator.reduce(totals, reduction="sum")
+    if totals[0] > 0 and totals[1] == 0:
+        # --skip_bad_items must not turn a broken setup into an empty cache that "completed".
+        reasons = sorted({record["reason"] for record in bad_items})[:3]
+        raise ValueError(f"Every item to extract was bad ({len(bad_items)} skipped): {reasons}")
     num_indexed = 0
     summary = {"num_items": len(dataset), "num_extracted": num_extracted, "num_bad_items": len(bad_items),
                "bad_items": bad_items, **common.dataset_report(dataset)}  # fmt: skip
