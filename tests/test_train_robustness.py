@@ -643,3 +643,14 @@ def test_a_full_disk_error_names_the_file(tmp_path, tiny_pipeline_dir, clip_data
     monkeypatch.setattr(accelerator, "save_state", disk_full)
     with pytest.raises(OSError, match=r"No space left on device \(while writing .*checkpoint-2\.tmp\)"):
         common.save_checkpoint(accelerator, tmp_path / "run", 2)
+
+
+def test_a_missing_tracker_package_fails_at_startup(tmp_path, monkeypatch):
+    import accelerate.utils
+    import common
+    import train_vocoder
+
+    monkeypatch.setattr(accelerate.utils, "is_tensorboard_available", lambda: False)
+    args = train_vocoder.parse_args(["--output_dir", str(tmp_path), "--report_to", "tensorboard"])
+    with pytest.raises(ValueError, match=r"--report_to tensorboard.*foley_toolkit\[train\]"):
+        common.setup_accelerator(args)

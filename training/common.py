@@ -275,11 +275,26 @@ def validate_training_args(args: argparse.Namespace) -> None:
         raise ValueError(f"`--checkpoints_total_limit` must be >= 1, got {args.checkpoints_total_limit}.")
     if args.learning_rate <= 0:
         raise ValueError(f"`--learning_rate` must be > 0, got {args.learning_rate}.")
+    check_trackers(args.report_to)
     if getattr(args, "hub_token", None) is not None and args.report_to is not None and "wandb" in args.report_to:
         raise ValueError(
             "`--report_to wandb` with `--hub_token` would expose the token in the wandb run config: log in with "
             "`hf auth login` instead of passing `--hub_token`."
         )
+
+
+def check_trackers(report_to: str | None) -> None:
+    """Fail at startup when a ``--report_to`` tracker's package is missing (accelerate would only warn, and the run
+    would log to nothing)."""
+    from accelerate.utils import is_tensorboard_available, is_wandb_available
+
+    extras = {"tensorboard": (is_tensorboard_available, "train"), "wandb": (is_wandb_available, "wandb")}
+    for name in [n.strip() for n in (report_to or "").split(",") if n.strip()]:
+        if name in extras and not extras[name][0]():
+            raise ValueError(
+                f"`--report_to {name}` needs the {name} package: `pip install foley_toolkit[{extras[name][1]}]` "
+                f"(or `pip install {name}`)."
+            )
 
 
 def check_output_dir(output_dir: str | os.PathLike, flag: str = "--output_dir") -> Path:
