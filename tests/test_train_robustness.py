@@ -240,6 +240,8 @@ class _Inotify:
 
     def __init__(self, root: Path):
         self.libc = ctypes.CDLL(None, use_errno=True)
+        if not hasattr(self.libc, "inotify_init1"):
+            pytest.skip("inotify is Linux only")
         self.fd = self.libc.inotify_init1(os.O_NONBLOCK)
         if self.fd < 0:
             pytest.skip("inotify is not available")
