@@ -656,3 +656,23 @@ def test_a_missing_tracker_package_fails_at_startup(tmp_path, monkeypatch):
     args = train_vocoder.parse_args(["--output_dir", str(tmp_path), "--report_to", "tensorboard"])
     with pytest.raises(ValueError, match=r"--report_to tensorboard.*foley_toolkit\[train\]"):
         common.setup_accelerator(args)
+
+
+def test_sync_encoder_skips_unreadable_clips_and_writes_a_fresh_card(
+    tmp_path, carded_base_pipeline, broken_clip_dir, clip_data_dir
+):
+    import train_sync_encoder
+
+    output = tmp_path / "sync"
+    _run(train_sync_encoder,
+         ["--pretrained_model", carded_base_pipeline, "--base_pipeline", carded_base_pipeline, "--data_dir",
+          broken_clip_dir, "--output_dir", output, "--num_train_epochs", 1, "--num_segments", 1,
+          "--num_offset_classes", 3, "--offset_step", 0.16, "--head_hidden_size", 16, "--head_heads", 2,
+          "--audio_channels", 32, "--audio_layers", 1, "--train_batch_size", 2, "--skip_bad_items",
+          "--validation_data_dir", clip_data_dir, "--validation_windows", 1])  # fmt: skip
+    summary = json.loads((output / "training_summary.json").read_text())
+    assert summary["num_unreadable_clips"] == 1 and summary["unreadable_clips"][0]["file"] == "broken.mp4"
+    (record,) = summary["bad_items"]  # the window of the clip whose audio cannot be decoded, named by its clip
+    assert record["id"] == "clip_00001" and "clip_00001.wav" in record["file"]
+    _check_card(output / "pipeline", "train_sync_encoder.py", summary, broken_clip_dir, carded_base_pipeline)
+    assert json.loads((output / "validation.json").read_text())[-1]["step"] == summary["global_step"]

@@ -324,6 +324,11 @@ class SyncWindowDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.plan) if self.plan is not None else len(self.eligible) * self.windows_per_clip
 
+    def describe_item(self, index: int) -> tuple[str, list[str]]:
+        """`(clip id, media files)` of window `index` without decoding it (bad-item records, `common.BadItemGuard`)."""
+        clip = self.plan[index][0] if self.plan is not None else self.eligible[index // self.windows_per_clip]
+        return common.describe_item(self.clips, clip)
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
@@ -542,7 +547,10 @@ def main(args: argparse.Namespace) -> dict:
     if args.validation_data_dir is not None:
         validation_set = build_window_dataset(args, sync_encoder, args.validation_data_dir, validation=True)
     sampler = LengthGroupedBatchSampler([1] * len(dataset), args.train_batch_size, shuffle=True, seed=args.seed)
-    dataloader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=args.dataloader_num_workers)
+    dataloader = torch.utils.data.DataLoader(
+        common.guard_dataset(dataset, args), batch_sampler=sampler, collate_fn=common.BadItemCollate(),
+        num_workers=args.dataloader_num_workers,
+    )  # fmt: skip
 
     common.scale_learning_rates(args, accelerator)
     params = list(sync_encoder.parameters()) + list(head.parameters())
@@ -607,17 +615,22 @@ def main(args: argparse.Namespace) -> dict:
 
     accelerator.wait_for_everyone()
     validation = validation_history[-1] if validation_history else None
+    output = args.output_dir
     if accelerator.is_main_process:
+        from foley_toolkit.training_utils import atomic_save_pretrained, atomic_write_text
+
         trained = common.unwrap_model(accelerator, sync_encoder)
-        trained.save_pretrained(os.path.join(args.output_dir, "sync_encoder"))
-        common.unwrap_model(accelerator, head).save_pretrained(os.path.join(args.output_dir, "sync_head"))
+        atomic_save_pretrained(trained, os.path.join(args.output_dir, "sync_encoder"))
+        atomic_save_pretrained(common.unwrap_model(accelerator, head), os.path.join(args.output_dir, "sync_head"))
         if args.base_pipeline:
-            common.save_pipeline_with_components(
-                args.base_pipeline, os.path.join(args.output_dir, "pipeline"), {"sync_encoder": trained}
+            card = common.model_card(args, "train_sync_encoder.py", ["sync_encoder"], args.base_pipeline)
+            output = common.save_pipeline_with_components(
+                args.base_pipeline, os.path.join(args.output_dir, "pipeline"), {"sync_encoder": trained}, card
             )
         if validation_history:
-            with open(os.path.join(args.output_dir, "validation.json"), "w", encoding="utf-8") as f:
-                json.dump(validation_history, f, indent=2)
+            atomic_write_text(os.path.join(args.output_dir, "validation.json"), json.dumps(validation_history, indent=2))
+    common.finish_training(accelerator, args, "train_sync_encoder.py", output, ["sync_encoder"],
+                           args.base_pipeline or args.pretrained_model)  # fmt: skip
     accelerator.wait_for_everyone()
     accelerator.end_training()
     steps_run = len(history)
