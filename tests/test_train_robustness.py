@@ -397,6 +397,13 @@ def test_trained_pipelines_have_a_fresh_model_card(tmp_path, carded_base_pipelin
     text = _check_card(output / "pipeline", "train_transformer.py", summary, feature_dir, carded_base_pipeline)
     assert "`transformer`" in text
     assert isinstance(KlingFoleyPipeline.from_pretrained(output / "pipeline"), KlingFoleyPipeline)
+    # diffusers' generic loader needs the re-export file of the replaced component too
+    module = json.loads((output / "pipeline" / "model_index.json").read_text())["transformer"][0]
+    assert (output / "pipeline" / "transformer" / f"{module}.py").is_file()
+    from diffusers import DiffusionPipeline
+
+    generic = DiffusionPipeline.from_pretrained(output / "pipeline", trust_remote_code=True)
+    assert type(generic) is KlingFoleyPipeline
 
     output = tmp_path / "m2s"
     _run(train_mono2stereo, ["--base_pipeline", carded_base_pipeline, "--pretrained_model", carded_base_pipeline,

@@ -720,6 +720,7 @@ def save_pipeline_with_components(
     folder's own ``README.md`` and metric files (``eval_sync.json``, ...) describe other weights and are not
     inherited. Files are copied rather than loaded, so multi-GB encoders never pass through memory; the folder is
     written under a temporary name and renamed when complete."""
+    from foley_toolkit import KlingFoleyPipeline
     from foley_toolkit.training_utils import atomic_output
 
     base_pipeline, output_dir = Path(base_pipeline), Path(output_dir)
@@ -742,6 +743,8 @@ def save_pipeline_with_components(
                 # BigVGAN): record its class as diffusers does for a library it does not know (the module path).
                 model_index[name] = [type(module).__module__, type(module).__name__]
         (tmp_dir / "model_index.json").write_text(json.dumps(model_index, indent=2, sort_keys=True) + "\n")
+        # the re-export files diffusers' generic loader needs, for the replaced components too
+        KlingFoleyPipeline.write_code_files(tmp_dir)
         if card is not None:
             (tmp_dir / "README.md").write_text(str(card), encoding="utf-8")
     return output_dir

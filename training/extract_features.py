@@ -50,6 +50,8 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data_dir", type=str, default=None, help="Folder with metadata.jsonl/metadata.csv and the media.")
     parser.add_argument("--hf_dataset", type=str, default=None, help="A 🤗 datasets name or saved folder instead of --data_dir.")
     parser.add_argument("--hf_split", type=str, default="train")
+    parser.add_argument("--hf_data_dir", type=str, default=None,
+                        help="The folder a --hf_dataset builder reads (videofolder/audiofolder: media + metadata.jsonl).")  # fmt: skip
     parser.add_argument("--output_dir", type=str, required=True, help="Where the feature files and index.jsonl go.")
     parser.add_argument("--segment_seconds", type=float, default=10.0, help="Cut clips into segments of this length (<= 0: whole clips).")
     parser.add_argument("--min_seconds", type=float, default=1.0, help="Drop items shorter than this.")

@@ -82,6 +82,8 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--data_dir", type=str, default=None, help="Folder with metadata.jsonl/metadata.csv and the videos.")
     group.add_argument("--hf_dataset", type=str, default=None, help="A 🤗 datasets name or saved folder instead of --data_dir.")
     group.add_argument("--hf_split", type=str, default="train")
+    group.add_argument("--hf_data_dir", type=str, default=None,
+                       help="The folder a --hf_dataset builder reads (videofolder/audiofolder: media + metadata.jsonl).")  # fmt: skip
     group.add_argument("--segment_seconds", type=float, default=10.0, help="Longer clips are cut into segments of this length.")
     group.add_argument("--cache_dir", type=str, default=None, help="Keep decoded frames here too (reused by later runs).")
     group.add_argument("--num_segments", type=int, default=7, help="Synchformer segments per window (7: 2.56 s).")
