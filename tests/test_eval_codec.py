@@ -12,6 +12,7 @@ from foley_toolkit.cli import main
 from foley_toolkit.commands.eval_codec import reconstruct
 from foley_toolkit.evaluation import CODEC_METRICS, compute_codec_metrics
 from foley_toolkit.models.vocoder import bigvgan_v2_44khz_128band_512x_config, validate_vocoder_config
+from utils import assert_cli_error
 
 
 @pytest.fixture(autouse=True)
@@ -143,12 +144,10 @@ def test_eval_codec_vocoder_only_and_errors(tmp_path, tiny_model_dir, capsys):
         *("loudness_lufs", "peak_dbfs", "dc_offset", "loudness_error_db", "abs_loudness_error_db"),  # always measured
     }
 
-    with pytest.raises(FileNotFoundError, match="vae/config.json"):
-        main(["eval-codec", "--model", str(vocoder_dir), "--audio-dir", str(audio_dir)])
-    with pytest.raises(FileNotFoundError, match="--audio-dir"):
-        main(["eval-codec", "--model", str(tiny_model_dir), "--audio-dir", str(tmp_path / "missing")])
-    with pytest.raises(FileNotFoundError, match="no audio files"):
-        main(["eval-codec", "--model", str(tiny_model_dir), "--audio-dir", str(vocoder_dir)])
+    assert_cli_error(["eval-codec", "--model", vocoder_dir, "--audio-dir", audio_dir], "vae/config.json", capsys)
+    assert_cli_error(["eval-codec", "--model", tiny_model_dir, "--audio-dir", tmp_path / "missing"], "--audio-dir",
+                     capsys)  # fmt: skip
+    assert_cli_error(["eval-codec", "--model", tiny_model_dir, "--audio-dir", vocoder_dir], "no audio files", capsys)
 
 
 def test_eval_codec_levels_and_griffin_lim_row(tmp_path, tiny_model_dir, capsys):
@@ -182,8 +181,7 @@ def test_eval_codec_levels_and_griffin_lim_row(tmp_path, tiny_model_dir, capsys)
     for name in LEVEL_METRICS:
         assert report["files"][0][name] == pytest.approx(expected[name], rel=1e-4, abs=1e-6)
     assert mel_distance(waveform, np.zeros(waveform.shape[-1])) > gl["files"][0]["mel_loss"] * 2
-    with pytest.raises(ValueError, match="--griffin-lim-iters"):
-        main(argv[:-2] + ["--griffin-lim-iters", "0"])
+    assert_cli_error(argv[:-2] + ["--griffin-lim-iters", "0"], "--griffin-lim-iters", capsys)
 
 
 def test_load_codec_loads_a_vocos_vocoder(tmp_path):

@@ -19,6 +19,7 @@ from foley_toolkit.evaluation.sync_metrics import (
     onset_scores,
     stereo_balance,
 )
+from utils import assert_cli_error
 
 SAMPLE_RATE = 44100
 
@@ -250,7 +251,7 @@ def test_cli_levels_reference_dir_and_silence(synthetic_dir, tmp_path, capsys):
     assert written["num_silent"] == 3 and written["f1"] == 0.0
     assert written["loudness_lufs"] is None and written["peak_dbfs"] is None and written["dc_offset"] == 0.0
     assert written["loudness_error_db"] < -60  # silence against the true level, floored at -100 dB
-    with pytest.raises(FileNotFoundError, match="reference_dir"):
-        cli_main(["eval-sync", "--audio-dir", str(quiet_dir), "--events", events, "--reference-dir", str(tmp_path / "no")])
-    with pytest.raises(FileNotFoundError, match="reference_dir"):
-        cli_main(["eval-sync", "--audio-dir", str(quiet_dir), "--events", events, "--reference-dir", str(tmp_path)])
+    assert_cli_error(["eval-sync", "--audio-dir", quiet_dir, "--events", events, "--reference-dir", tmp_path / "no"],
+                     "reference_dir", capsys)  # fmt: skip
+    assert_cli_error(["eval-sync", "--audio-dir", quiet_dir, "--events", events, "--reference-dir", tmp_path],
+                     "reference_dir", capsys)  # fmt: skip

@@ -457,10 +457,9 @@ def test_look_and_dataset_errors_name_the_argument(tmp_path):
         (["--num-clips", "0"], "--num-clips"),
     ],
 )
-def test_cli_rejects_bad_input(tmp_path, extra, message):
-    from foley_toolkit.cli import main
+def test_cli_rejects_bad_input(tmp_path, extra, message, capsys):
+    from utils import assert_cli_error
 
     argv = ["make-synthetic", "--out", str(tmp_path / "out"), "--num-clips", "1", *extra]
-    with pytest.raises(ValueError, match=message):
-        main(argv)
+    assert_cli_error(argv, message, capsys)
     assert not (tmp_path / "out" / "metadata.jsonl").exists()

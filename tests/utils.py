@@ -29,3 +29,18 @@ def assert_same_weights(model_a, model_b):
     assert state_a.keys() == state_b.keys()
     for name, value in state_a.items():
         torch.testing.assert_close(state_b[name], value, rtol=0, atol=0, msg=f"weight {name} differs")
+
+
+def assert_cli_error(argv: list[str], message: str, capsys) -> str:
+    """`foley-toolkit <argv>` answers bad input with exit code 2 and one stderr line that matches `message` (a
+    regex), never a traceback. Returns that line."""
+    import re
+
+    from foley_toolkit.cli import main
+
+    capsys.readouterr()
+    assert main([str(a) for a in argv]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in lines[0], lines
+    assert lines[0].startswith(f"foley-toolkit {argv[0]}: error: ") and re.search(message, lines[0]), lines[0]
+    return lines[0]

@@ -31,7 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as error:
+        # Bad input (a missing folder, an unknown option value, zero clips, ...): one line on stderr and exit code 2,
+        # like argparse's own errors, never a traceback. Other exceptions are bugs and keep their traceback.
+        print(f"foley-toolkit {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
