@@ -177,6 +177,28 @@ def is_image_container(container) -> bool:
     return any(name.endswith("_pipe") or name in ("image2", "image2pipe") for name in names)
 
 
+def open_media(source, label: str, kind: str):
+    """`av.open(source)` for reading a `kind` (``"video"`` or ``"audio"``) stream, with the errors a user can act on:
+    a ValueError naming `label` when FFmpeg cannot open it, when it is a still image (which FFmpeg would read as a
+    1/25 s "video"), or when it has no `kind` stream. Returns the open container (close it, or use ``with``)."""
+    import av
+
+    try:
+        container = av.open(source, mode="r")
+    except (av.FFmpegError, UnicodeDecodeError) as error:
+        raise ValueError(f"{label} could not be opened as {'a video' if kind == 'video' else 'audio'}: {error}") from error
+    reason = None
+    if is_image_container(container):
+        what = "a video" if kind == "video" else "audio or video"
+        reason = f"is an image ({container.format.name}), not {what}: it has no {kind} stream."
+    elif not (container.streams.video if kind == "video" else container.streams.audio):
+        reason = f"has no {kind} stream."
+    if reason is not None:
+        container.close()
+        raise ValueError(f"{label} {reason}")
+    return container
+
+
 def claimed_stream_seconds(container, stream) -> float | None:
     """Seconds `stream` lasts according to the container index (per-stream duration, else the container's when it holds
     only this stream); None when the container does not say."""
@@ -192,17 +214,7 @@ def claimed_stream_seconds(container, stream) -> float | None:
 def _read_with_pyav(source, label: str, on_truncated: str = "warn") -> tuple[np.ndarray, int]:
     import av
 
-    try:
-        container = av.open(source)
-    except (av.FFmpegError, UnicodeDecodeError) as error:
-        raise ValueError(f"{label} could not be opened as audio: {error}") from error
-    with container:
-        if is_image_container(container):
-            raise ValueError(
-                f"{label} is an image ({container.format.name}), not audio or video: it has no audio stream."
-            )
-        if not container.streams.audio:
-            raise ValueError(f"{label} has no audio stream.")
+    with open_media(source, label, "audio") as container:
         stream = container.streams.audio[0]
         # Planar float keeps (channels, samples) whatever the codec's native layout.
         resampler = av.AudioResampler(format="fltp")

@@ -330,24 +330,12 @@ def probe_duration(media: str | bytes, is_video: bool) -> float:
             return float(sf.info(media).duration)
         except Exception:  # not a libsndfile format: ask FFmpeg
             pass
-    from .audio_utils import is_image_container, media_label
+    from .audio_utils import media_label, open_media
 
     label = media_label(media)
     source = io.BytesIO(media) if isinstance(media, bytes) else media
-    try:
-        container = av.open(source)
-    except (av.FFmpegError, UnicodeDecodeError) as error:
-        raise ValueError(f"{label} could not be opened as {'a video' if is_video else 'audio'}: {error}") from error
-    with container:
-        if is_image_container(container):
-            raise ValueError(
-                f"{label} is an image ({container.format.name}), not a video or audio: it has no "
-                f"{'video' if is_video else 'audio'} stream."
-            )
-        streams = container.streams.video if is_video else container.streams.audio
-        if not streams:
-            raise ValueError(f"{label} has no {'video' if is_video else 'audio'} stream.")
-        stream = streams[0]
+    with open_media(source, label, "video" if is_video else "audio") as container:
+        stream = (container.streams.video if is_video else container.streams.audio)[0]
         if stream.duration is not None and stream.time_base is not None:
             return float(stream.duration * stream.time_base)
         if is_video and stream.frames and stream.average_rate:

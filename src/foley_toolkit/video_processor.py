@@ -62,8 +62,8 @@ from .audio_utils import (
     TRUNCATION_TOLERANCE_SECONDS,
     check_decoded_duration,
     claimed_stream_seconds,
-    is_image_container,
     media_label,
+    open_media,
 )
 
 
@@ -304,18 +304,7 @@ def _open_input(video, name: str = "video"):
             f"`{name}` must be a path, bytes, a file object, a numpy array or a torch tensor, "
             f"got {type(video).__name__}."
         )
-    try:
-        container = av.open(source, mode="r")
-    except (av.FFmpegError, UnicodeDecodeError) as error:
-        raise ValueError(f"{label} could not be opened as a video: {error}") from error
-    if is_image_container(container):
-        # FFmpeg reads an image as a one-frame "video" of 1/25 s: refuse it rather than produce 0.04 s of output
-        format_name = container.format.name
-        container.close()
-        raise ValueError(f"{label} is an image ({format_name}), not a video: it has no video stream.")
-    if not container.streams.video:
-        container.close()
-        raise ValueError(f"{label} has no video stream.")
+    container = open_media(source, label, "video")
     return container
 
 
