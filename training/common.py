@@ -521,16 +521,10 @@ def save_checkpoint(
         (tmp_dir / TRAINING_STATE_NAME).write_text(json.dumps(state, indent=2))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        if final_dir.exists():
-            # Same step saved before (e.g. a run resumed and re-saved): swap it out, then drop the old copy.
-            old_dir = output_dir / f"checkpoint-{global_step}.old"
-            if old_dir.exists():
-                shutil.rmtree(old_dir)
-            os.replace(final_dir, old_dir)
-            os.replace(tmp_dir, final_dir)
-            shutil.rmtree(old_dir)
-        else:
-            os.replace(tmp_dir, final_dir)
+        from foley_toolkit.training_utils import replace_path
+
+        # the same step saved before (a run resumed and re-saved) is swapped out, then dropped
+        replace_path(tmp_dir, final_dir)
         logger.info(f"Saved state to {final_dir}")
         rotate_checkpoints(output_dir, total_limit)
     accelerator.wait_for_everyone()

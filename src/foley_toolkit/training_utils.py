@@ -522,6 +522,22 @@ from typing import Iterator as _Iterator  # noqa: E402
 TEMPORARY_MARKER = ".tmp"
 
 
+def replace_path(tmp: str | _os.PathLike, path: str | _os.PathLike) -> None:
+    """Rename the complete `tmp` (a file or folder in the same folder) to `path`. A folder already at `path`
+    (``os.replace`` cannot overwrite a non-empty one) is first renamed aside and removed after the swap, so `path`
+    always holds a whole version."""
+    tmp, path = _Path(tmp), _Path(path)
+    if tmp.is_dir() and path.exists():
+        old = path.with_name(f".{path.name}.old{TEMPORARY_MARKER}")
+        if old.exists():
+            _shutil.rmtree(old)
+        _os.replace(path, old)
+        _os.replace(tmp, path)
+        _shutil.rmtree(old)
+    else:
+        _os.replace(tmp, path)
+
+
 def _error_naming(error: OSError, path: str | _os.PathLike) -> OSError:
     """`error` again (same errno, so the same subclass: a full disk stays an ENOSPC `OSError`) with `path` named."""
     reason = error.strerror or str(error)
@@ -563,15 +579,7 @@ def atomic_output(path: str | _os.PathLike, is_dir: bool = False) -> _Iterator[s
         umask = _os.umask(0)
         _os.umask(umask)
         _os.chmod(tmp, (0o777 if is_dir else 0o666) & ~umask)
-        if is_dir and path.exists():
-            old = path.with_name(f".{path.name}.old{TEMPORARY_MARKER}")
-            if old.exists():
-                _shutil.rmtree(old)
-            _os.replace(path, old)
-            _os.replace(tmp, path)
-            _shutil.rmtree(old)
-        else:
-            _os.replace(tmp, path)
+        replace_path(tmp, path)
     except BaseException as error:
         if is_dir:
             _shutil.rmtree(tmp, ignore_errors=True)
