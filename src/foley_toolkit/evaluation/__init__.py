@@ -32,3 +32,12 @@ from .level_metrics import (
     peak_dbfs,
     summarize_levels,
 )
+
+# distribution (FD / KL / IS of Table 1, av-benchmark's conventions; `foley-toolkit evaluate`)
+from .distribution_metrics import (
+    frechet_distance,
+    frechet_distance_from_statistics,
+    gaussian_statistics,
+    inception_score,
+    kl_divergence,
+)

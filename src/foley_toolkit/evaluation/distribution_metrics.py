@@ -1,0 +1,179 @@
+r"""Distribution metrics of video-to-audio benchmarks (Kling-Foley Table 1, av-benchmark): Fréchet distance (FD),
+paired KL divergence (KL) and Inception score (IS) on the embeddings and class logits of a pretrained audio tagger.
+
+The conventions are av-benchmark's (github.com/hkchengrex/av-benchmark, ``av_bench/metrics``), which MMAudio and the
+papers that compare with it use, so numbers computed here sit next to theirs:
+
+* **FD** between the generated set ``P`` and the reference set ``R``, each a Gaussian fitted to its embeddings
+  (mean, unbiased covariance ``np.cov(rowvar=False)``)::
+
+      FD = ||mu_P - mu_R||^2 + Tr(S_P + S_R - 2 (S_P S_R)^(1/2))
+
+  with the matrix square root by ``scipy.linalg.sqrtm``; when the product is singular ``eps`` is added to both
+  diagonals (pytorch-fid / audioldm_eval). FD_PANNs uses the 2048-d PANNs CNN14 embedding (ReLU of ``fc1``).
+* **KL** is paired (the generated clip for a video against the reference audio of the same video) and taken as
+  ``KL(reference || generated)`` on the *softmax* of the class logits, summed over classes and averaged over
+  clips (av-benchmark's ``kl_softmax``, the AudioGen / SpecVQGAN / Diff-Foley formulation that its tables report).
+  The ``"sigmoid"`` variant is av-benchmark's ``kl_sigmoid``: the same sum with ``p = sigmoid(logits)``, i.e. only
+  the positive-class term of each binary label.
+* **IS** ``= exp(E_x KL(p(y|x) || p(y)))`` on the softmax of the generated clips' logits, computed on ``splits``
+  (10) consecutive chunks after a seeded shuffle (seed 2020) and reported as mean and standard deviation over the
+  chunks (audioldm_eval / av-benchmark ``compute_isc``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+KL_ACTIVATIONS = ("softmax", "sigmoid")
+
+
+def _as_2d_float64(features, name: str) -> np.ndarray:
+    if isinstance(features, torch.Tensor):
+        features = features.detach().to("cpu", torch.float64).numpy()
+    array = np.asarray(features, dtype=np.float64)
+    if array.ndim != 2:
+        raise ValueError(f"`{name}` must be a 2-D (num_clips, dim) array, got shape {array.shape}.")
+    if not np.isfinite(array).all():
+        raise ValueError(f"`{name}` holds NaN or infinite values.")
+    return array
+
+
+def gaussian_statistics(features) -> tuple[np.ndarray, np.ndarray]:
+    r"""Mean `(dim,)` and unbiased covariance `(dim, dim)` of `(num_clips, dim)` features (float64)."""
+    array = _as_2d_float64(features, "features")
+    if array.shape[0] < 2:
+        raise ValueError(f"`features` needs at least 2 clips to estimate a covariance, got {array.shape[0]}.")
+    return array.mean(axis=0), np.atleast_2d(np.cov(array, rowvar=False))
+
+
+def frechet_distance_from_statistics(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6
+) -> float:
+    r"""
+    Fréchet distance between `N(mu1, sigma1)` and `N(mu2, sigma2)`:
+    ``||mu1 - mu2||^2 + Tr(sigma1) + Tr(sigma2) - 2 Tr((sigma1 sigma2)^(1/2))``.
+
+    Args:
+        mu1, mu2 (`np.ndarray` of shape `(dim,)`): Means.
+        sigma1, sigma2 (`np.ndarray` of shape `(dim, dim)`): Covariances.
+        eps (`float`, defaults to 1e-6): Added to both diagonals when the product's square root is not finite.
+
+    Returns:
+        `float`, >= 0 up to rounding.
+    """
+    from scipy import linalg
+
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu1.shape != mu2.shape:
+        raise ValueError(f"The two means have different shapes: {mu1.shape} and {mu2.shape}.")
+    if sigma1.shape != sigma2.shape or sigma1.shape != (mu1.shape[0], mu1.shape[0]):
+        raise ValueError(
+            f"The covariances must both be ({mu1.shape[0]}, {mu1.shape[0]}), got {sigma1.shape} and {sigma2.shape}."
+        )
+    diff = mu1 - mu2
+    covmean = linalg.sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(covmean).all():
+        # A singular product (fewer clips than dimensions): regularise both covariances, as pytorch-fid does.
+        offset = np.eye(sigma1.shape[0]) * eps
+        covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        # Rounding gives a tiny imaginary part; a large one means the statistics are not covariances.
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise ValueError(f"FD: the matrix square root has a large imaginary part ({np.abs(covmean.imag).max():g}).")
+        covmean = covmean.real
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+
+
+def frechet_distance(generated_features, reference_features, eps: float = 1e-6) -> float:
+    r"""
+    FD between the Gaussians fitted to two feature sets (av-benchmark ``compute_fd``).
+
+    Args:
+        generated_features (`np.ndarray` or `torch.Tensor` of shape `(num_generated, dim)`): Generated clips.
+        reference_features (`np.ndarray` or `torch.Tensor` of shape `(num_reference, dim)`): Reference clips (the
+            two sets need not be paired or of the same size).
+        eps (`float`, defaults to 1e-6): See `frechet_distance_from_statistics`.
+
+    Returns:
+        `float`: the distance (0 for a set against itself).
+    """
+    generated = _as_2d_float64(generated_features, "generated_features")
+    reference = _as_2d_float64(reference_features, "reference_features")
+    if generated.shape[1] != reference.shape[1]:
+        raise ValueError(
+            f"`generated_features` has dimension {generated.shape[1]}, `reference_features` {reference.shape[1]}."
+        )
+    return frechet_distance_from_statistics(*gaussian_statistics(generated), *gaussian_statistics(reference), eps=eps)
+
+
+def _as_logits(logits, name: str) -> torch.Tensor:
+    tensor = torch.as_tensor(logits).detach().to("cpu", torch.float64)
+    if tensor.ndim != 2 or tensor.shape[0] == 0:
+        raise ValueError(f"`{name}` must be a non-empty 2-D (num_clips, num_classes) array, got {tuple(tensor.shape)}.")
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"`{name}` holds NaN or infinite values.")
+    return tensor
+
+
+def kl_divergence(generated_logits, reference_logits, activation: str = "softmax") -> float:
+    r"""
+    Paired KL divergence ``mean_i KL(p_ref_i || p_gen_i)`` (av-benchmark ``compute_kl``).
+
+    Args:
+        generated_logits (`torch.Tensor` or `np.ndarray` of shape `(num_clips, num_classes)`): Class logits of the
+            generated clips (before any activation).
+        reference_logits (same shape): Class logits of the reference clips; row ``i`` is the reference of row ``i``.
+        activation (`str`, defaults to ``"softmax"``): ``"softmax"`` (the reported KL: ``sum_c p_ref log(p_ref /
+            p_gen)`` over one distribution per clip) or ``"sigmoid"`` (the same sum over per-class sigmoids).
+
+    Returns:
+        `float`: KL summed over classes, averaged over clips (nats).
+    """
+    if activation not in KL_ACTIVATIONS:
+        raise ValueError(f"`activation` must be one of {KL_ACTIVATIONS}, got {activation!r}.")
+    generated = _as_logits(generated_logits, "generated_logits")
+    reference = _as_logits(reference_logits, "reference_logits")
+    if generated.shape != reference.shape:
+        raise ValueError(
+            f"`generated_logits` {tuple(generated.shape)} and `reference_logits` {tuple(reference.shape)} must be "
+            "paired row by row (same shape)."
+        )
+    log_p = F.log_softmax if activation == "softmax" else (lambda x, dim: F.logsigmoid(x))
+    log_ref, log_gen = log_p(reference, dim=1), log_p(generated, dim=1)
+    return float((log_ref.exp() * (log_ref - log_gen)).sum() / generated.shape[0])
+
+
+def inception_score(logits, splits: int = 10, shuffle_seed: int | None = 2020) -> tuple[float, float]:
+    r"""
+    Inception score of a set of clips from their class logits (audioldm_eval / av-benchmark ``compute_isc``).
+
+    Args:
+        logits (`torch.Tensor` or `np.ndarray` of shape `(num_clips, num_classes)`): Class logits of the generated
+            clips; ``p(y|x)`` is their softmax.
+        splits (`int`, defaults to 10): Chunks the score is computed on (chunk ``i`` is rows
+            ``i*N//splits : (i+1)*N//splits``).
+        shuffle_seed (`int`, *optional*, defaults to 2020): Seed of the ``np.random.RandomState`` permutation applied
+            before chunking; None keeps the order.
+
+    Returns:
+        `(mean, std)` over the chunks of ``exp(mean_x KL(p(y|x) || mean_x p(y|x)))``; 1 when every clip predicts the
+        same distribution, ``num_classes`` at most.
+    """
+    features = _as_logits(logits, "logits")
+    num_clips = features.shape[0]
+    if not 1 <= splits <= num_clips:
+        raise ValueError(f"`splits` must be between 1 and the number of clips ({num_clips}), got {splits}.")
+    if shuffle_seed is not None:
+        features = features[torch.from_numpy(np.random.RandomState(shuffle_seed).permutation(num_clips))]
+    p, log_p = features.softmax(dim=1), features.log_softmax(dim=1)
+    scores = []
+    for i in range(splits):
+        chunk = slice(i * num_clips // splits, (i + 1) * num_clips // splits)
+        marginal = p[chunk].mean(dim=0, keepdim=True)
+        kl = (p[chunk] * (log_p[chunk] - marginal.log())).sum(dim=1).mean()
+        scores.append(float(kl.exp()))
+    return float(np.mean(scores)), float(np.std(scores))
