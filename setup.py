@@ -34,6 +34,11 @@ setup(
         "sentencepiece>=0.2",
         "pyloudnorm>=0.1.1",
     ],
+    # Converter equivalence tests (tests/test_conversion.py) also use the original implementations as references:
+    # `pip install --no-deps bigvgan==2.4.1 open-clip-torch==3.3.0` (source only, MIT; the tests skip without them).
+    # --no-deps because their declared dependencies pull torchvision, whose Linux PyPI wheel needs CUDA torch and
+    # breaks a CPU torch, and bigvgan's training tools (auraloss, nnaudio, ninja); what the tests import from them
+    # needs only numpy, scipy, librosa, matplotlib and huggingface_hub. The converters themselves need nothing extra.
     # eval: wideband PESQ (compiled from C) and librosa's Griffin-Lim (`eval-codec --griffin-lim`); only evaluation
     # needs them. train: tensorboard for `--report_to tensorboard` (accelerate only warns when it is missing);
     # wandb is optional (`pip install foley-toolkit[wandb]`).
@@ -41,7 +46,7 @@ setup(
         "eval": ["librosa>=0.10", "pesq>=0.0.4"],
         "train": ["tensorboard>=2.14"],
         "wandb": ["wandb>=0.17"],
-        "test": ["pytest>=8", "librosa>=0.10", "pesq>=0.0.4", "tensorboard>=2.14"],
+        "test": ["pytest>=8", "librosa>=0.10", "pesq>=0.0.4", "tensorboard>=2.14", "matplotlib>=3.5"],
     },
     entry_points={"console_scripts": ["foley-toolkit=foley_toolkit.cli:main"]},
 )

@@ -12,6 +12,8 @@ COMMAND_MODULES: list[str] = [
     "eval_sync",
     "eval_codec",
     "generate",
+    "convert",
+    "assemble",
 ]
 
 
