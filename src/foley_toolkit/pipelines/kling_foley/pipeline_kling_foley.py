@@ -243,6 +243,18 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
         pipe.register_to_config(_name_or_path=os.fspath(pretrained_model_name_or_path))
         return pipe
 
+    @classmethod
+    def from_components(cls, **kwargs) -> "KlingFoleyPipeline":
+        r"""
+        Build a pipeline from converted public parts (`foley-toolkit convert` folders for `vocoder`, `sync_encoder`,
+        `vision_encoder`, `text_encoder`) plus a new (`transformer_preset=`) or trained (`transformer=`) transformer,
+        and optionally trained `vae` / `mono2stereo`; `output_dir=` saves it. The new transformer's input widths come
+        from the encoders' configs. See [`~foley_toolkit.conversion.assemble_pipeline`] for every argument.
+        """
+        from ...conversion.assemble import assemble_pipeline
+
+        return assemble_pipeline(**kwargs)
+
     # Weight files that are pickles (loading one can run code).
     _pickle_weight_suffixes = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
