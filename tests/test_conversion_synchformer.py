@@ -132,9 +132,9 @@ class _RefMotionFormer(nn.Module):
         return pooled.reshape(b, s, self.steps, -1)  # temporal aggregation: identity
 
 
-def _tiny_reference(seed: int = 0) -> _RefMotionFormer:
+def _tiny_reference(seed: int = 0, dim: int = 32, depth: int = 2, heads: int = 4) -> _RefMotionFormer:
     torch.manual_seed(seed)
-    model = _RefMotionFormer(image_size=32, patch=16, dim=32, depth=2, heads=4).eval()
+    model = _RefMotionFormer(image_size=32, patch=16, dim=dim, depth=depth, heads=heads).eval()
     # the original init is degenerate (zero tubelet conv and qkv, proj = 1): randomise every tensor
     with torch.no_grad():
         for name, parameter in model.named_parameters():
@@ -185,6 +185,22 @@ def test_converted_encoder_matches_reference(tmp_path, capsys, layout):
     print(f"Synchformer converter equivalence: max |diff| = {max_diff:.3e}")
     assert max_diff < 1e-4
     torch.testing.assert_close(direct, got)
+
+
+def test_cli_converts_with_heads_of_64_channels(tmp_path, capsys):
+    """`foley-toolkit convert synchformer` (no head count given: hidden_size // 64, as in ViT-B/16)."""
+    from foley_toolkit.cli import main
+
+    reference = _tiny_reference(dim=128, depth=1, heads=2)
+    torch.save(_original_checkpoint(reference)["model"], tmp_path / "synchformer_state_dict.pth")
+    out = tmp_path / "sync_encoder"
+    assert main(["convert", "synchformer", "--checkpoint", str(tmp_path), "--out", str(out)]) == 0
+    assert "Licence" in capsys.readouterr().out
+    encoder = SynchformerEncoder.from_pretrained(out).eval()
+    assert encoder.config.num_attention_heads == 2 and encoder.config.hidden_size == 128
+    frames = torch.rand(1, 16, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    with torch.no_grad():
+        assert (encoder(frames) - reference(_segments(frames)).flatten(1, 2)).abs().max() < 1e-4
 
 
 def test_full_size_conversion_matches_public_config():
@@ -242,7 +258,7 @@ def test_refuses_truncated_file(saved_checkpoint):
     torch.save(checkpoint, path)
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(ValueError, match="truncated.pth.*not a readable torch checkpoint"):
+    with pytest.raises(ValueError, match="truncated.pth.*could not be read as a checkpoint"):
         convert_synchformer(str(truncated), str(tmp_path / "out"), num_attention_heads=4)
     assert not (tmp_path / "out").exists()
 

@@ -34,21 +34,14 @@ Checkpoints are read with ``torch.load(weights_only=True)`` (or safetensors), ne
 import os
 import pickle
 import re
-from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 
 from ..audio_utils import SYNC_SEGMENT_STRIDE
 from ..models.encoders.synchformer import SynchformerEncoder
+from .common import load_checkpoint, num_parameters, prepare_output_dir, print_licence, resolve_checkpoint_file
 
-
-SYNCHFORMER_LICENSE = (
-    "Synchformer (Iashin et al., 2024; github.com/v-iashin/Synchformer): code under the MIT licence; no separate "
-    "licence is stated for its weights. The MotionFormer visual backbone it fine-tunes comes from "
-    "facebookresearch/Motionformer. MMAudio redistributes the same weights as `synchformer_state_dict.pth`. "
-    "Check the upstream terms before commercial use."
-)
 
 VFEAT_PREFIX = "vfeat_extractor."
 # MotionFormer's 2-D patch embedding: present in every checkpoint, never used in the forward.
@@ -89,38 +82,21 @@ _TOP_RENAMES = {
 }
 
 
-def _load_checkpoint_file(checkpoint: Union[str, os.PathLike]) -> Any:
-    """Read a checkpoint without unpickling arbitrary objects: safetensors, or `torch.load(weights_only=True)`.
-
-    A private helper until the package's shared checkpoint-loading helper exists.
-    """
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"`checkpoint` {str(checkpoint)!r} is not a file (expected a Synchformer .pth/.pt "
-                                "or .safetensors checkpoint).")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as error:
-            raise ValueError(f"`checkpoint` {str(path)!r} is not a readable safetensors file: {error}") from error
+def _load_checkpoint_file(path: str) -> Any:
+    """`load_checkpoint` (safetensors or `torch.load(weights_only=True)`), with the way out for the original
+    training checkpoint, whose training config is an object `weights_only` refuses."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "weights_only" in str(error):
+        return load_checkpoint(path)
+    except ValueError as error:
+        cause = error.__cause__
+        if isinstance(cause, pickle.UnpicklingError) and "weights_only" in str(cause):
             raise ValueError(
-                f"`checkpoint` {str(path)!r} holds Python objects that `torch.load(weights_only=True)` refuses to "
-                "unpickle (e.g. a training config). This converter never runs a full unpickler: in an environment "
-                "you trust, re-save only the state dict (`torch.save(torch.load(path)['model'], 'synchformer.pth')`, "
-                f"as MMAudio's `synchformer_state_dict.pth` is) and convert that. Details: {str(error)[:300]}"
+                f"`checkpoint` {path!r} holds Python objects that `torch.load(weights_only=True)` refuses to "
+                "unpickle (e.g. a training config); this converter never runs a full unpickler. In an environment "
+                "you trust, re-save only the state dict (`torch.save(torch.load(path)['model'], "
+                "'synchformer_state_dict.pth')`, which is what MMAudio distributes) and convert that."
             ) from error
-        raise ValueError(f"`checkpoint` {str(path)!r} is not a torch checkpoint: {error}") from error
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise ValueError(
-            f"`checkpoint` {str(path)!r} is not a readable torch checkpoint (truncated or not a checkpoint): {error}"
-        ) from error
+        raise
 
 
 def extract_visual_state_dict(checkpoint: Any) -> Dict[str, torch.Tensor]:
@@ -325,8 +301,9 @@ def convert_synchformer(
 
     Args:
         checkpoint (`str` or `os.PathLike`): MMAudio's ``synchformer_state_dict.pth``, the original training
-            checkpoint (its ``"model"`` entry is used), or a ``.safetensors`` file with the same keys.
-        output_dir (`str` or `os.PathLike`): Where `save_pretrained` writes ``config.json`` and
+            checkpoint (its ``"model"`` entry is used), or a ``.safetensors`` file with the same keys; a local file,
+            a folder holding ``synchformer_state_dict.pth``, or a Hub repo id with that file.
+        output_dir (`str` or `os.PathLike`): A new or empty folder, where `save_pretrained` writes ``config.json`` and
             ``diffusion_pytorch_model.safetensors`` (load with ``SynchformerEncoder.from_pretrained(output_dir)`` or
             the pipeline's ``subfolder="sync_encoder"``).
         num_attention_heads (`int`, *optional*): Heads per attention layer (not stored in weights); default
@@ -337,15 +314,13 @@ def convert_synchformer(
         with mean 0.5 / std 0.5 (`foley_toolkit.video_processor.preprocess_sync_frames`), as in Synchformer.
 
     Raises:
-        FileNotFoundError: `checkpoint` is not a file.
-        ValueError: the file is not a readable checkpoint, or a key is missing, unexpected or of the wrong shape
-            (the message names the original key).
+        FileNotFoundError: `checkpoint` is neither a file, a folder holding the file nor a reachable Hub repo.
+        ValueError: `output_dir` is not empty, the file is not a readable checkpoint, or a key is missing,
+            unexpected or of the wrong shape (the message names the original key).
     """
-    if output_dir is None or str(output_dir) == "":
-        raise ValueError("`output_dir` must be a folder path, got an empty value.")
-    if Path(output_dir).exists() and not Path(output_dir).is_dir():
-        raise ValueError(f"`output_dir` {str(output_dir)!r} exists and is not a folder.")
-    visual = extract_visual_state_dict(_load_checkpoint_file(checkpoint))
+    output_dir = prepare_output_dir(output_dir)
+    path = resolve_checkpoint_file(checkpoint, "synchformer_state_dict.pth")
+    visual = extract_visual_state_dict(_load_checkpoint_file(path))
     config = synchformer_config_from_state_dict(visual, num_attention_heads)
     converted, source = convert_synchformer_state_dict(visual, config["num_layers"])
     with torch.device("meta"):  # nothing allocated twice: the checkpoint's tensors are assigned in place
@@ -353,10 +328,9 @@ def convert_synchformer(
     load_synchformer_weights(model, {key: value.float().contiguous() for key, value in converted.items()}, source)
     model.eval()
     model.save_pretrained(output_dir)
-    parameters = sum(parameter.numel() for parameter in model.parameters())
     print(
-        f"Converted the Synchformer visual encoder ({parameters / 1e6:.1f}M parameters, {config['num_layers']} "
-        f"layers, width {config['hidden_size']}, {config['image_size']} px) to {output_dir}.\n"
-        f"Licence: {SYNCHFORMER_LICENSE}"
+        f"Converted the Synchformer visual encoder ({num_parameters(model) / 1e6:.1f}M parameters, "
+        f"{config['num_layers']} layers, width {config['hidden_size']}, {config['image_size']} px) to {output_dir}."
     )
+    print_licence("synchformer")
     return model
