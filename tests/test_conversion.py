@@ -402,7 +402,7 @@ def test_t5_refuses_renamed_key_and_truncated_weights(tmp_path):
 def test_cli_convert_bigvgan_and_errors(tmp_path, capsys):
     from diffusers.models.autoencoders.mmaudio_vocoder import MMAudioVocoder
 
-    from tests.utils import assert_cli_error
+    from utils import assert_cli_error
 
     reference = _reference_bigvgan()
     torch.save({"generator": reference.state_dict()}, tmp_path / "bigvgan_generator.pt")

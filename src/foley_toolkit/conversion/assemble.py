@@ -23,7 +23,7 @@ from ..models.encoders.synchformer import SynchformerEncoder
 from ..models.mono2stereo import Mono2Stereo
 from ..models.transformers.transformer_foley_mmdit import FoleyMMDiTTransformer
 from ..models.vocoder import load_vocoder
-from .common import prepare_output_dir
+from .common import prepare_output_dir, quiet_transformers_loading
 
 __all__ = ["transformer_config_for_components", "assemble_pipeline"]
 
@@ -116,15 +116,17 @@ def assemble_pipeline(
     # Frozen, pretrained parts: safetensors only (never unpickled).
     text_dir = _folder(text_encoder, "text_encoder")
     tokenizer_model = AutoTokenizer.from_pretrained(text_dir)
-    text_model = T5EncoderModel.from_pretrained(text_dir, use_safetensors=True).eval()
+    with quiet_transformers_loading():
+        text_model = T5EncoderModel.from_pretrained(text_dir, use_safetensors=True).eval()
     if len(tokenizer_model) > text_model.config.vocab_size:
         raise ValueError(
             f"`text_encoder` {text_dir!r}: the tokenizer has {len(tokenizer_model)} tokens, more than the encoder's "
             f"vocab_size {text_model.config.vocab_size}."
         )
-    vision_model = CLIPVisionModelWithProjection.from_pretrained(
-        _folder(vision_encoder, "vision_encoder"), use_safetensors=True
-    ).eval()
+    with quiet_transformers_loading():
+        vision_model = CLIPVisionModelWithProjection.from_pretrained(
+            _folder(vision_encoder, "vision_encoder"), use_safetensors=True
+        ).eval()
     sync_model = SynchformerEncoder.from_pretrained(_folder(sync_encoder, "sync_encoder"), use_safetensors=True).eval()
     vocoder_model = load_vocoder(_folder(vocoder, "vocoder"), use_safetensors=True).eval()
 

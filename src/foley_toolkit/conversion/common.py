@@ -4,6 +4,7 @@ dict key by key and shape by shape against the target model, and printing the li
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Dict, Iterable, Mapping, Optional
 
@@ -165,6 +166,20 @@ def check_state_dict(
         raise ValueError(
             f"{source} does not match {type(model).__name__} of the given config: " + "; ".join(problems) + "."
         )
+
+
+@contextlib.contextmanager
+def quiet_transformers_loading():
+    """No transformers "Loading weights" progress bars on stderr while loading parts (restored afterwards)."""
+    from transformers.utils import logging as transformers_logging
+
+    enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()
 
 
 def num_parameters(model: torch.nn.Module) -> int:

@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5EncoderModel
 
-from .common import prepare_output_dir, print_licence
+from .common import prepare_output_dir, print_licence, quiet_transformers_loading
 
 __all__ = ["T5_MAX_SEQUENCE_LENGTH", "convert_t5"]
 
@@ -54,7 +54,8 @@ def convert_t5(
     if not os.path.isdir(checkpoint) and (checkpoint.count("/") != 1 or checkpoint.startswith((".", "/"))):
         raise FileNotFoundError(f"`checkpoint` {checkpoint!r} is neither a folder nor a Hub repo id.")
     try:
-        model, info = T5EncoderModel.from_pretrained(checkpoint, output_loading_info=True, weights_only=True)
+        with quiet_transformers_loading():
+            model, info = T5EncoderModel.from_pretrained(checkpoint, output_loading_info=True, weights_only=True)
     except Exception as error:  # truncated safetensors, bad JSON, missing files: one clear line
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"T5 checkpoint {checkpoint!r} could not be loaded: {type(error).__name__}: {message}") from error
