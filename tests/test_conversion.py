@@ -425,3 +425,102 @@ def test_metaclip_licence_is_flagged_non_commercial(capsys, tmp_path):
     path = _open_clip_checkpoint(reference, tmp_path / "m.pt", wrap=True)
     convert_metaclip(str(path), config=_tiny_clip_vision_config())
     assert "CC-BY-NC-4.0" in capsys.readouterr().out and "non-commercial" in licence_text("metaclip")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Full-size configs (built on the meta device: nothing allocated, nothing downloaded)
+# ----------------------------------------------------------------------------------------------------------------
+
+# Public numbers: BigVGAN-v2 44 kHz 128-band 512x model card "122M parameters"; open_clip ViT-bigG-14 vision tower
+# 1.84B; T5-Base 223M with the decoder, ~110M for the encoder with its shared embedding.
+BIGVGAN_V2_44K_CONFIG = {
+    **TINY_BIGVGAN_CONFIG,
+    "upsample_rates": [8, 4, 2, 2, 2, 2],
+    "upsample_kernel_sizes": [16, 8, 4, 4, 4, 4],
+    "upsample_initial_channel": 1536,
+    "resblock_kernel_sizes": [3, 7, 11],
+    "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5], [1, 3, 5]],
+}
+
+
+def test_full_size_bigvgan_conversion_matches_public_config(capsys):
+    """Every key and shape of a full-size BigVGAN-v2 44 kHz 512x (the original class) maps onto the toolkit's
+    full-size vocoder config."""
+    bigvgan = pytest.importorskip("bigvgan")
+    from bigvgan.env import AttrDict
+    from diffusers.models.autoencoders.mmaudio_vocoder import MMAudioVocoder
+
+    from foley_toolkit.conversion.bigvgan import bigvgan_config_to_vocoder_config, fold_weight_norm
+    from foley_toolkit.conversion.common import check_state_dict
+    from foley_toolkit.models.vocoder import bigvgan_v2_44khz_128band_512x_config
+
+    assert bigvgan_config_to_vocoder_config(BIGVGAN_V2_44K_CONFIG) == bigvgan_v2_44khz_128band_512x_config()
+    with torch.device("meta"):
+        reference = bigvgan.BigVGAN(AttrDict(dict(BIGVGAN_V2_44K_CONFIG)), use_cuda_kernel=False)
+        vocoder = MMAudioVocoder(**bigvgan_v2_44khz_128band_512x_config())
+    check_state_dict(fold_weight_norm(reference.state_dict()), vocoder, "full-size BigVGAN")
+    count = sum(p.numel() for p in vocoder.parameters())
+    reference_count = sum(p.numel() for n, p in reference.named_parameters() if not n.endswith("weight_g"))
+    print(f"BigVGAN-v2 44k 512x as MMAudioVocoder: {count:,} parameters")
+    assert count == reference_count and 121e6 < count < 123e6
+
+
+def test_full_size_metaclip_conversion_matches_public_config():
+    """open_clip's ViT-bigG-14 vision tower (width 1664, 48 layers, head width 104, mlp_ratio 4.9231, output 1280)
+    maps key by key and shape by shape onto `metaclip_bigg_14_quickgelu_config()`."""
+    from transformers import CLIPVisionModelWithProjection
+
+    from foley_toolkit.conversion.common import check_state_dict
+    from foley_toolkit.conversion.metaclip import map_metaclip_state_dict
+    from foley_toolkit.models.encoders.presets import metaclip_bigg_14_quickgelu_config
+
+    open_clip_transformer = _open_clip_transformer_module()
+    with torch.device("meta"):
+        reference = open_clip_transformer.VisionTransformer(
+            image_size=224, patch_size=14, width=1664, layers=48, heads=1664 // 104, mlp_ratio=4.9231,
+            output_dim=1280, act_layer=open_clip_transformer.QuickGELU,
+        )  # fmt: skip
+        model = CLIPVisionModelWithProjection(metaclip_bigg_14_quickgelu_config())
+    converted, origin = map_metaclip_state_dict({f"visual.{k}": v for k, v in reference.state_dict().items()})
+    check_state_dict(converted, model, "full-size MetaCLIP", origin=origin)
+    count = sum(p.numel() for p in model.parameters())
+    print(f"MetaCLIP ViT-bigG-14-quickgelu as CLIPVisionModelWithProjection: {count:,} parameters")
+    assert count == sum(p.numel() for p in reference.parameters())
+    assert 1.83e9 < count < 1.85e9
+
+
+def test_full_size_t5_base_parameter_count():
+    from foley_toolkit.models.encoders.presets import build_text_encoder
+
+    model = build_text_encoder(device="meta")
+    count = sum(p.numel() for p in model.parameters())
+    print(f"T5-Base encoder as T5EncoderModel: {count:,} parameters")
+    # 32,128 x 768 shared embedding + 12 layers of (4 x 768^2 attention + 2 x 768 x 3072 FF) + norms + rel. bias
+    assert count == 32128 * 768 + 12 * (4 * 768 * 768 + 2 * 768 * 3072 + 2 * 768) + 768 + 32 * 12
+
+
+def test_cli_convert_every_part(tmp_path, capsys):
+    """Each `convert` choice reaches its converter and writes a folder its class loads."""
+    from transformers import CLIPVisionModelWithProjection, T5EncoderModel
+    from test_conversion_synchformer import _original_checkpoint, _tiny_reference
+
+    from foley_toolkit.models.encoders.synchformer import SynchformerEncoder
+
+    _open_clip_checkpoint(_reference_open_clip(), tmp_path / "metaclip.pt", wrap=True)
+    _tiny_clip_vision_config().save_pretrained(tmp_path / "clip_config")
+    assert cli_main(["convert", "metaclip", "--checkpoint", str(tmp_path / "metaclip.pt"), "--config", str(tmp_path / "clip_config"), "--out", str(tmp_path / "vision")]) == 0
+    assert CLIPVisionModelWithProjection.from_pretrained(str(tmp_path / "vision")).config.hidden_size == TINY_CLIP["width"]
+
+    _tiny_t5_folder(tmp_path / "t5")
+    assert cli_main(["convert", "t5", "--checkpoint", str(tmp_path / "t5"), "--out", str(tmp_path / "text")]) == 0
+    assert T5EncoderModel.from_pretrained(str(tmp_path / "text")).config.d_model == 32
+
+    torch.save(_original_checkpoint(_tiny_reference()), tmp_path / "sync.pt")
+    assert cli_main(["convert", "synchformer", "--checkpoint", str(tmp_path / "sync.pt"), "--out", str(tmp_path / "sync")]) == 0
+    assert SynchformerEncoder.from_pretrained(str(tmp_path / "sync")).config.hidden_size == 32
+    printed = capsys.readouterr().out
+    assert "CC-BY-NC-4.0" in printed and "Apache-2.0" in printed
+
+    from utils import assert_cli_error
+
+    assert_cli_error(["convert", "t5", "--checkpoint", tmp_path / "t5", "--config", tmp_path / "clip_config", "--out", tmp_path / "z"], r"--config is only read by", capsys)

@@ -24,7 +24,7 @@ The activation is not stored in the checkpoint: MetaCLIP v1 uses QuickGELU, whic
 from __future__ import annotations
 
 import os
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
@@ -32,7 +32,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 from ..models.encoders.presets import metaclip_bigg_14_quickgelu_config
 from .common import check_state_dict, load_checkpoint, prepare_output_dir, print_licence, resolve_checkpoint_file, unwrap_state_dict
 
-__all__ = ["convert_metaclip_state_dict", "convert_metaclip"]
+__all__ = ["map_metaclip_state_dict", "convert_metaclip_state_dict", "convert_metaclip"]
 
 _TOP_LEVEL = {
     "conv1.weight": "vision_model.embeddings.patch_embedding.weight",
@@ -66,10 +66,11 @@ def _visual_state_dict(state_dict: Mapping[str, torch.Tensor], source: str) -> D
     )
 
 
-def convert_metaclip_state_dict(
-    state_dict: Mapping[str, torch.Tensor], config: CLIPVisionConfig, source: str = "MetaCLIP checkpoint"
-) -> CLIPVisionModelWithProjection:
-    """A `CLIPVisionModelWithProjection(config)` holding the open_clip vision tower of `state_dict`."""
+def map_metaclip_state_dict(
+    state_dict: Mapping[str, torch.Tensor], source: str = "MetaCLIP checkpoint"
+) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+    """open_clip vision-tower keys -> `CLIPVisionModelWithProjection` keys (table in the module docstring). Returns
+    the converted dict and, for error messages, each converted key's checkpoint key. Unknown `visual.*` keys raise."""
     visual = _visual_state_dict(state_dict, source)
     converted: Dict[str, torch.Tensor] = {}
     origin: Dict[str, str] = {}  # converted key -> checkpoint key, for error messages
@@ -109,6 +110,14 @@ def convert_metaclip_state_dict(
             f"{', '.join(unknown[:5])}{more} (layer scale, attention pooling and other open_clip variants are not "
             "supported)."
         )
+    return converted, origin
+
+
+def convert_metaclip_state_dict(
+    state_dict: Mapping[str, torch.Tensor], config: CLIPVisionConfig, source: str = "MetaCLIP checkpoint"
+) -> CLIPVisionModelWithProjection:
+    """A `CLIPVisionModelWithProjection(config)` holding the open_clip vision tower of `state_dict`."""
+    converted, origin = map_metaclip_state_dict(state_dict, source)
     model = CLIPVisionModelWithProjection(config)
     check_state_dict(converted, model, source, origin=origin)
     # position_ids is a non-persistent buffer in recent transformers; strict=True still checks every weight.
