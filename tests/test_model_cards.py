@@ -87,5 +87,10 @@ def test_licence_follows_the_parts(tmp_path):
     assert loaded.data.license == "other" and loaded.data.datasets == ["a/b"]
     assert "non-commercial" not in loaded.text and "| steps | 7 |" in loaded.text and "seed" not in loaded.text
     assert "Total: **70** parameters." in loaded.text  # 10 + 20 + 40, nothing untrained
+    # a training card lists only what the run trained: no licence claimed, no total without counts
+    unknown = ComponentCard("vae", None, None, pretrained=False, trained_by="`training/train_vae.py`")
+    card = kling_foley_card("t", "s", [unknown], license=None, notes=["The other components are those of `x`."])
+    assert card.data.license is None and "Total:" not in card.text and "those of `x`" in card.text
+    assert "| `vae` | - | - | trained: `training/train_vae.py` |" in card.text
     with pytest.raises(ValueError, match="components"):
         kling_foley_card("t", "s", [])

@@ -30,10 +30,10 @@ MODEL_CARD_TEMPLATE = """---
 | component | class | parameters | weights | licence of the weights |
 |---|---|---:|---|---|
 {% for c in components -%}
-| `{{ c.name }}` | `{{ c.cls }}` | {{ c.parameters }} | {{ c.weights }} | {{ c.licence }} |
+| `{{ c.name }}` | {{ c.cls }} | {{ c.parameters }} | {{ c.weights }} | {{ c.licence }} |
 {% endfor %}
-Total: **{{ total_parameters }}** parameters{% if trainable_note %} ({{ trainable_note }}){% endif %}.
-
+{% if total_parameters %}Total: **{{ total_parameters }}** parameters{% if trainable_note %} ({{ trainable_note }}){% endif %}.
+{% endif %}
 ## Licences
 
 {% for line in licence_notes -%}
@@ -105,14 +105,14 @@ class ComponentCard:
 
     Args:
         name: pipeline component name (``transformer``, ``vision_encoder``, ...).
-        cls: class name.
+        cls: class name (None when not known).
         parameters: parameter count (None for parameter-free parts such as the tokenizer).
         pretrained: whether the weights come from a public checkpoint (`PUBLIC_COMPONENTS`).
         trained_by: for weights that are not public: who trained them (a script, a run), or None when untrained.
     """
 
     name: str
-    cls: str
+    cls: Optional[str]
     parameters: Optional[int]
     pretrained: bool
     trained_by: Optional[str] = None
@@ -123,7 +123,7 @@ class ComponentCard:
         if self.pretrained:
             part = _licences()[PUBLIC_COMPONENTS[self.name]["part"]]
             return f"**{part['weights']}**" if is_non_commercial(part["weights"]) else part["weights"]
-        return "yours (trained with foley_toolkit, Apache-2.0 code)" if self.trained_by else "none (untrained)"
+        return "yours (trained with foley_toolkit)" if self.trained_by else "none (untrained)"
 
     @property
     def weights(self) -> str:
@@ -138,7 +138,8 @@ class ComponentCard:
 
     def row(self) -> dict[str, str]:
         parameters = "-" if self.parameters is None else format_parameters(self.parameters)
-        return {"name": self.name, "cls": self.cls, "parameters": parameters, "weights": self.weights,
+        cls = f"`{self.cls}`" if self.cls else "-"
+        return {"name": self.name, "cls": cls, "parameters": parameters, "weights": self.weights,
                 "licence": self.licence}  # fmt: skip
 
 
@@ -196,6 +197,8 @@ def kling_foley_card(
     evaluation: Optional[str] = None,
     tags: Sequence[str] = (),
     base_model: Optional[Sequence[str]] = None,
+    license: Optional[str] = "auto",
+    notes: Sequence[str] = (),
 ):
     r"""
     A `huggingface_hub.ModelCard` in the shared template (`MODEL_CARD_TEMPLATE`).
@@ -209,6 +212,9 @@ def kling_foley_card(
         evaluation (`str`, *optional*): Evaluation text; by default a note that the card holds no results.
         tags (`Sequence[str]`): Extra Hub tags.
         base_model (`Sequence[str]`, *optional*): Hub ids; by default those of the pretrained components.
+        license (`str`, *optional*, defaults to `"auto"`): The Hub licence id; `"auto"` derives it from the
+            components (`card_license`), None leaves it unset (when the card does not list every component).
+        notes (`Sequence[str]`): Extra lines for the licence section.
 
     Returns:
         `huggingface_hub.ModelCard`.
@@ -221,7 +227,7 @@ def kling_foley_card(
         ids = [PUBLIC_COMPONENTS[c.name]["hub_id"] for c in components if c.pretrained]
         base_model = list(dict.fromkeys(hub_id for hub_id in ids if hub_id))
     data = ModelCardData(
-        license=card_license(components),
+        license=card_license(components) if license == "auto" else license,
         library_name="diffusers",
         pipeline_tag="text-to-audio",  # the Hub has no video-to-audio task: the tag below says it
         tags=list(dict.fromkeys([*BASE_TAGS, *tags])),
@@ -229,22 +235,23 @@ def kling_foley_card(
         datasets=list(datasets) or None,
         metrics=list(METRICS),
     )
-    total = sum(c.parameters or 0 for c in components)
-    untrained = sum(c.parameters or 0 for c in components if not c.pretrained and not c.trained_by)
+    total = sum(c.parameters or 0 for c in components)  # 0: no counts known (left out of the card)
+    untrained_parts = [c for c in components if not c.pretrained and not c.trained_by]
+    untrained = sum(c.parameters or 0 for c in untrained_parts)
     return ModelCard.from_template(
         data,
         template_str=MODEL_CARD_TEMPLATE,
         title=title,
         summary=summary,
         components=[c.row() for c in components],
-        total_parameters=format_parameters(total),
+        total_parameters=format_parameters(total) if total else None,
         trainable_note=f"{format_parameters(untrained)} untrained" if untrained else None,
-        licence_notes=licence_notes(components),
+        licence_notes=[*licence_notes(components), *notes],
         facts={key: value for key, value in (facts or {}).items() if value is not None},
         evaluation=evaluation
-        or "No evaluation results: the untrained components must be trained first. Evaluate with "
-        "`foley-toolkit eval-sync` / `eval-codec` and `foley_toolkit.evaluation` (FD, KL, IS) before publishing "
-        "numbers.",
+        or ("No evaluation results: the untrained components must be trained first. " if untrained_parts else "")
+        + "Evaluate with `foley-toolkit eval-sync` / `eval-codec` and `foley_toolkit.evaluation` (FD, KL, IS) before "
+        "publishing numbers.",
     )
 
 
