@@ -958,14 +958,21 @@ def write_run_summary(
 
 
 def model_card(args: argparse.Namespace, script: str, components: list[str], base_model: str | None = None):
-    """A fresh `ModelCard` with this run's facts (script, base model, data, steps, seed, final loss, date, ...),
-    read from the arguments and ``training_summary.json``; nothing comes from the base model's card."""
-    from foley_toolkit.training_utils import training_model_card
+    """A fresh `ModelCard` in the toolkit's shared template (`foley_toolkit.model_cards`) with this run's facts
+    (script, base model, data, steps, seed, final loss, date, ...), read from the arguments and
+    ``training_summary.json``; nothing comes from the base model's card. The other components come from
+    `base_model`, whose card states their licences, so no licence is claimed for the whole folder."""
+    import datetime
+
+    from foley_toolkit.model_cards import ComponentCard, kling_foley_card
 
     summary = read_run_summary(args.output_dir)
     final = summary.get("final_logs", {})
     data = getattr(args, "data_dir", None) or getattr(args, "hf_dataset", None)
     facts = {
+        "script": script,
+        "base model": base_model,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "data": data,
         "feature cache": getattr(args, "feature_dir", None),
         "steps": summary.get("global_step"),
@@ -977,7 +984,21 @@ def model_card(args: argparse.Namespace, script: str, components: list[str], bas
         "mixed precision": args.mixed_precision,
         "bad items skipped": summary.get("num_bad_items") if args.skip_bad_items else None,
     }
-    return training_model_card(script, base_model, facts, components=components)
+    trained = ", ".join(f"`{name}`" for name in components) or "the model"
+    on_hub = base_model and not os.path.exists(base_model)  # the Hub's `base_model` is a repo id, not a folder
+    return kling_foley_card(
+        f"Kling-Foley: {trained} trained with `{script}`",
+        f"This folder was written by `training/{script}` of foley_toolkit"
+        + (f", starting from `{base_model}`" if base_model else "")
+        + ". It holds no evaluation results: evaluate it before publishing numbers.",
+        [ComponentCard(name, None, None, pretrained=False, trained_by=f"`training/{script}`") for name in components],
+        facts=facts,
+        base_model=[base_model] if on_hub else [],
+        license=None,
+        notes=[f"The other components are those of `{base_model}`: its card states their licences."]
+        if base_model
+        else [],
+    )
 
 
 def log_validation_audio(
