@@ -43,10 +43,10 @@ setup(
     # needs them. train: tensorboard for `--report_to tensorboard` (accelerate only warns when it is missing);
     # wandb is optional (`pip install foley-toolkit[wandb]`).
     extras_require={
-        "eval": ["librosa>=0.10", "pesq>=0.0.4"],
+        "eval": ["librosa>=0.10", "pesq>=0.0.4", "torchlibrosa>=0.1"],  # torchlibrosa: the PANNs CNN14 front end
         "train": ["tensorboard>=2.14"],
         "wandb": ["wandb>=0.17"],
-        "test": ["pytest>=8", "librosa>=0.10", "pesq>=0.0.4", "tensorboard>=2.14", "matplotlib>=3.5"],
+        "test": ["pytest>=8", "librosa>=0.10", "pesq>=0.0.4", "tensorboard>=2.14", "matplotlib>=3.5", "torchlibrosa>=0.1", "panns-inference>=0.1.1"],
     },
     entry_points={"console_scripts": ["foley-toolkit=foley_toolkit.cli:main"]},
 )

@@ -9,8 +9,8 @@ papers that compare with it use, so numbers computed here sit next to theirs:
 
       FD = ||mu_P - mu_R||^2 + Tr(S_P + S_R - 2 (S_P S_R)^(1/2))
 
-  with the matrix square root by ``scipy.linalg.sqrtm``; when the product is singular ``eps`` is added to both
-  diagonals (pytorch-fid / audioldm_eval). FD_PANNs uses the 2048-d PANNs CNN14 embedding (ReLU of ``fc1``).
+  (pytorch-fid / audioldm_eval formula; the trace of the square root is computed from symmetric eigenvalues, or
+  in clip space when there are fewer clips than dimensions, see `frechet_distance`). FD_PANNs uses the 2048-d PANNs CNN14 embedding (ReLU of ``fc1``).
 * **KL** is paired (the generated clip for a video against the reference audio of the same video) and taken as
   ``KL(reference || generated)`` on the *softmax* of the class logits, summed over classes and averaged over
   clips (av-benchmark's ``kl_softmax``, the AudioGen / SpecVQGAN / Diff-Foley formulation that its tables report).
@@ -49,23 +49,27 @@ def gaussian_statistics(features) -> tuple[np.ndarray, np.ndarray]:
     return array.mean(axis=0), np.atleast_2d(np.cov(array, rowvar=False))
 
 
-def frechet_distance_from_statistics(
-    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6
-) -> float:
+def _trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    # Tr((S1 S2)^1/2) = sum of the square roots of the eigenvalues of S1 S2, which are those of the symmetric PSD
+    # S1^1/2 S2 S1^1/2: two symmetric eigen-decompositions, exact even when S1 S2 is singular.
+    w, v = np.linalg.eigh(sigma1)
+    root1 = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    inner = np.linalg.eigvalsh(root1 @ sigma2 @ root1)
+    return float(np.sqrt(np.clip(inner, 0.0, None)).sum())
+
+
+def frechet_distance_from_statistics(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     r"""
     Fréchet distance between `N(mu1, sigma1)` and `N(mu2, sigma2)`:
     ``||mu1 - mu2||^2 + Tr(sigma1) + Tr(sigma2) - 2 Tr((sigma1 sigma2)^(1/2))``.
 
     Args:
         mu1, mu2 (`np.ndarray` of shape `(dim,)`): Means.
-        sigma1, sigma2 (`np.ndarray` of shape `(dim, dim)`): Covariances.
-        eps (`float`, defaults to 1e-6): Added to both diagonals when the product's square root is not finite.
+        sigma1, sigma2 (`np.ndarray` of shape `(dim, dim)`): Covariances (symmetric PSD).
 
     Returns:
         `float`, >= 0 up to rounding.
     """
-    from scipy import linalg
-
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape:
@@ -75,28 +79,25 @@ def frechet_distance_from_statistics(
             f"The covariances must both be ({mu1.shape[0]}, {mu1.shape[0]}), got {sigma1.shape} and {sigma2.shape}."
         )
     diff = mu1 - mu2
-    covmean = linalg.sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():
-        # A singular product (fewer clips than dimensions): regularise both covariances, as pytorch-fid does.
-        offset = np.eye(sigma1.shape[0]) * eps
-        covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    if np.iscomplexobj(covmean):
-        # Rounding gives a tiny imaginary part; a large one means the statistics are not covariances.
-        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise ValueError(f"FD: the matrix square root has a large imaginary part ({np.abs(covmean.imag).max():g}).")
-        covmean = covmean.real
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+    trace_sqrt = _trace_sqrt_product(sigma1, sigma2)
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt)
 
 
-def frechet_distance(generated_features, reference_features, eps: float = 1e-6) -> float:
+def frechet_distance(generated_features, reference_features) -> float:
     r"""
-    FD between the Gaussians fitted to two feature sets (av-benchmark ``compute_fd``).
+    FD between the Gaussians fitted to two feature sets (av-benchmark ``compute_fd``: mean and unbiased covariance of
+    each set, then the closed form of `frechet_distance_from_statistics`).
+
+    With fewer clips than dimensions (a 2048-d embedding, a few hundred clips) the covariances have rank < dim and
+    ``Tr((S1 S2)^1/2)`` is computed exactly in clip space instead: with ``X1``, ``X2`` the centred features,
+    ``S1 S2`` has the non-zero eigenvalues of ``(X1 X2^T)(X1 X2^T)^T / ((n1-1)(n2-1))``, so the trace is the sum of the
+    singular values of ``X1 X2^T`` over ``sqrt((n1-1)(n2-1))``. (av-benchmark's ``scipy.linalg.sqrtm`` of the singular
+    product is only approximate there; with more clips than dimensions both give the same value.)
 
     Args:
         generated_features (`np.ndarray` or `torch.Tensor` of shape `(num_generated, dim)`): Generated clips.
         reference_features (`np.ndarray` or `torch.Tensor` of shape `(num_reference, dim)`): Reference clips (the
             two sets need not be paired or of the same size).
-        eps (`float`, defaults to 1e-6): See `frechet_distance_from_statistics`.
 
     Returns:
         `float`: the distance (0 for a set against itself).
@@ -107,7 +108,15 @@ def frechet_distance(generated_features, reference_features, eps: float = 1e-6) 
         raise ValueError(
             f"`generated_features` has dimension {generated.shape[1]}, `reference_features` {reference.shape[1]}."
         )
-    return frechet_distance_from_statistics(*gaussian_statistics(generated), *gaussian_statistics(reference), eps=eps)
+    mu1, sigma1 = gaussian_statistics(generated)
+    mu2, sigma2 = gaussian_statistics(reference)
+    n1, n2, dim = generated.shape[0], reference.shape[0], generated.shape[1]
+    if min(n1, n2) >= dim:
+        return frechet_distance_from_statistics(mu1, sigma1, mu2, sigma2)
+    cross = (generated - mu1) @ (reference - mu2).T  # (n1, n2)
+    trace_sqrt = np.linalg.svd(cross, compute_uv=False).sum() / np.sqrt((n1 - 1) * (n2 - 1))
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt)
 
 
 def _as_logits(logits, name: str) -> torch.Tensor:
