@@ -76,7 +76,16 @@ def _part_args(root):
 
 def test_assemble_cli_builds_a_loadable_pipeline_that_generates(parts, tmp_path, capsys):
     out = tmp_path / "pipeline"
-    argv = ["assemble", *_part_args(parts), "--transformer", parts / "transformer", "--vae", parts / "vae", "--out", out]
+    argv = [
+        "assemble",
+        *_part_args(parts),
+        "--transformer",
+        parts / "transformer",
+        "--vae",
+        parts / "vae",
+        "--out",
+        out,
+    ]
     assert cli_main([str(a) for a in argv]) == 0
     assert "Wrote the pipeline" in capsys.readouterr().out
 
@@ -90,12 +99,16 @@ def test_assemble_cli_builds_a_loadable_pipeline_that_generates(parts, tmp_path,
     assert pipe.mono2stereo is not None  # a new one by default
 
     video = make_test_video(tmp_path / "clip.mp4", duration=1.0, fps=25, size=(64, 48))
-    audio = pipe(video=video, prompt="a dog barks", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).audios
+    audio = pipe(
+        video=video, prompt="a dog barks", num_inference_steps=2, generator=torch.Generator().manual_seed(0)
+    ).audios
     assert audio.shape == (1, 2, SAMPLE_RATE)
     assert np.isfinite(audio).all()
     peak_dbfs = 20 * np.log10(np.abs(audio).max() + 1e-12)
     rms_dbfs = 20 * np.log10(np.sqrt(np.mean(audio.astype(np.float64) ** 2)) + 1e-12)
-    print(f"assembled pipeline audio: peak {peak_dbfs:.1f} dBFS, RMS {rms_dbfs:.1f} dBFS, DC {float(audio.mean()):.2e}")
+    print(
+        f"assembled pipeline audio: peak {peak_dbfs:.1f} dBFS, RMS {rms_dbfs:.1f} dBFS, DC {float(audio.mean()):.2e}"
+    )
     assert peak_dbfs > -60, peak_dbfs  # not silence
     assert abs(float(audio.mean())) < 0.05  # no large DC offset
 
@@ -116,7 +129,9 @@ def test_new_transformer_takes_its_widths_from_the_encoders(parts):
         stereo=False,
     )
     assert pipe.mono2stereo is None
-    config = transformer_config_for_components("small", pipe.text_encoder, pipe.vision_encoder, pipe.sync_encoder, pipe.vae)
+    config = transformer_config_for_components(
+        "small", pipe.text_encoder, pipe.vision_encoder, pipe.sync_encoder, pipe.vae
+    )
     small = FoleyMMDiTTransformer.preset_config("small")
     assert (config["text_dim"], config["clip_dim"], config["sync_dim"], config["in_channels"]) == (32, 16, 32, 8)
     assert (small["text_dim"], small["clip_dim"], small["sync_dim"], small["in_channels"]) == (768, 1280, 768, 40)
@@ -134,17 +149,43 @@ def test_assemble_refuses_mismatched_transformer_and_missing_parts(parts, tmp_pa
     )  # fmt: skip
     wrong.save_pretrained(tmp_path / "wrong")
     assert_cli_error(
-        ["assemble", *_part_args(parts), "--transformer", tmp_path / "wrong", "--vae", parts / "vae", "--out", tmp_path / "o"],
+        [
+            "assemble",
+            *_part_args(parts),
+            "--transformer",
+            tmp_path / "wrong",
+            "--vae",
+            parts / "vae",
+            "--out",
+            tmp_path / "o",
+        ],
         r"`transformer`: the transformer's `text_dim` is 48, but the components need 32",
         capsys,
     )
     assert_cli_error(
-        ["assemble", *_part_args(parts)[:-1], tmp_path / "nope", "--transformer-preset", "small", "--out", tmp_path / "o"],
+        [
+            "assemble",
+            *_part_args(parts)[:-1],
+            tmp_path / "nope",
+            "--transformer-preset",
+            "small",
+            "--out",
+            tmp_path / "o",
+        ],
         r"`text_encoder` .*nope.* is not a folder",
         capsys,
     )
     assert_cli_error(
-        ["assemble", *_part_args(parts), "--transformer-preset", "huge", "--vae", parts / "vae", "--out", tmp_path / "o"],
+        [
+            "assemble",
+            *_part_args(parts),
+            "--transformer-preset",
+            "huge",
+            "--vae",
+            parts / "vae",
+            "--out",
+            tmp_path / "o",
+        ],
         r"Unknown preset .*huge",
         capsys,
     )

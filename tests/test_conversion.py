@@ -4,7 +4,6 @@ trip, and the errors a bad checkpoint must raise."""
 
 import importlib.util
 import json
-import os
 import sys
 import types
 from unittest import mock
@@ -152,7 +151,15 @@ def _open_clip_transformer_module():
     return module
 
 
-TINY_CLIP = {"image_size": 32, "patch_size": 8, "width": 32, "layers": 2, "heads": 4, "mlp_ratio": 2.0, "output_dim": 16}
+TINY_CLIP = {
+    "image_size": 32,
+    "patch_size": 8,
+    "width": 32,
+    "layers": 2,
+    "heads": 4,
+    "mlp_ratio": 2.0,
+    "output_dim": 16,
+}
 
 
 def _tiny_clip_vision_config():
@@ -268,7 +275,9 @@ def test_t5_round_trip(tmp_path):
 
     captions = ["a dog barks loudly near a metal door", "rain falling on the street, thunder in the distance"]
     ids = tokenizer(captions, padding="max_length", max_length=32, truncation=True, return_tensors="pt")
-    reference_ids = original_tokenizer(captions, padding="max_length", max_length=32, truncation=True, return_tensors="pt")
+    reference_ids = original_tokenizer(
+        captions, padding="max_length", max_length=32, truncation=True, return_tensors="pt"
+    )
     assert torch.equal(ids.input_ids, reference_ids.input_ids)
     assert tokenizer.batch_decode(ids.input_ids, skip_special_tokens=True) == captions
     with torch.no_grad():
@@ -313,7 +322,10 @@ def test_bigvgan_refuses_renamed_key(tmp_path, bigvgan_state_dict):
     state_dict["resblocks.0.activations.0.act.alfa"] = state_dict.pop("resblocks.0.activations.0.act.alpha")
     path = tmp_path / "bigvgan_generator.pt"
     torch.save({"generator": state_dict}, path)
-    with pytest.raises(ValueError, match=r"missing keys resblocks\.0\.activations\.0\.act\.alpha.*unexpected keys resblocks\.0\.activations\.0\.act\.alfa"):
+    with pytest.raises(
+        ValueError,
+        match=r"missing keys resblocks\.0\.activations\.0\.act\.alpha.*unexpected keys resblocks\.0\.activations\.0\.act\.alfa",
+    ):
         convert_bigvgan(str(path), config=TINY_BIGVGAN_CONFIG)
 
 
@@ -368,7 +380,10 @@ def test_metaclip_refuses_renamed_key_and_changed_shape(tmp_path):
     reshaped = dict(state_dict)
     reshaped["visual.positional_embedding"] = torch.zeros(10, TINY_CLIP["width"])
     torch.save(reshaped, tmp_path / "reshaped.pt")
-    with pytest.raises(ValueError, match=r"position_embedding\.weight \(checkpoint `visual\.positional_embedding`\): checkpoint \(10, 32\) vs model \(17, 32\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"position_embedding\.weight \(checkpoint `visual\.positional_embedding`\): checkpoint \(10, 32\) vs model \(17, 32\)",
+    ):
         convert_metaclip(str(tmp_path / "reshaped.pt"), config=_tiny_clip_vision_config())
     del state_dict["visual.transformer.resblocks.1.mlp.c_fc.bias"]
     torch.save(state_dict, tmp_path / "missing.pt")
@@ -384,7 +399,10 @@ def test_t5_refuses_renamed_key_and_truncated_weights(tmp_path):
     state_dict = load_file(str(weights))
     state_dict["encoder.final_layer_norm.gain"] = state_dict.pop("encoder.final_layer_norm.weight")
     save_file(state_dict, str(weights), metadata={"format": "pt"})
-    with pytest.raises(ValueError, match=r"missing keys encoder\.final_layer_norm\.weight.*unexpected keys encoder\.final_layer_norm\.gain"):
+    with pytest.raises(
+        ValueError,
+        match=r"missing keys encoder\.final_layer_norm\.weight.*unexpected keys encoder\.final_layer_norm\.gain",
+    ):
         convert_t5(str(tmp_path / "t5"))
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 3])
@@ -401,7 +419,6 @@ def test_t5_refuses_renamed_key_and_truncated_weights(tmp_path):
 
 def test_cli_convert_bigvgan_and_errors(tmp_path, capsys):
     from diffusers.models.autoencoders.mmaudio_vocoder import MMAudioVocoder
-
     from utils import assert_cli_error
 
     reference = _reference_bigvgan()
@@ -414,10 +431,16 @@ def test_cli_convert_bigvgan_and_errors(tmp_path, capsys):
     vocoder = MMAudioVocoder.from_pretrained(str(out))
     assert vocoder.config.upsample_rates == [8, 8, 8]
 
-    assert_cli_error(["convert", "bigvgan", "--checkpoint", tmp_path / "none.pt", "--out", tmp_path / "x"], r"none\.pt", capsys)
+    assert_cli_error(
+        ["convert", "bigvgan", "--checkpoint", tmp_path / "none.pt", "--out", tmp_path / "x"], r"none\.pt", capsys
+    )
     assert_cli_error(["convert", "bigvgan", "--checkpoint", tmp_path, "--out", out], r"already exists", capsys)
     (tmp_path / "bad.pt").write_text("hello")
-    assert_cli_error(["convert", "metaclip", "--checkpoint", tmp_path / "bad.pt", "--out", tmp_path / "y"], r"could not be read", capsys)
+    assert_cli_error(
+        ["convert", "metaclip", "--checkpoint", tmp_path / "bad.pt", "--out", tmp_path / "y"],
+        r"could not be read",
+        capsys,
+    )
 
 
 def test_metaclip_licence_is_flagged_non_commercial(capsys, tmp_path):
@@ -501,26 +524,61 @@ def test_full_size_t5_base_parameter_count():
 
 def test_cli_convert_every_part(tmp_path, capsys):
     """Each `convert` choice reaches its converter and writes a folder its class loads."""
-    from transformers import CLIPVisionModelWithProjection, T5EncoderModel
     from test_conversion_synchformer import _original_checkpoint, _tiny_reference
+    from transformers import CLIPVisionModelWithProjection, T5EncoderModel
 
     from foley_toolkit.models.encoders.synchformer import SynchformerEncoder
 
     _open_clip_checkpoint(_reference_open_clip(), tmp_path / "metaclip.pt", wrap=True)
     _tiny_clip_vision_config().save_pretrained(tmp_path / "clip_config")
-    assert cli_main(["convert", "metaclip", "--checkpoint", str(tmp_path / "metaclip.pt"), "--config", str(tmp_path / "clip_config"), "--out", str(tmp_path / "vision")]) == 0
-    assert CLIPVisionModelWithProjection.from_pretrained(str(tmp_path / "vision")).config.hidden_size == TINY_CLIP["width"]
+    assert (
+        cli_main(
+            [
+                "convert",
+                "metaclip",
+                "--checkpoint",
+                str(tmp_path / "metaclip.pt"),
+                "--config",
+                str(tmp_path / "clip_config"),
+                "--out",
+                str(tmp_path / "vision"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        CLIPVisionModelWithProjection.from_pretrained(str(tmp_path / "vision")).config.hidden_size
+        == TINY_CLIP["width"]
+    )
 
     _tiny_t5_folder(tmp_path / "t5")
     assert cli_main(["convert", "t5", "--checkpoint", str(tmp_path / "t5"), "--out", str(tmp_path / "text")]) == 0
     assert T5EncoderModel.from_pretrained(str(tmp_path / "text")).config.d_model == 32
 
     torch.save(_original_checkpoint(_tiny_reference()), tmp_path / "sync.pt")
-    assert cli_main(["convert", "synchformer", "--checkpoint", str(tmp_path / "sync.pt"), "--out", str(tmp_path / "sync")]) == 0
+    assert (
+        cli_main(
+            ["convert", "synchformer", "--checkpoint", str(tmp_path / "sync.pt"), "--out", str(tmp_path / "sync")]
+        )
+        == 0
+    )
     assert SynchformerEncoder.from_pretrained(str(tmp_path / "sync")).config.hidden_size == 32
     printed = capsys.readouterr().out
     assert "CC-BY-NC-4.0" in printed and "Apache-2.0" in printed
 
     from utils import assert_cli_error
 
-    assert_cli_error(["convert", "t5", "--checkpoint", tmp_path / "t5", "--config", tmp_path / "clip_config", "--out", tmp_path / "z"], r"--config is only read by", capsys)
+    assert_cli_error(
+        [
+            "convert",
+            "t5",
+            "--checkpoint",
+            tmp_path / "t5",
+            "--config",
+            tmp_path / "clip_config",
+            "--out",
+            tmp_path / "z",
+        ],
+        r"--config is only read by",
+        capsys,
+    )

@@ -138,7 +138,9 @@ def assemble_pipeline(
         )
 
     if transformer is not None:
-        transformer_model = FoleyMMDiTTransformer.from_pretrained(_folder(transformer, "transformer"), use_safetensors=True)
+        transformer_model = FoleyMMDiTTransformer.from_pretrained(
+            _folder(transformer, "transformer"), use_safetensors=True
+        )
         expected = _condition_widths(text_model, vision_model, sync_model)
         expected["in_channels"] = int(vae_model.config.latent_channels)
         _check_transformer(transformer_model, expected, "transformer")
@@ -155,7 +157,9 @@ def assemble_pipeline(
                 f"vision encoder's projection_dim {vision_model.config.projection_dim}."
             )
     elif stereo:
-        mono2stereo_model = Mono2Stereo(mel_bins=vae_model.config.mel_bins, video_feature_dim=vision_model.config.projection_dim)
+        mono2stereo_model = Mono2Stereo(
+            mel_bins=vae_model.config.mel_bins, video_feature_dim=vision_model.config.projection_dim
+        )
 
     pipeline = KlingFoleyPipeline(
         tokenizer=tokenizer_model,

@@ -20,11 +20,21 @@ from diffusers.models.autoencoders.mmaudio_vocoder import MMAudioVocoder
 
 from ..models.autoencoders.autoencoder_mel_vae import LogMelSpectrogram
 from ..models.vocoder import bigvgan_v2_44khz_128band_512x_config
-from .common import check_state_dict, load_checkpoint, prepare_output_dir, print_licence, resolve_checkpoint_file, unwrap_state_dict
+from .common import (
+    check_state_dict,
+    load_checkpoint,
+    prepare_output_dir,
+    print_licence,
+    resolve_checkpoint_file,
+    unwrap_state_dict,
+)
 
 __all__ = ["bigvgan_config_to_vocoder_config", "fold_weight_norm", "convert_bigvgan_state_dict", "convert_bigvgan"]
 
-WEIGHT_NORM_SPELLINGS = (("weight_g", "weight_v"), ("parametrizations.weight.original0", "parametrizations.weight.original1"))
+WEIGHT_NORM_SPELLINGS = (
+    ("weight_g", "weight_v"),
+    ("parametrizations.weight.original0", "parametrizations.weight.original1"),
+)
 
 # The one BigVGAN variant `MMAudioVocoder` implements: AMP block "1", log-scale Snake-beta, no tanh and no bias at
 # the end. A config asking for anything else would convert into a network that computes something different.
@@ -42,10 +52,19 @@ def bigvgan_config_to_vocoder_config(bigvgan_config: Mapping[str, Any]) -> Dict[
     and mel settings that differ from the toolkit's `LogMelSpectrogram` (the vocoder must read the same mel)."""
     for key, wanted in _REQUIRED_BIGVGAN_SETTINGS.items():
         if key in bigvgan_config and bigvgan_config[key] != wanted:
-            raise ValueError(f"BigVGAN config `{key}`={bigvgan_config[key]!r} is not supported; MMAudioVocoder needs {wanted!r}.")
+            raise ValueError(
+                f"BigVGAN config `{key}`={bigvgan_config[key]!r} is not supported; MMAudioVocoder needs {wanted!r}."
+            )
     missing = [
         key
-        for key in ("num_mels", "upsample_initial_channel", "upsample_rates", "upsample_kernel_sizes", "resblock_kernel_sizes", "resblock_dilation_sizes")
+        for key in (
+            "num_mels",
+            "upsample_initial_channel",
+            "upsample_rates",
+            "upsample_kernel_sizes",
+            "resblock_kernel_sizes",
+            "resblock_dilation_sizes",
+        )
         if key not in bigvgan_config
     ]
     if missing:
@@ -66,7 +85,9 @@ def bigvgan_config_to_vocoder_config(bigvgan_config: Mapping[str, Any]) -> Dict[
             )
     rates = list(bigvgan_config["upsample_rates"])
     if "hop_size" in bigvgan_config and bigvgan_config["hop_size"] != math.prod(rates):
-        raise ValueError(f"BigVGAN config `hop_size` {bigvgan_config['hop_size']} != product of `upsample_rates` {rates}.")
+        raise ValueError(
+            f"BigVGAN config `hop_size` {bigvgan_config['hop_size']} != product of `upsample_rates` {rates}."
+        )
     return {
         "num_mels": int(bigvgan_config["num_mels"]),
         "upsample_initial_channel": int(bigvgan_config["upsample_initial_channel"]),
@@ -92,7 +113,9 @@ def fold_weight_norm(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.
                 raise ValueError(f"weight-norm magnitude `{key}` has no direction `{v_key}` in the checkpoint.")
             g, v = state_dict[key].float(), state_dict[v_key].float()
             if g.shape[0] != v.shape[0] or g.numel() != g.shape[0]:
-                raise ValueError(f"weight-norm magnitude `{key}` has shape {tuple(g.shape)}, expected ({v.shape[0]}, 1, ...) for `{v_key}`.")
+                raise ValueError(
+                    f"weight-norm magnitude `{key}` has shape {tuple(g.shape)}, expected ({v.shape[0]}, 1, ...) for `{v_key}`."
+                )
             folded[prefix + "weight"] = torch._weight_norm(v, g, 0)
             consumed.update((key, v_key))
     for key, value in state_dict.items():
@@ -143,7 +166,7 @@ def convert_bigvgan(
         [`MMAudioVocoder`] in eval mode.
     """
     output_dir = prepare_output_dir(output_dir)
-    path = resolve_checkpoint_file(checkpoint, "bigvgan_generator.pt")
+    path = resolve_checkpoint_file(checkpoint, "bigvgan_generator.pt", companions=("config.json",))
     if config is None:
         sibling = os.path.join(os.path.dirname(path), "config.json")
         if os.path.isfile(sibling):

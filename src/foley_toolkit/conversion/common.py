@@ -55,9 +55,12 @@ def print_licence(part: str) -> None:
     print(f"Licence of the converted weights: {licence_text(part)}.")
 
 
-def resolve_checkpoint_file(checkpoint: str | os.PathLike, default_filename: str, argument: str = "checkpoint") -> str:
+def resolve_checkpoint_file(
+    checkpoint: str | os.PathLike, default_filename: str, argument: str = "checkpoint", companions: Iterable[str] = ()
+) -> str:
     """A local file, a local folder holding `default_filename`, or a Hub repo id (`owner/name`) whose
-    `default_filename` is downloaded with `huggingface_hub.hf_hub_download` (the cache serves it offline)."""
+    `default_filename` is downloaded with `huggingface_hub.hf_hub_download` (the cache serves it offline), together
+    with the `companions` files the repo has (e.g. `config.json`; they land next to it in the cache)."""
     checkpoint = os.fspath(checkpoint)
     if os.path.isfile(checkpoint):
         return checkpoint
@@ -72,12 +75,18 @@ def resolve_checkpoint_file(checkpoint: str | os.PathLike, default_filename: str
     from huggingface_hub import hf_hub_download
 
     try:
-        return hf_hub_download(checkpoint, default_filename)
+        path = hf_hub_download(checkpoint, default_filename)
     except Exception as error:  # offline, unknown repo, missing file: one clear line
         raise FileNotFoundError(
             f"`{argument}` {checkpoint!r} is not a local path and {default_filename!r} could not be fetched from the "
             f"Hub repo of that name ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})."
         ) from error
+    for companion in companions:
+        try:
+            hf_hub_download(checkpoint, companion)
+        except Exception:  # optional: the caller falls back to its default when the file is absent
+            pass
+    return path
 
 
 def load_checkpoint(path: str | os.PathLike, argument: str = "checkpoint") -> Mapping:
@@ -101,7 +110,9 @@ def load_checkpoint(path: str | os.PathLike, argument: str = "checkpoint") -> Ma
         ) from error
 
 
-def unwrap_state_dict(obj, path: str, wrappers: Iterable[str], strip_prefixes: Iterable[str] = ()) -> Dict[str, torch.Tensor]:
+def unwrap_state_dict(
+    obj, path: str, wrappers: Iterable[str], strip_prefixes: Iterable[str] = ()
+) -> Dict[str, torch.Tensor]:
     """The tensor dict inside a loaded checkpoint: the first of `wrappers` present (e.g. `generator`,
     `state_dict`, `model`), else `obj` itself; `strip_prefixes` (e.g. DistributedDataParallel's `module.`) are
     removed from keys that carry them."""

@@ -30,7 +30,15 @@ import torch
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from ..models.encoders.presets import metaclip_bigg_14_quickgelu_config
-from .common import check_state_dict, load_checkpoint, prepare_output_dir, print_licence, resolve_checkpoint_file, unwrap_state_dict
+from .common import (
+    check_state_dict,
+    load_checkpoint,
+    prepare_output_dir,
+    print_licence,
+    quiet_transformers_loading,
+    resolve_checkpoint_file,
+    unwrap_state_dict,
+)
 
 __all__ = ["map_metaclip_state_dict", "convert_metaclip_state_dict", "convert_metaclip"]
 
@@ -81,7 +89,9 @@ def map_metaclip_state_dict(
             origin[_TOP_LEVEL[key]] = f"visual.{key}"
         elif key == "proj":
             if value.ndim != 2:
-                raise ValueError(f"{source}: `visual.proj` has shape {tuple(value.shape)}, expected (width, embed_dim).")
+                raise ValueError(
+                    f"{source}: `visual.proj` has shape {tuple(value.shape)}, expected (width, embed_dim)."
+                )
             converted["visual_projection.weight"] = value.t().contiguous()
             origin["visual_projection.weight"] = "visual.proj (transposed)"
         elif key.startswith("transformer.resblocks."):
@@ -89,7 +99,9 @@ def map_metaclip_state_dict(
             prefix = f"vision_model.encoder.layers.{index}."
             if rest in ("attn.in_proj_weight", "attn.in_proj_bias"):
                 if value.shape[0] % 3:
-                    raise ValueError(f"{source}: `visual.{key}` has {value.shape[0]} rows, not a multiple of 3 (q, k, v).")
+                    raise ValueError(
+                        f"{source}: `visual.{key}` has {value.shape[0]} rows, not a multiple of 3 (q, k, v)."
+                    )
                 kind = rest.rsplit("_", 1)[1]  # weight / bias
                 for name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0)):
                     converted[f"{prefix}self_attn.{name}.{kind}"] = part.contiguous()
@@ -118,10 +130,15 @@ def convert_metaclip_state_dict(
 ) -> CLIPVisionModelWithProjection:
     """A `CLIPVisionModelWithProjection(config)` holding the open_clip vision tower of `state_dict`."""
     converted, origin = map_metaclip_state_dict(state_dict, source)
-    model = CLIPVisionModelWithProjection(config)
-    check_state_dict(converted, model, source, origin=origin)
-    # position_ids is a non-persistent buffer in recent transformers; strict=True still checks every weight.
-    model.load_state_dict({k: v.float() for k, v in converted.items()}, strict=True)
+    with torch.device("meta"):  # only names and shapes: the full bigG is 7.4 GB in float32
+        skeleton = CLIPVisionModelWithProjection(config)
+    check_state_dict(converted, skeleton, source, origin=origin)
+    # transformers builds the model without allocating it twice and fills the weights from the converted dict
+    # (non-persistent buffers such as position_ids are created as usual); every key was checked above.
+    with quiet_transformers_loading():
+        model = CLIPVisionModelWithProjection.from_pretrained(
+            None, config=config, state_dict={k: v.float() for k, v in converted.items()}
+        )
     return model.eval()
 
 

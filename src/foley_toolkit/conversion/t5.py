@@ -58,7 +58,9 @@ def convert_t5(
             model, info = T5EncoderModel.from_pretrained(checkpoint, output_loading_info=True, weights_only=True)
     except Exception as error:  # truncated safetensors, bad JSON, missing files: one clear line
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"T5 checkpoint {checkpoint!r} could not be loaded: {type(error).__name__}: {message}") from error
+        raise ValueError(
+            f"T5 checkpoint {checkpoint!r} could not be loaded: {type(error).__name__}: {message}"
+        ) from error
     missing = sorted(info.get("missing_keys", ()))
     unexpected = sorted(k for k in info.get("unexpected_keys", ()) if not k.startswith(_DECODER_PREFIXES))
     mismatched = [f"{key}: {tuple(a)} vs {tuple(b)}" for key, a, b in info.get("mismatched_keys", ())]
