@@ -18,7 +18,7 @@ PRESETS = ("small", "kling-foley-1.5b", "kling-foley-3b", "kling-foley-6b")
 
 
 def _count(text: str, component: str) -> int:
-    match = re.search(rf"^\| `{component}` \| `\w+` \| ([\d,]+) \(", text, flags=re.MULTILINE)
+    match = re.search(rf"^\| `{component}` \| `\w+` \| ([\d,]+) [(|]", text, flags=re.MULTILINE)
     assert match, f"no parameter count for {component}"
     return int(match.group(1).replace(",", ""))
 
@@ -94,3 +94,23 @@ def test_licence_follows_the_parts(tmp_path):
     assert "| `vae` | - | - | trained: `training/train_vae.py` |" in card.text
     with pytest.raises(ValueError, match="components"):
         kling_foley_card("t", "s", [])
+
+
+def test_pipeline_card_reads_the_components():
+    from foley_toolkit.pipelines.kling_foley.testing import get_dummy_components
+
+    from foley_toolkit.model_cards import pipeline_card
+
+    components = get_dummy_components()
+    card = pipeline_card(components, pretrained=["text_encoder", "tokenizer", "vision_encoder", "sync_encoder",
+                                                 "vocoder"], trained={"vae": "`training/train_vae.py`"})  # fmt: skip
+    text = card.text
+    assert card.data.license == "cc-by-nc-4.0" and "google-t5/t5-base" in card.data.base_model
+    transformer = components["transformer"]
+    assert _count(text, "transformer") == num_parameters(transformer) > 0
+    assert f"| `transformer` | `{type(transformer).__name__}` |" in text
+    assert "Untrained components: `transformer`" in text
+    assert "| `vae` | `MelVAE` |" in text and "trained: `training/train_vae.py`" in text
+    assert "scheduler" not in text
+    with pytest.raises(ValueError, match="no public weights"):
+        pipeline_card(components, pretrained=["transformer"])

@@ -255,6 +255,52 @@ def kling_foley_card(
     )
 
 
+def pipeline_card(
+    components: Mapping[str, Any],
+    pretrained: Sequence[str] = (),
+    trained: Optional[Mapping[str, str]] = None,
+    title: str = "Kling-Foley pipeline (foley_toolkit)",
+    summary: Optional[str] = None,
+    **kwargs,
+):
+    r"""
+    The card of a pipeline from its components (e.g. `pipeline.components`, or what `assemble` built): class
+    names and parameter counts are read from the modules themselves.
+
+    Args:
+        components (`Mapping[str, Any]`): Component name -> module (`None` entries and the scheduler are skipped;
+            a tokenizer is listed without parameters).
+        pretrained (`Sequence[str]`): Components that hold public pretrained weights (converted checkpoints);
+            each must be one of `PUBLIC_COMPONENTS`.
+        trained (`Mapping[str, str]`, *optional*): Component -> who trained it (a script, a folder).
+        title, summary (`str`): The heading and the paragraph under it.
+        **kwargs: Passed to [`kling_foley_card`] (facts, datasets, evaluation, tags, ...).
+    """
+    trained = dict(trained or {})
+    unknown = [name for name in pretrained if name not in PUBLIC_COMPONENTS]
+    if unknown:
+        raise ValueError(f"`pretrained` names {unknown}, which have no public weights; expected some of "
+                         f"{sorted(PUBLIC_COMPONENTS)}.")  # fmt: skip
+    rows = []
+    for name, module in components.items():
+        if module is None or name == "scheduler":
+            continue
+        count = num_parameters(module) if isinstance(module, torch.nn.Module) else None
+        rows.append(ComponentCard(name, type(module).__name__, count, pretrained=name in pretrained,
+                                  trained_by=trained.get(name)))  # fmt: skip
+    missing = [name for name in [*pretrained, *trained] if name not in {row.name for row in rows}]
+    if missing:
+        raise ValueError(f"`pretrained` / `trained` name components the pipeline lacks: {missing}.")
+    if summary is None:
+        untrained = [row.name for row in rows if not row.pretrained and not row.trained_by]
+        summary = "A Kling-Foley (arXiv 2506.19774) pipeline of foley_toolkit." + (
+            f" Untrained components: {', '.join(f'`{n}`' for n in untrained)} (no public weights exist)."
+            if untrained
+            else ""
+        )
+    return kling_foley_card(title, summary, rows, **kwargs)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Preset cards
 # ----------------------------------------------------------------------------------------------------------
