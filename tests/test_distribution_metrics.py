@@ -139,3 +139,106 @@ def test_inception_score_of_confident_balanced_predictions_is_the_class_count():
     assert std10 == pytest.approx(np.std(expected), rel=1e-5, abs=1e-9)
     with pytest.raises(ValueError, match="splits"):
         inception_score(logits, splits=41)
+
+
+# ---------------------------------------------------------------------------------------------- DeSync
+from foley_toolkit.evaluation.extractors.synchformer_desync import (  # noqa: E402
+    AV_BENCHMARK_OFFSET_GRID,
+    SynchformerDeSync,
+    desync_clip_offsets,
+    desync_score,
+    desync_window_starts,
+    segment_window_seconds,
+)
+
+STEP = 0.08  # one tubelet step (2 frames at 25 fps): token 8 s + t covers grid step 4 s + t
+
+
+def _stub_classifier(sample_rate, grid):
+    """Offset logits from the cross-correlation of the visual event indicator with the audio energy, per 0.08 s step:
+    it returns the true shift of the window it is given, if (and only if) the window was cut right."""
+
+    def classify(tokens, audio):
+        num_segments = tokens.shape[1] // 8
+        steps = (num_segments - 1) * 4 + 8
+        visual = torch.zeros(steps, dtype=torch.float64)
+        for s in range(num_segments):
+            visual[4 * s : 4 * s + 8] = torch.maximum(visual[4 * s : 4 * s + 8], tokens[0, 8 * s : 8 * s + 8, 0].double())
+        per_step = int(round(STEP * sample_rate))
+        energy = audio[0, : steps * per_step].double().reshape(steps, per_step).pow(2).sum(-1)
+        lags = range(-30, 31)
+        scores = [float((visual[max(0, -l) : steps - max(0, l)] * energy[max(0, l) : steps - max(0, -l)]).sum()) for l in lags]
+        offset = list(lags)[int(np.argmax(scores))] * STEP
+        return -(torch.tensor(grid) - offset).abs()[None]
+
+    return classify
+
+
+def _clip(event_steps, shifts, sample_rate=16000, seconds=8.0):
+    """Visual tokens (192, 1) of an 8 s clip with events at `event_steps`, and audio with each event `shift` later."""
+    num_segments = int((seconds * 25 - 16) // 8 + 1)
+    tokens = torch.zeros(num_segments * 8, 1)
+    audio = torch.zeros(int(seconds * sample_rate))
+    for g, shift in zip(event_steps, shifts):
+        for s in range(num_segments):
+            if 0 <= g - 4 * s < 8:
+                tokens[8 * s + g - 4 * s, 0] = 1.0
+        start = int(round(((g + 0.25) * STEP + shift) * sample_rate))
+        audio[start : start + 200] = 0.5
+    return tokens, audio
+
+
+def test_desync_windowing_follows_av_benchmark():
+    assert desync_window_starts(24, 14) == (0, 10)  # 8 s clip: first and last 4.8 s
+    assert desync_window_starts(14, 14) == (0, 0)  # both windows scored even when they coincide
+    assert segment_window_seconds(0, 14) == pytest.approx((0.0, 4.8))
+    assert segment_window_seconds(10, 14) == pytest.approx((3.2, 4.8))  # ends at 8.0 s
+    with pytest.raises(ValueError, match="fewer than the 14"):
+        desync_window_starts(13, 14)
+    assert len(AV_BENCHMARK_OFFSET_GRID) == 21 and AV_BENCHMARK_OFFSET_GRID[10] == 0.0
+    assert AV_BENCHMARK_OFFSET_GRID[11] == pytest.approx(0.2)
+
+
+def test_desync_with_a_classifier_that_returns_the_true_shift():
+    sr, grid = 16000, AV_BENCHMARK_OFFSET_GRID
+    classifier = _stub_classifier(sr, grid)
+    # Events in the first 3 s heard 0.4 s late, events after 5 s heard 0.8 s early: the first window (0-4.8 s) sees
+    # only the first group, the last (3.2-8 s) only the second.
+    steps = [6, 19, 31, 70, 83, 90]
+    tokens, audio = _clip(steps, [0.4, 0.4, 0.4, -0.8, -0.8, -0.8], sr)
+    offsets = desync_clip_offsets(classifier, tokens, audio, sr, grid)
+    assert offsets == pytest.approx([0.4, -0.8])
+    aligned = desync_clip_offsets(classifier, *_clip(steps, [0.0] * 6, sr), sr, grid)
+    assert aligned == pytest.approx([0.0, 0.0])
+    assert desync_score([offsets, aligned]) == pytest.approx((0.4 + 0.8) / 4)
+    with pytest.raises(ValueError, match="needs"):
+        desync_clip_offsets(classifier, tokens, audio[: 7 * sr], sr, grid)
+    with pytest.raises(ValueError, match="empty"):
+        desync_score([])
+
+
+def test_synchformer_desync_runs_the_project_models_on_the_windows():
+    from foley_toolkit.models.autoencoders import LogMelSpectrogram
+    from foley_toolkit.models.encoders import tiny_synchformer_config
+    from foley_toolkit.models.encoders.synchformer import SynchformerEncoder
+    from foley_toolkit.models.encoders.synchformer_sync_head import SynchformerSyncHead
+
+    torch.manual_seed(0)
+    encoder = SynchformerEncoder(**tiny_synchformer_config()).eval()
+    head = SynchformerSyncHead(visual_dim=32, num_classes=5, audio_channels=8, audio_layers=1, max_lag=4).eval()
+    desync = SynchformerDeSync(encoder, head, offset_step=0.12, window_segments=3)
+    assert desync.offset_grid == pytest.approx((-0.24, -0.12, 0.0, 0.12, 0.24))
+    frames = torch.rand(40, 3, 32, 32) * 2 - 1  # 1.6 s: 4 segments, windows start at segments 0 and 1
+    audio = torch.randn(int(1.6 * 44100)) * 0.1
+    offsets = desync.clip_offsets(frames, audio)
+    # The same windows cut by hand: tokens 0-23 with audio 0-1.28 s, tokens 8-31 with audio 0.32-1.60 s.
+    tokens = encoder(frames[None])[0]
+    mel = LogMelSpectrogram()
+    expected = []
+    for start_token, start_sample in ((0, 0), (8, int(round(0.32 * 44100)))):
+        window_audio = audio[start_sample : start_sample + int(round(1.28 * 44100))]
+        logits = head(tokens[start_token : start_token + 24][None], mel(window_audio[None]))
+        expected.append(desync.offset_grid[int(logits.argmax())])
+    assert offsets == pytest.approx(expected)
+    with pytest.raises(ValueError, match="visual tokens"):
+        SynchformerDeSync(encoder, SynchformerSyncHead(visual_dim=16, num_classes=5), offset_step=0.12)

@@ -41,3 +41,10 @@ from .distribution_metrics import (
     inception_score,
     kl_divergence,
 )
+
+# extractors behind one interface (embed / classify / extract) and their on-disk cache
+from .embedding_cache import EmbeddingCache, file_sha256
+from .extractors import AudioFeatureExtractor, Cnn14, PANNsExtractor, cnn14_from_checkpoint, convert_panns_checkpoint
+
+# DeSync (av-benchmark windowing) with the project's Synchformer encoder + trained sync head
+from .extractors import SynchformerDeSync, desync_clip_offsets, desync_score

@@ -2,5 +2,15 @@
 
 from .base import AudioFeatureExtractor
 from .panns import Cnn14, PANNsExtractor, cnn14_from_checkpoint, convert_panns_checkpoint, load_panns_checkpoint
+from .synchformer_desync import (
+    AV_BENCHMARK_OFFSET_GRID,
+    AV_BENCHMARK_WINDOW_SEGMENTS,
+    SynchformerDeSync,
+    desync_clip_offsets,
+    desync_score,
+    desync_window_starts,
+)
 
-__all__ = ["AudioFeatureExtractor", "Cnn14", "PANNsExtractor", "cnn14_from_checkpoint", "convert_panns_checkpoint", "load_panns_checkpoint"]
+__all__ = ["AudioFeatureExtractor", "Cnn14", "PANNsExtractor", "cnn14_from_checkpoint", "convert_panns_checkpoint", "load_panns_checkpoint",
+    "AV_BENCHMARK_OFFSET_GRID", "AV_BENCHMARK_WINDOW_SEGMENTS", "SynchformerDeSync", "desync_clip_offsets", "desync_score",
+    "desync_window_starts"]
