@@ -89,6 +89,9 @@ def test_assemble_cli_builds_a_loadable_pipeline_that_generates(parts, tmp_path,
     assert cli_main([str(a) for a in argv]) == 0
     assert "Wrote the pipeline" in capsys.readouterr().out
 
+    card = (out / "README.md").read_text()
+    assert "CC-BY-NC-4.0" in card and "MetaCLIP" in card  # the vision encoder's non-commercial licence is stated
+    assert "BigVGAN" in card and str(parts / "transformer") in card
     pipe = KlingFoleyPipeline.from_pretrained(str(out))
     pipe.set_progress_bar_config(disable=True)
     # the converted parts arrive unchanged

@@ -174,4 +174,23 @@ def assemble_pipeline(
     )
     if output_dir is not None:
         pipeline.save_pretrained(output_dir)
+        _pipeline_card(pipeline, transformer, vae, mono2stereo).save(os.path.join(output_dir, "README.md"))
     return pipeline
+
+
+def _pipeline_card(pipeline, transformer, vae, mono2stereo):
+    """The model card of an assembled pipeline: the converted parts as pretrained (with their licences), the
+    given folders as trained, the new parts as untrained."""
+    from ..model_cards import PUBLIC_COMPONENTS, pipeline_card
+
+    trained = {
+        name: f"`{os.fspath(folder)}`"
+        for name, folder in (("transformer", transformer), ("vae", vae), ("mono2stereo", mono2stereo))
+        if folder is not None
+    }
+    return pipeline_card(
+        pipeline.components,
+        pretrained=[name for name in PUBLIC_COMPONENTS if pipeline.components.get(name) is not None],
+        trained=trained,
+        title="Kling-Foley pipeline assembled from public parts (foley_toolkit)",
+    )

@@ -181,14 +181,18 @@ def check_state_dict(
 
 @contextlib.contextmanager
 def quiet_transformers_loading():
-    """No transformers "Loading weights" progress bars on stderr while loading parts (restored afterwards)."""
+    """No transformers "Loading weights" progress bars or load reports while loading parts (restored afterwards):
+    the converters check the keys themselves and say what is wrong in their own errors."""
     from transformers.utils import logging as transformers_logging
 
     enabled = transformers_logging.is_progress_bar_enabled()
+    verbosity = transformers_logging.get_verbosity()
     transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
     try:
         yield
     finally:
+        transformers_logging.set_verbosity(verbosity)
         if enabled:
             transformers_logging.enable_progress_bar()
 
