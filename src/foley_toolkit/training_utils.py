@@ -511,7 +511,6 @@ def multi_resolution_stft_loss(
 
 # Imports of this section live here so that the sections can be edited independently.
 import contextlib as _contextlib  # noqa: E402
-import datetime as _datetime  # noqa: E402
 import os as _os  # noqa: E402
 import shutil as _shutil  # noqa: E402
 import tempfile as _tempfile  # noqa: E402
@@ -613,45 +612,3 @@ def non_finite_tensors(tensors: dict[str, _Any]) -> list[str]:
         for name, value in tensors.items()
         if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all())
     ]
-
-
-def training_model_card(
-    script: str,
-    base_model: str | None,
-    facts: dict[str, _Any],
-    components: _Sequence[str] = (),
-    tags: _Sequence[str] = (),
-):
-    r"""
-    A fresh `huggingface_hub.ModelCard` for the output of a training script: its own training facts, nothing
-    inherited from the base model's card (its metrics describe other weights).
-
-    Args:
-        script (`str`): The training script (e.g. ``"train_transformer.py"``).
-        base_model (`str`, *optional*): The pipeline or model folder training started from / completed with.
-        facts (`dict`): Training facts listed in a table (data, steps, seed, final loss, ...); `None` values are
-            left out. A ``date`` (UTC, ISO 8601) is added when missing.
-        components (`Sequence[str]`): The components this run trained.
-        tags (`Sequence[str]`): Extra Hub tags.
-    """
-    from huggingface_hub import ModelCard, ModelCardData
-
-    facts = {"date": _datetime.datetime.now(_datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), **facts}
-    data = ModelCardData(
-        library_name="diffusers",
-        tags=["foley_toolkit", "kling-foley", "video-to-audio", "text-to-audio", *tags],
-        # The Hub's `base_model` is a repo id: a local folder is named in the text only.
-        base_model=base_model if base_model and not _os.path.exists(base_model) else None,
-    )
-    trained = ", ".join(f"`{name}`" for name in components) or "the model"
-    rows = "\n".join(f"| {key} | {value} |" for key, value in facts.items() if value is not None)
-    content = (
-        f"---\n{data.to_yaml()}\n---\n\n"
-        f"# Kling-Foley: {trained} trained with `{script}`\n\n"
-        f"This folder was written by `training/{script}` of foley_toolkit"
-        + (f", starting from `{base_model}`" if base_model else "")
-        + ". It holds no evaluation results: evaluate it before publishing numbers.\n\n"
-        "## Training\n\n| fact | value |\n|---|---|\n"
-        f"| script | {script} |\n" + (f"| base model | {base_model} |\n" if base_model else "") + rows + "\n"
-    )
-    return ModelCard(content)
