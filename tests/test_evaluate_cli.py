@@ -11,7 +11,7 @@ from foley_toolkit.audio_utils import save_audio
 from foley_toolkit.evaluation.distribution_metrics import frechet_distance, inception_score, kl_divergence
 from foley_toolkit.evaluation.embedding_cache import EmbeddingCache
 from foley_toolkit.evaluation.extractors import Cnn14, PANNsExtractor
-from foley_toolkit.synthetic import generate_clip
+from foley_toolkit.synthetic import generate_clip, write_clip
 from tests.utils import assert_cli_error
 
 
@@ -40,6 +40,9 @@ def clip_dirs(tmp_path_factory):
         for index in range(4):
             clip = generate_clip(seed=offset + index, duration=1.5, fps=25, width=32, height=32)
             save_audio(root / folder / f"clip{index}.wav", clip.audio, clip.sample_rate)
+            if folder == "ref" and index < 2:  # the source videos of the first two clips (DeSync)
+                (root / "videos").mkdir(exist_ok=True)
+                write_clip(clip, root / "videos" / f"clip{index}.mp4")
     return root / "pred", root / "ref"
 
 
@@ -207,3 +210,39 @@ def test_evaluate_bad_input(cnn14_weights, clip_dirs, tmp_path, capsys):
     assert_cli_error(["evaluate", "--pred", str(pred), "--ref", str(broken)] + common, "`--ref` clip 'clip3'", capsys)
     assert_cli_error(["evaluate", "--pred", str(pred), "--ref", str(ref), "--metrics", "fd_vgg"] + common, "unknown", capsys)
     assert_cli_error(["evaluate", "--pred", str(pred), "--ref", str(ref), "--no-progress"], "--panns-weights", capsys)
+
+
+def test_evaluate_desync_end_to_end(clip_dirs, tmp_path, capsys):
+    from foley_toolkit.cli import main
+    from foley_toolkit.evaluation.extractors import SynchformerDeSync, desync_score
+    from foley_toolkit.models.encoders import tiny_synchformer_config
+    from foley_toolkit.models.encoders.synchformer import SynchformerEncoder
+    from foley_toolkit.models.encoders.synchformer_sync_head import SynchformerSyncHead
+
+    torch.manual_seed(0)
+    SynchformerEncoder(**tiny_synchformer_config()).save_pretrained(tmp_path / "sync_encoder")
+    SynchformerSyncHead(visual_dim=32, num_classes=5, audio_channels=8, audio_layers=1, max_lag=4).save_pretrained(
+        tmp_path / "sync_head"
+    )
+    pred, ref = clip_dirs
+    videos = pred.parent / "videos"
+    subset_pred, subset_ref = tmp_path / "pred", tmp_path / "ref"
+    for folder, source in ((subset_pred, pred), (subset_ref, ref)):
+        folder.mkdir()
+        for name in ("clip0.wav", "clip1.wav"):
+            (folder / name).write_bytes((source / name).read_bytes())
+    out = tmp_path / "desync.json"
+    argv = ["evaluate", "--pred", str(subset_pred), "--ref", str(subset_ref), "--metrics", "desync"]
+    argv += ["--videos", str(videos), "--sync-encoder", str(tmp_path / "sync_encoder"), "--sync-head"]
+    argv += [str(tmp_path / "sync_head"), "--desync-window-segments", "3", "--json", str(out), "--no-progress"]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    assert sorted(report["metrics"]) == ["DeSync"]
+    assert capsys.readouterr().out.splitlines()[1].split() == ["DeSync"]
+    scorer = SynchformerDeSync.from_pretrained(tmp_path / "sync_encoder", tmp_path / "sync_head", 0.12, window_segments=3)
+    offsets = [scorer.file_offsets(videos / f"clip{i}.mp4", subset_pred / f"clip{i}.wav") for i in range(2)]
+    assert all(len(o) == 2 and all(abs(x) in (0.0, 0.12, 0.24) for x in o) for o in offsets)
+    assert report["metrics"]["DeSync"] == pytest.approx(desync_score(offsets))
+    # A clip without its video is named.
+    argv[argv.index("--pred") + 1], argv[argv.index("--ref") + 1] = str(pred), str(ref)
+    assert_cli_error(argv, "`--videos`.*no video for 2 clip.*'clip2', 'clip3'", capsys)

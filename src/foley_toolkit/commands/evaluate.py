@@ -2,16 +2,19 @@
 audio against a folder of reference audio, with av-benchmark's conventions.
 
     foley-toolkit evaluate --pred DIR --ref DIR --panns-weights Cnn14_16k_mAP=0.438.pth [--metrics ...] [--json OUT]
+        [--videos DIR --sync-encoder DIR --sync-head DIR --sync-offset-step 0.12]
 
 Files are paired by their path relative to the folder, without the extension (``pred/a/b.wav`` <-> ``ref/a/b.flac``);
 every generated clip needs its reference and the other way round. Each clip is mixed to mono, its DC offset removed,
 resampled to the extractor's rate and cropped to `--audio-seconds` (8 s, av-benchmark's ``audio_length``).
 
-Metrics (Table 1 column order; only the PANNs ones are implemented so far -- FD_PaSST, FD_VGG, KL_PaSST, IB-score and
-DeSync need their extractors):
+Metrics (Table 1 column order; FD_PaSST, FD_VGG, KL_PaSST and IB-score need extractors not written yet):
   FD_PANNs   Frechet distance between Gaussians fitted to the CNN14 2048-d embeddings of the two sets.
   KL_PANNs   mean over pairs of KL(reference || generated) on the softmax of the 527 AudioSet logits.
   IS         Inception score of the generated clips (softmax of the logits, 10 seeded splits; IS_std alongside).
+  DeSync     mean |offset| (s) that the Synchformer encoder + trained sync head predict between each video and its
+             generated audio, on the first and the last --desync-window-segments segments (4.8 s) of every clip
+             (needs --videos, --sync-encoder, --sync-head; part of the default metrics when --videos is given).
 
 PANNs weights: the public 16 kHz checkpoint ``Cnn14_16k_mAP=0.438.pth`` (zenodo.org/record/3987831, the one
 av-benchmark uses), a folder written by `convert_panns_checkpoint`, or a Hub repository id with such a folder.
@@ -27,10 +30,12 @@ import os
 import sys
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".aif", ".aiff")
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 
 # Table 1 of the paper (and av-benchmark's output), in this order. Only some have an extractor here yet.
 PAPER_COLUMNS = ("FD_PaSST", "FD_PANNs", "FD_VGG", "KL_PANNs", "KL_PaSST", "IS", "IB-score", "DeSync")
-METRICS = {"fd_panns": "FD_PANNs", "kl_panns": "KL_PANNs", "is": "IS"}
+METRICS = {"fd_panns": "FD_PANNs", "kl_panns": "KL_PANNs", "is": "IS", "desync": "DeSync"}
+PANNS_METRICS = ("fd_panns", "kl_panns", "is")
 
 
 def register(subparsers) -> None:
@@ -49,6 +54,21 @@ def register(subparsers) -> None:
         "--panns-weights",
         default=None,
         help="CNN14 weights: a Cnn14*.pth file, a converted folder, or a Hub repository id.",
+    )
+    parser.add_argument("--videos", default=None, help="Folder of the source videos, same names as --pred (DeSync).")
+    parser.add_argument("--sync-encoder", default=None, help="SynchformerEncoder folder or Hub id (DeSync).")
+    parser.add_argument("--sync-head", default=None, help="Trained SynchformerSyncHead folder or Hub id (DeSync).")
+    parser.add_argument(
+        "--sync-offset-step",
+        type=float,
+        default=0.12,
+        help="Seconds between the sync head's offset classes (its training --offset_step; default 0.12).",
+    )
+    parser.add_argument(
+        "--desync-window-segments",
+        type=int,
+        default=14,
+        help="Synchformer segments per DeSync window (default 14 = 4.8 s, av-benchmark's first and last 4.8 s).",
     )
     parser.add_argument("--audio-seconds", type=float, default=8.0, help="Crop every clip to this many seconds.")
     parser.add_argument("--cache-dir", default=None, help="Embedding cache (default: ~/.cache/foley_toolkit/embeddings).")
@@ -91,9 +111,9 @@ def pair_files(pred: dict[str, str], ref: dict[str, str]) -> list[tuple[str, str
     return [(name, pred[name], ref[name]) for name in pred]
 
 
-def resolve_metrics(metrics: list[str] | None) -> list[str]:
+def resolve_metrics(metrics: list[str] | None, with_videos: bool = False) -> list[str]:
     if not metrics:
-        return list(METRICS)
+        return [m for m in METRICS if with_videos or m != "desync"]
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise ValueError(f"`--metrics`: unknown {unknown}; available: {', '.join(METRICS)}.")
@@ -144,6 +164,45 @@ def compute_metrics(metrics: list[str], pred_outputs, ref_outputs) -> dict[str, 
     return results
 
 
+def find_video_files(folder: str, names: list[str]) -> dict[str, str]:
+    """``{name: video path}`` for every clip name (relative path without extension) under `folder`."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"`--videos` {folder!r} is not a directory.")
+    found = {}
+    for root, _, files in os.walk(folder):
+        for file in files:
+            if file.lower().endswith(VIDEO_EXTENSIONS):
+                path = os.path.join(root, file)
+                found.setdefault(os.path.splitext(os.path.relpath(path, folder))[0].replace(os.sep, "/"), path)
+    missing = [name for name in names if name not in found]
+    if missing:
+        shown = ", ".join(repr(n) for n in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise FileNotFoundError(f"`--videos` {folder!r} has no video for {len(missing)} clip(s): {shown}.")
+    return {name: found[name] for name in names}
+
+
+def compute_desync(args, pairs, videos: dict[str, str], device: str) -> float:
+    """DeSync of the generated clips against their videos (av-benchmark windowing)."""
+    from tqdm.auto import tqdm
+
+    from ..evaluation.extractors.synchformer_desync import SynchformerDeSync, desync_score
+
+    scorer = SynchformerDeSync.from_pretrained(
+        args.sync_encoder,
+        args.sync_head,
+        offset_step=args.sync_offset_step,
+        window_segments=args.desync_window_segments,
+        device=device,
+    )
+    offsets = []
+    for name, pred_path, _ in tqdm(pairs, desc="desync", unit="clip", disable=args.no_progress, file=sys.stderr):
+        try:
+            offsets.append(scorer.file_offsets(videos[name], pred_path, max_seconds=args.audio_seconds))
+        except ValueError as error:
+            raise ValueError(f"DeSync of clip {name!r}: {error}") from error
+    return desync_score(offsets)
+
+
 def format_table(results: dict[str, float]) -> str:
     columns = [c for c in PAPER_COLUMNS if c in results]
     widths = [max(len(c), 10) for c in columns]
@@ -158,23 +217,45 @@ def run(args) -> int:
     from ..evaluation.embedding_cache import EmbeddingCache, default_cache_dir
     from ..evaluation.extractors import PANNsExtractor
 
-    metrics = resolve_metrics(args.metrics)
+    metrics = resolve_metrics(args.metrics, with_videos=args.videos is not None)
     if not (args.audio_seconds > 0 and math.isfinite(args.audio_seconds)):
         raise ValueError(f"`--audio-seconds` must be a positive number, got {args.audio_seconds}.")
     pairs = pair_files(find_audio_files(args.pred, "--pred"), find_audio_files(args.ref, "--ref"))
     if "fd_panns" in metrics and len(pairs) < 2:
         raise ValueError(f"FD needs at least 2 clips per folder, got {len(pairs)}.")
-    if args.panns_weights is None:
+    panns_metrics = [m for m in metrics if m in PANNS_METRICS]
+    if "desync" in metrics and (args.videos is None or args.sync_encoder is None or args.sync_head is None):
+        raise ValueError("DeSync needs `--videos`, `--sync-encoder` and `--sync-head`.")
+    if panns_metrics and args.panns_weights is None:
         raise ValueError(
-            "`--panns-weights` is required for " + ", ".join(METRICS[m] for m in metrics) + ": the CNN14 checkpoint "
+            "`--panns-weights` is required for " + ", ".join(METRICS[m] for m in panns_metrics) + ": the CNN14 checkpoint "
             "Cnn14_16k_mAP=0.438.pth (https://zenodo.org/record/3987831), a converted folder or a Hub repository id."
         )
+    videos = None
+    if "desync" in metrics:
+        videos = find_video_files(args.videos, [name for name, _, _ in pairs])
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    extractor = PANNsExtractor.from_pretrained(args.panns_weights, device=device, max_seconds=args.audio_seconds)
-    cache = None if args.no_cache else EmbeddingCache(args.cache_dir or default_cache_dir())
-
-    pred_outputs, ref_outputs = extract_all(pairs, extractor, cache, progress=not args.no_progress)
-    results = compute_metrics(metrics, pred_outputs, ref_outputs)
+    results: dict[str, float] = {}
+    extractors: dict[str, dict] = {}
+    cache = None
+    if panns_metrics:
+        extractor = PANNsExtractor.from_pretrained(args.panns_weights, device=device, max_seconds=args.audio_seconds)
+        cache = None if args.no_cache else EmbeddingCache(args.cache_dir or default_cache_dir())
+        pred_outputs, ref_outputs = extract_all(pairs, extractor, cache, progress=not args.no_progress)
+        results.update(compute_metrics(panns_metrics, pred_outputs, ref_outputs))
+        extractors[extractor.name] = {
+            "cache_key": extractor.cache_key,
+            "sample_rate": extractor.sample_rate,
+            "weights": os.fspath(args.panns_weights),
+        }
+    if videos is not None:
+        results["DeSync"] = compute_desync(args, pairs, videos, device)
+        extractors["synchformer"] = {
+            "encoder": os.fspath(args.sync_encoder),
+            "head": os.fspath(args.sync_head),
+            "offset_step": args.sync_offset_step,
+            "window_segments": args.desync_window_segments,
+        }
 
     print(f"{len(pairs)} pairs  ({os.path.abspath(args.pred)} vs {os.path.abspath(args.ref)})")
     print(format_table(results))
@@ -184,16 +265,10 @@ def run(args) -> int:
         "pred": os.path.abspath(args.pred),
         "ref": os.path.abspath(args.ref),
         "audio_seconds": args.audio_seconds,
-        "extractors": {
-            extractor.name: {
-                "cache_key": extractor.cache_key,
-                "sample_rate": extractor.sample_rate,
-                "weights": os.fspath(args.panns_weights),
-            }
-        },
+        "extractors": extractors,
         "cache": None if cache is None else {"dir": cache.root, "hits": cache.hits, "misses": cache.misses},
         "conventions": "av-benchmark: FD on CNN14 2048-d embeddings; KL(ref||gen) softmax, mean over pairs; "
-        "IS softmax, 10 seeded splits",
+        "IS softmax, 10 seeded splits; DeSync mean |offset| over the first and last window of every clip",
     }
     if args.json_out:
         os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)

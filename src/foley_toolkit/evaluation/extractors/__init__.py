@@ -11,6 +11,17 @@ from .synchformer_desync import (
     desync_window_starts,
 )
 
-__all__ = ["AudioFeatureExtractor", "Cnn14", "PANNsExtractor", "cnn14_from_checkpoint", "convert_panns_checkpoint", "load_panns_checkpoint",
-    "AV_BENCHMARK_OFFSET_GRID", "AV_BENCHMARK_WINDOW_SEGMENTS", "SynchformerDeSync", "desync_clip_offsets", "desync_score",
-    "desync_window_starts"]
+__all__ = [
+    "AV_BENCHMARK_OFFSET_GRID",
+    "AV_BENCHMARK_WINDOW_SEGMENTS",
+    "AudioFeatureExtractor",
+    "Cnn14",
+    "PANNsExtractor",
+    "SynchformerDeSync",
+    "cnn14_from_checkpoint",
+    "convert_panns_checkpoint",
+    "desync_clip_offsets",
+    "desync_score",
+    "desync_window_starts",
+    "load_panns_checkpoint",
+]

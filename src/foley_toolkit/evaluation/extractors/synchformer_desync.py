@@ -172,3 +172,28 @@ class SynchformerDeSync:
         device = next(self.encoder.parameters()).device
         tokens = self.encoder(frames[None].to(device))[0]
         return desync_clip_offsets(self.classify, tokens, audio, self.sample_rate, self.offset_grid, self.window_segments)
+
+    @torch.inference_mode()
+    def file_offsets(
+        self, video_path: str | os.PathLike, audio_path: str | os.PathLike, max_seconds: float | None = 8.0
+    ) -> list[float]:
+        """`clip_offsets` for a video file (its picture; its own audio track is ignored) and an audio file, both cut
+        to `max_seconds` (av-benchmark's 8 s) and to the shorter of the two."""
+        import torch.nn.functional as F
+
+        from ...audio_utils import load_audio
+        from ...video_processor import SYNC_IMAGE_SIZE, load_video, preprocess_sync_frames
+
+        audio = load_audio(audio_path, sample_rate=self.sample_rate, mono=True)[0]
+        video = load_video(os.fspath(video_path), max_duration=max_seconds)
+        if max_seconds is not None:
+            audio = audio[: int(round(max_seconds * self.sample_rate))]
+        # Only frames the audio also covers (a generated clip may be a few ms shorter than its video).
+        num_frames = min(video.sync_frames.shape[0], int(audio.shape[0] / self.sample_rate * SYNC_FRAME_RATE + 1e-6))
+        frames = preprocess_sync_frames(video.sync_frames[:num_frames], dtype=torch.float32)
+        image_size = self.encoder.config.image_size
+        if image_size != SYNC_IMAGE_SIZE:
+            # Encoders configured for another resolution (tiny test models) see the 224 px crop resized, as in the
+            # pipeline.
+            frames = F.interpolate(frames, size=(image_size, image_size), mode="bilinear", antialias=True)
+        return self.clip_offsets(frames.to(self.encoder.dtype), audio)
