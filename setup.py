@@ -43,10 +43,11 @@ setup(
     # needs them. train: tensorboard for `--report_to tensorboard` (accelerate only warns when it is missing);
     # wandb is optional (`pip install foley-toolkit[wandb]`).
     extras_require={
-        "eval": ["librosa>=0.10", "pesq>=0.0.4", "torchlibrosa>=0.1"],  # torchlibrosa: the PANNs CNN14 front end
+        "eval": ["librosa>=0.10", "pesq>=0.0.4", "torchlibrosa>=0.1", "torchvggish>=0.2"],  # PANNs / VGGish front ends
         "train": ["tensorboard>=2.14"],
         "wandb": ["wandb>=0.17"],
-        "test": ["pytest>=8", "librosa>=0.10", "pesq>=0.0.4", "tensorboard>=2.14", "matplotlib>=3.5", "torchlibrosa>=0.1", "panns-inference>=0.1.1"],
+        "test": ["pytest>=8", "librosa>=0.10", "pesq>=0.0.4", "tensorboard>=2.14", "matplotlib>=3.5", "torchlibrosa>=0.1", "panns-inference>=0.1.1",
+                 "torchvggish>=0.2"],
     },
     entry_points={"console_scripts": ["foley-toolkit=foley_toolkit.cli:main"]},
 )

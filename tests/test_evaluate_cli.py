@@ -208,7 +208,7 @@ def test_evaluate_bad_input(cnn14_weights, clip_dirs, tmp_path, capsys):
         (broken / f"{name}.wav").write_bytes((ref / f"{name}.wav").read_bytes())
     (broken / "clip3.wav").write_bytes(b"not audio at all")
     assert_cli_error(["evaluate", "--pred", str(pred), "--ref", str(broken)] + common, "`--ref` clip 'clip3'", capsys)
-    assert_cli_error(["evaluate", "--pred", str(pred), "--ref", str(ref), "--metrics", "fd_vgg"] + common, "unknown", capsys)
+    assert_cli_error(["evaluate", "--pred", str(pred), "--ref", str(ref), "--metrics", "fd_passt"] + common, "unknown", capsys)
     assert_cli_error(["evaluate", "--pred", str(pred), "--ref", str(ref), "--no-progress"], "--panns-weights", capsys)
 
 
@@ -246,3 +246,48 @@ def test_evaluate_desync_end_to_end(clip_dirs, tmp_path, capsys):
     # A clip without its video is named.
     argv[argv.index("--pred") + 1], argv[argv.index("--ref") + 1] = str(pred), str(ref)
     assert_cli_error(argv, "`--videos`.*no video for 2 clip.*'clip2', 'clip3'", capsys)
+
+
+def test_vggish_matches_the_public_port_and_drops_its_last_relu():
+    port = pytest.importorskip("torchvggish.torchvggish")
+    from foley_toolkit.evaluation.extractors import VGGish, VGGishExtractor, vggish_examples
+
+    torch.manual_seed(0)
+    model = VGGish().eval()
+    reference = port._vgg(postprocess=False).eval()
+    reference.load_state_dict(model.state_dict(), strict=True)  # same parameter names and shapes
+    extractor = VGGishExtractor(model)
+    audio = torch.randn(2, int(2.5 * 22050)) * 0.1
+    embedding = extractor.embed(audio, 22050)
+    assert embedding.shape == (2, 128)  # one row per whole 0.96 s example of 2.5 s
+    patches = vggish_examples(extractor.prepare(audio, 22050)[0].numpy())
+    with torch.no_grad():
+        torch.testing.assert_close(torch.relu(embedding), reference(patches), rtol=1e-5, atol=1e-6)
+    assert (embedding < 0).any()  # av-benchmark's VGGish has no final ReLU
+    with pytest.raises(ValueError, match="no classification head"):
+        extractor.classify(audio, 22050)
+
+
+def test_evaluate_fd_vgg_and_column_order(cnn14_weights, clip_dirs, tmp_path, capsys):
+    from foley_toolkit.cli import main
+    from foley_toolkit.evaluation.extractors import VGGish, VGGishExtractor
+
+    torch.manual_seed(0)
+    vggish_pth = tmp_path / "vggish-random.pth"
+    torch.save(VGGish().state_dict(), vggish_pth)  # the port's checkpoint layout: a bare state dict
+    pred, ref = clip_dirs
+    out = tmp_path / "r.json"
+    argv = ["evaluate", "--pred", str(pred), "--ref", str(ref), "--metrics", "is", "fd_vgg", "fd_panns"]
+    argv += ["--panns-weights", str(cnn14_weights[1]), "--vggish-weights", str(vggish_pth), "--no-progress"]
+    argv += ["--cache-dir", str(tmp_path / "cache"), "--json", str(out)]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.splitlines()[1].split() == ["FD_PANNs", "FD_VGG", "IS"]
+    report = json.loads(out.read_text())
+    assert sorted(report["extractors"]) == ["panns", "vggish"]
+    extractor = VGGishExtractor.from_pretrained(vggish_pth)
+    names = sorted(p.name for p in pred.glob("*.wav"))
+    gen = torch.cat([extractor.extract_prepared(extractor.load(pred / n))["embedding"] for n in names])
+    refs = torch.cat([extractor.extract_prepared(extractor.load(ref / n))["embedding"] for n in names])
+    assert gen.shape == (4, 128)  # 1.5 s clips: one 0.96 s example each
+    assert report["metrics"]["FD_VGG"] == pytest.approx(frechet_distance(gen, refs), rel=1e-4)
+    assert report["metrics"]["FD_VGG"] > 0

@@ -8,8 +8,10 @@ Files are paired by their path relative to the folder, without the extension (``
 every generated clip needs its reference and the other way round. Each clip is mixed to mono, its DC offset removed,
 resampled to the extractor's rate and cropped to `--audio-seconds` (8 s, av-benchmark's ``audio_length``).
 
-Metrics (Table 1 column order; FD_PaSST, FD_VGG, KL_PaSST and IB-score need extractors not written yet):
+Metrics (Table 1 column order; FD_PaSST, KL_PaSST and IB-score need extractors not written yet):
   FD_PANNs   Frechet distance between Gaussians fitted to the CNN14 2048-d embeddings of the two sets.
+  FD_VGG     the same on VGGish 128-d embeddings of every 0.96 s example of every clip (needs --vggish-weights;
+             part of the default metrics when it is given).
   KL_PANNs   mean over pairs of KL(reference || generated) on the softmax of the 527 AudioSet logits.
   IS         Inception score of the generated clips (softmax of the logits, 10 seeded splits; IS_std alongside).
   DeSync     mean |offset| (s) that the Synchformer encoder + trained sync head predict between each video and its
@@ -34,7 +36,7 @@ VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 
 # Table 1 of the paper (and av-benchmark's output), in this order. Only some have an extractor here yet.
 PAPER_COLUMNS = ("FD_PaSST", "FD_PANNs", "FD_VGG", "KL_PANNs", "KL_PaSST", "IS", "IB-score", "DeSync")
-METRICS = {"fd_panns": "FD_PANNs", "kl_panns": "KL_PANNs", "is": "IS", "desync": "DeSync"}
+METRICS = {"fd_panns": "FD_PANNs", "fd_vgg": "FD_VGG", "kl_panns": "KL_PANNs", "is": "IS", "desync": "DeSync"}
 PANNS_METRICS = ("fd_panns", "kl_panns", "is")
 
 
@@ -54,6 +56,11 @@ def register(subparsers) -> None:
         "--panns-weights",
         default=None,
         help="CNN14 weights: a Cnn14*.pth file, a converted folder, or a Hub repository id.",
+    )
+    parser.add_argument(
+        "--vggish-weights",
+        default=None,
+        help="VGGish weights (torchvggish's vggish-10086976.pth, a converted folder or a Hub id); adds FD_VGG.",
     )
     parser.add_argument("--videos", default=None, help="Folder of the source videos, same names as --pred (DeSync).")
     parser.add_argument("--sync-encoder", default=None, help="SynchformerEncoder folder or Hub id (DeSync).")
@@ -111,9 +118,9 @@ def pair_files(pred: dict[str, str], ref: dict[str, str]) -> list[tuple[str, str
     return [(name, pred[name], ref[name]) for name in pred]
 
 
-def resolve_metrics(metrics: list[str] | None, with_videos: bool = False) -> list[str]:
+def resolve_metrics(metrics: list[str] | None, with_videos: bool = False, with_vggish: bool = False) -> list[str]:
     if not metrics:
-        return [m for m in METRICS if with_videos or m != "desync"]
+        return [m for m in METRICS if (with_videos or m != "desync") and (with_vggish or m != "fd_vgg")]
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise ValueError(f"`--metrics`: unknown {unknown}; available: {', '.join(METRICS)}.")
@@ -154,6 +161,11 @@ def compute_metrics(metrics: list[str], pred_outputs, ref_outputs) -> dict[str, 
         pred = torch.stack([o["embedding"] for o in pred_outputs])
         ref = torch.stack([o["embedding"] for o in ref_outputs])
         results["FD_PANNs"] = frechet_distance(pred, ref)
+    if "fd_vgg" in metrics:
+        # One 128-d embedding per 0.96 s: FD over every example of every clip (av-benchmark concatenates them).
+        pred = torch.cat([o["embedding"] for o in pred_outputs])
+        ref = torch.cat([o["embedding"] for o in ref_outputs])
+        results["FD_VGG"] = frechet_distance(pred, ref)
     if "kl_panns" in metrics:
         pred = torch.stack([o["logits"] for o in pred_outputs])
         ref = torch.stack([o["logits"] for o in ref_outputs])
@@ -215,13 +227,15 @@ def run(args) -> int:
     import torch
 
     from ..evaluation.embedding_cache import EmbeddingCache, default_cache_dir
-    from ..evaluation.extractors import PANNsExtractor
+    from ..evaluation.extractors import PANNsExtractor, VGGishExtractor
 
-    metrics = resolve_metrics(args.metrics, with_videos=args.videos is not None)
+    metrics = resolve_metrics(
+        args.metrics, with_videos=args.videos is not None, with_vggish=args.vggish_weights is not None
+    )
     if not (args.audio_seconds > 0 and math.isfinite(args.audio_seconds)):
         raise ValueError(f"`--audio-seconds` must be a positive number, got {args.audio_seconds}.")
     pairs = pair_files(find_audio_files(args.pred, "--pred"), find_audio_files(args.ref, "--ref"))
-    if "fd_panns" in metrics and len(pairs) < 2:
+    if ("fd_panns" in metrics or "fd_vgg" in metrics) and len(pairs) < 2:
         raise ValueError(f"FD needs at least 2 clips per folder, got {len(pairs)}.")
     panns_metrics = [m for m in metrics if m in PANNS_METRICS]
     if "desync" in metrics and (args.videos is None or args.sync_encoder is None or args.sync_head is None):
@@ -231,22 +245,36 @@ def run(args) -> int:
             "`--panns-weights` is required for " + ", ".join(METRICS[m] for m in panns_metrics) + ": the CNN14 checkpoint "
             "Cnn14_16k_mAP=0.438.pth (https://zenodo.org/record/3987831), a converted folder or a Hub repository id."
         )
+    if "fd_vgg" in metrics and args.vggish_weights is None:
+        raise ValueError(
+            "`--vggish-weights` is required for FD_VGG: the torchvggish checkpoint vggish-10086976.pth "
+            "(https://github.com/harritaylor/torchvggish/releases/download/v0.1/vggish-10086976.pth), a converted "
+            "folder or a Hub repository id."
+        )
     videos = None
     if "desync" in metrics:
         videos = find_video_files(args.videos, [name for name, _, _ in pairs])
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     results: dict[str, float] = {}
     extractors: dict[str, dict] = {}
-    cache = None
+    cache = None if args.no_cache else EmbeddingCache(args.cache_dir or default_cache_dir())
     if panns_metrics:
         extractor = PANNsExtractor.from_pretrained(args.panns_weights, device=device, max_seconds=args.audio_seconds)
-        cache = None if args.no_cache else EmbeddingCache(args.cache_dir or default_cache_dir())
         pred_outputs, ref_outputs = extract_all(pairs, extractor, cache, progress=not args.no_progress)
         results.update(compute_metrics(panns_metrics, pred_outputs, ref_outputs))
         extractors[extractor.name] = {
             "cache_key": extractor.cache_key,
             "sample_rate": extractor.sample_rate,
             "weights": os.fspath(args.panns_weights),
+        }
+    if "fd_vgg" in metrics:
+        extractor = VGGishExtractor.from_pretrained(args.vggish_weights, device=device, max_seconds=args.audio_seconds)
+        pred_outputs, ref_outputs = extract_all(pairs, extractor, cache, progress=not args.no_progress)
+        results.update(compute_metrics(["fd_vgg"], pred_outputs, ref_outputs))
+        extractors[extractor.name] = {
+            "cache_key": extractor.cache_key,
+            "sample_rate": extractor.sample_rate,
+            "weights": os.fspath(args.vggish_weights),
         }
     if videos is not None:
         results["DeSync"] = compute_desync(args, pairs, videos, device)
@@ -267,7 +295,7 @@ def run(args) -> int:
         "audio_seconds": args.audio_seconds,
         "extractors": extractors,
         "cache": None if cache is None else {"dir": cache.root, "hits": cache.hits, "misses": cache.misses},
-        "conventions": "av-benchmark: FD on CNN14 2048-d embeddings; KL(ref||gen) softmax, mean over pairs; "
+        "conventions": "av-benchmark: FD on CNN14 2048-d embeddings and on VGGish 0.96 s embeddings; KL(ref||gen) softmax, mean over pairs; "
         "IS softmax, 10 seeded splits; DeSync mean |offset| over the first and last window of every clip",
     }
     if args.json_out:
