@@ -46,8 +46,16 @@ setup(
         "eval": ["librosa>=0.10", "pesq>=0.0.4", "torchlibrosa>=0.1", "torchvggish>=0.2"],  # PANNs / VGGish front ends
         "train": ["tensorboard>=2.14"],
         "wandb": ["wandb>=0.17"],
-        "test": ["pytest>=8", "librosa>=0.10", "pesq>=0.0.4", "tensorboard>=2.14", "matplotlib>=3.5", "torchlibrosa>=0.1", "panns-inference>=0.1.1",
-                 "torchvggish>=0.2"],
+        "test": [
+            "pytest>=8",
+            "librosa>=0.10",
+            "pesq>=0.0.4",
+            "tensorboard>=2.14",
+            "matplotlib>=3.5",
+            "torchlibrosa>=0.1",
+            "panns-inference>=0.1.1",
+            "torchvggish>=0.2",
+        ],
     },
     entry_points={"console_scripts": ["foley-toolkit=foley_toolkit.cli:main"]},
 )
