@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from foley_toolkit.audio_utils import save_audio
-from foley_toolkit.evaluation.distribution_metrics import frechet_distance, inception_score, kl_divergence
+from foley_toolkit.evaluation.distribution_metrics import (
+    frechet_distance,
+    inception_score,
+    kl_divergence,
+    mean_cosine_similarity,
+)
 from foley_toolkit.evaluation.embedding_cache import EmbeddingCache
 from foley_toolkit.evaluation.extractors import Cnn14, PANNsExtractor
 from foley_toolkit.synthetic import generate_clip, write_clip
@@ -291,3 +296,60 @@ def test_evaluate_fd_vgg_and_column_order(cnn14_weights, clip_dirs, tmp_path, ca
     assert gen.shape == (4, 128)  # 1.5 s clips: one 0.96 s example each
     assert report["metrics"]["FD_VGG"] == pytest.approx(frechet_distance(gen, refs), rel=1e-4)
     assert report["metrics"]["FD_VGG"] > 0
+
+
+def test_evaluate_clap_score(clip_dirs, tmp_path, capsys):
+    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel
+
+    from foley_toolkit.cli import main
+    from foley_toolkit.evaluation.distribution_metrics import mean_cosine_similarity
+    from foley_toolkit.evaluation.extractors import ClapExtractor
+    from foley_toolkit.pipelines.kling_foley.testing import build_tiny_t5_tokenizer
+
+    tokenizer = build_tiny_t5_tokenizer()
+    config = ClapConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id),
+        audio_config=dict(depths=[1, 1], num_attention_heads=[1, 2], patch_embeds_hidden_size=16, hidden_size=32),
+        projection_dim=16,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    clap_dir = tmp_path / "clap"
+    ClapModel(config).save_pretrained(clap_dir)
+    ClapFeatureExtractor().save_pretrained(clap_dir)
+    tokenizer.save_pretrained(clap_dir)
+    pred, ref = clip_dirs
+    captions = {f"clip{i}": text for i, text in enumerate(["a dog barks", "glass shatters", "a bell rings", "rain"])}
+    metadata = tmp_path / "metadata.jsonl"
+    metadata.write_text("".join(json.dumps({"file_name": f"{k}.mp4", "caption": v}) + "\n" for k, v in captions.items()))
+    out = tmp_path / "clap.json"
+    argv = ["evaluate", "--pred", str(pred), "--ref", str(ref), "--clap", str(clap_dir), "--captions", str(metadata)]
+    argv += ["--metrics", "clap", "--cache-dir", str(tmp_path / "cache"), "--json", str(out), "--no-progress"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.splitlines()[1].split() == ["CLAP"]
+    report = json.loads(out.read_text())
+    assert report["cache"]["misses"] == 4  # generated clips only
+
+    extractor = ClapExtractor.from_pretrained(clap_dir)
+    names = sorted(captions)
+    audio = torch.stack([extractor.extract_prepared(extractor.load(pred / f"{n}.wav"))["embedding"] for n in names])
+    text = extractor.embed_text([captions[n] for n in names])
+    expected = mean_cosine_similarity(text, audio)
+    assert report["metrics"]["CLAP"] == pytest.approx(expected, abs=1e-5)
+    # Captions are paired by name: shuffled captions give another score.
+    assert abs(mean_cosine_similarity(text.roll(1, dims=0), audio) - expected) > 1e-4
+    # A clip without a caption is named; a CSV needs name/caption columns.
+    metadata.write_text(json.dumps({"file_name": "clip0.mp4", "caption": "x"}) + "\n")
+    assert_cli_error(argv, r"no caption for 3 clip\(s\): 'clip1', 'clip2', 'clip3'", capsys)
+    bad_csv = tmp_path / "captions.csv"
+    bad_csv.write_text("file,text\nclip0,x\n")
+    argv[argv.index("--captions") + 1] = str(bad_csv)
+    assert_cli_error(argv, "`name` and `caption` columns", capsys)
+
+
+def test_mean_cosine_similarity():
+    a = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    b = torch.tensor([[3.0, 0.0], [1.0, 1.0]])
+    assert mean_cosine_similarity(a, b) == pytest.approx((1.0 + math.sqrt(0.5)) / 2)
+    with pytest.raises(ValueError, match="paired"):
+        mean_cosine_similarity(a, b[:1])

@@ -17,6 +17,8 @@ Metrics (Table 1 column order; FD_PaSST, KL_PaSST and IB-score need extractors n
   DeSync     mean |offset| (s) that the Synchformer encoder + trained sync head predict between each video and its
              generated audio, on the first and the last --desync-window-segments segments (4.8 s) of every clip
              (needs --videos, --sync-encoder, --sync-head; part of the default metrics when --videos is given).
+  CLAP       (after the Table 1 columns) mean cosine similarity of the CLAP text embedding of each caption and the
+             audio embedding of its generated clip (needs --clap and --captions).
 
 PANNs weights: the public 16 kHz checkpoint ``Cnn14_16k_mAP=0.438.pth`` (zenodo.org/record/3987831, the one
 av-benchmark uses), a folder written by `convert_panns_checkpoint`, or a Hub repository id with such a folder.
@@ -36,7 +38,16 @@ VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 
 # Table 1 of the paper (and av-benchmark's output), in this order. Only some have an extractor here yet.
 PAPER_COLUMNS = ("FD_PaSST", "FD_PANNs", "FD_VGG", "KL_PANNs", "KL_PaSST", "IS", "IB-score", "DeSync")
-METRICS = {"fd_panns": "FD_PANNs", "fd_vgg": "FD_VGG", "kl_panns": "KL_PANNs", "is": "IS", "desync": "DeSync"}
+# Printed after the Table 1 columns.
+EXTRA_COLUMNS = ("CLAP",)
+METRICS = {
+    "fd_panns": "FD_PANNs",
+    "fd_vgg": "FD_VGG",
+    "kl_panns": "KL_PANNs",
+    "is": "IS",
+    "desync": "DeSync",
+    "clap": "CLAP",
+}
 PANNS_METRICS = ("fd_panns", "kl_panns", "is")
 
 
@@ -61,6 +72,10 @@ def register(subparsers) -> None:
         "--vggish-weights",
         default=None,
         help="VGGish weights (torchvggish's vggish-10086976.pth, a converted folder or a Hub id); adds FD_VGG.",
+    )
+    parser.add_argument("--clap", default=None, help="CLAP model (transformers ClapModel folder or Hub id); adds CLAP.")
+    parser.add_argument(
+        "--captions", default=None, help="Captions: CSV with name,caption columns or a metadata.jsonl (CLAP score)."
     )
     parser.add_argument("--videos", default=None, help="Folder of the source videos, same names as --pred (DeSync).")
     parser.add_argument("--sync-encoder", default=None, help="SynchformerEncoder folder or Hub id (DeSync).")
@@ -118,24 +133,30 @@ def pair_files(pred: dict[str, str], ref: dict[str, str]) -> list[tuple[str, str
     return [(name, pred[name], ref[name]) for name in pred]
 
 
-def resolve_metrics(metrics: list[str] | None, with_videos: bool = False, with_vggish: bool = False) -> list[str]:
+def resolve_metrics(
+    metrics: list[str] | None, with_videos: bool = False, with_vggish: bool = False, with_clap: bool = False
+) -> list[str]:
     if not metrics:
-        return [m for m in METRICS if (with_videos or m != "desync") and (with_vggish or m != "fd_vgg")]
+        optional = {"desync": with_videos, "fd_vgg": with_vggish, "clap": with_clap}
+        return [m for m in METRICS if optional.get(m, True)]
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise ValueError(f"`--metrics`: unknown {unknown}; available: {', '.join(METRICS)}.")
     return list(dict.fromkeys(metrics))
 
 
-def extract_all(pairs, extractor, cache, progress: bool):
-    """Extractor outputs of every generated and reference clip: two lists of dicts, in `pairs` order."""
+def extract_all(pairs, extractor, cache, progress: bool, sides: tuple[str, ...] = ("--pred", "--ref")):
+    """Extractor outputs of every generated and reference clip (those of `sides`): two lists of dicts, in `pairs`
+    order (empty for a side not asked for)."""
     import torch
     from tqdm.auto import tqdm
 
     pred_outputs, ref_outputs = [], []
-    bar = tqdm(total=2 * len(pairs), desc=f"{extractor.name}", unit="clip", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=len(sides) * len(pairs), desc=f"{extractor.name}", unit="clip", disable=not progress, file=sys.stderr)
     for name, pred_path, ref_path in pairs:
         for flag, path, outputs in (("--pred", pred_path, pred_outputs), ("--ref", ref_path, ref_outputs)):
+            if flag not in sides:
+                continue
             try:
                 if cache is not None:
                     result = cache.extract_file(path, extractor)
@@ -174,6 +195,38 @@ def compute_metrics(metrics: list[str], pred_outputs, ref_outputs) -> dict[str, 
         logits = torch.stack([o["logits"] for o in pred_outputs])
         results["IS"], results["IS_std"] = inception_score(logits, splits=min(10, logits.shape[0]))
     return results
+
+
+def read_captions(path: str, names: list[str]) -> dict[str, str]:
+    """``{name: caption}`` from av-benchmark's CSV (header with ``name`` and ``caption`` columns) or a
+    ``metadata.jsonl`` (``file_name`` and ``caption`` per line, as `foley-toolkit make-synthetic` writes); names are
+    matched without their extension."""
+    import csv
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"`--captions` {path!r} is not a file.")
+    captions: dict[str, str] = {}
+    with open(path, encoding="utf-8") as handle:
+        if path.lower().endswith((".jsonl", ".json")):
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                    captions[os.path.splitext(record["file_name"])[0]] = str(record["caption"])
+                except (json.JSONDecodeError, KeyError, TypeError) as error:
+                    raise ValueError(f"`--captions` {path!r} line {number}: expected JSON with `file_name` and `caption` ({error}).") from error
+        else:
+            reader = csv.DictReader(handle)
+            if not reader.fieldnames or not {"name", "caption"} <= set(reader.fieldnames):
+                raise ValueError(f"`--captions` {path!r} must be a CSV with `name` and `caption` columns (or a .jsonl).")
+            for row in reader:
+                captions[os.path.splitext(row["name"])[0]] = row["caption"]
+    missing = [name for name in names if name not in captions]
+    if missing:
+        shown = ", ".join(repr(n) for n in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise ValueError(f"`--captions` {path!r} has no caption for {len(missing)} clip(s): {shown}.")
+    return {name: captions[name] for name in names}
 
 
 def find_video_files(folder: str, names: list[str]) -> dict[str, str]:
@@ -216,7 +269,7 @@ def compute_desync(args, pairs, videos: dict[str, str], device: str) -> float:
 
 
 def format_table(results: dict[str, float]) -> str:
-    columns = [c for c in PAPER_COLUMNS if c in results]
+    columns = [c for c in PAPER_COLUMNS + EXTRA_COLUMNS if c in results]
     widths = [max(len(c), 10) for c in columns]
     header = "  ".join(c.rjust(w) for c, w in zip(columns, widths))
     row = "  ".join(f"{results[c]:.4f}".rjust(w) for c, w in zip(columns, widths))
@@ -230,7 +283,10 @@ def run(args) -> int:
     from ..evaluation.extractors import PANNsExtractor, VGGishExtractor
 
     metrics = resolve_metrics(
-        args.metrics, with_videos=args.videos is not None, with_vggish=args.vggish_weights is not None
+        args.metrics,
+        with_videos=args.videos is not None,
+        with_vggish=args.vggish_weights is not None,
+        with_clap=args.clap is not None and args.captions is not None,
     )
     if not (args.audio_seconds > 0 and math.isfinite(args.audio_seconds)):
         raise ValueError(f"`--audio-seconds` must be a positive number, got {args.audio_seconds}.")
@@ -251,6 +307,9 @@ def run(args) -> int:
             "(https://github.com/harritaylor/torchvggish/releases/download/v0.1/vggish-10086976.pth), a converted "
             "folder or a Hub repository id."
         )
+    if "clap" in metrics and (args.clap is None or args.captions is None):
+        raise ValueError("the CLAP score needs `--clap` (a CLAP model folder or Hub id) and `--captions`.")
+    captions = read_captions(args.captions, [name for name, _, _ in pairs]) if "clap" in metrics else None
     videos = None
     if "desync" in metrics:
         videos = find_video_files(args.videos, [name for name, _, _ in pairs])
@@ -276,6 +335,15 @@ def run(args) -> int:
             "sample_rate": extractor.sample_rate,
             "weights": os.fspath(args.vggish_weights),
         }
+    if captions is not None:
+        from ..evaluation.distribution_metrics import mean_cosine_similarity
+        from ..evaluation.extractors.clap import ClapExtractor
+
+        extractor = ClapExtractor.from_pretrained(args.clap, device=device, max_seconds=args.audio_seconds)
+        pred_outputs, _ = extract_all(pairs, extractor, cache, progress=not args.no_progress, sides=("--pred",))
+        text = extractor.embed_text([captions[name] for name, _, _ in pairs])
+        results["CLAP"] = mean_cosine_similarity(text, torch.stack([o["embedding"] for o in pred_outputs]))
+        extractors[extractor.name] = {"cache_key": extractor.cache_key, "model": os.fspath(args.clap)}
     if videos is not None:
         results["DeSync"] = compute_desync(args, pairs, videos, device)
         extractors["synchformer"] = {

@@ -48,3 +48,6 @@ from .extractors import AudioFeatureExtractor, Cnn14, PANNsExtractor, cnn14_from
 
 # DeSync (av-benchmark windowing) with the project's Synchformer encoder + trained sync head
 from .extractors import SynchformerDeSync, desync_clip_offsets, desync_score
+from .extractors import VGGish, VGGishExtractor
+from .distribution_metrics import mean_cosine_similarity
+from .extractors import ClapExtractor

@@ -122,7 +122,7 @@ def frechet_distance(generated_features, reference_features) -> float:
 def _as_logits(logits, name: str) -> torch.Tensor:
     tensor = torch.as_tensor(logits).detach().to("cpu", torch.float64)
     if tensor.ndim != 2 or tensor.shape[0] == 0:
-        raise ValueError(f"`{name}` must be a non-empty 2-D (num_clips, num_classes) array, got {tuple(tensor.shape)}.")
+        raise ValueError(f"`{name}` must be a non-empty 2-D (num_clips, num_classes or dim) array, got {tuple(tensor.shape)}.")
     if not torch.isfinite(tensor).all():
         raise ValueError(f"`{name}` holds NaN or infinite values.")
     return tensor
@@ -186,3 +186,21 @@ def inception_score(logits, splits: int = 10, shuffle_seed: int | None = 2020) -
         kl = (p[chunk] * (log_p[chunk] - marginal.log())).sum(dim=1).mean()
         scores.append(float(kl.exp()))
     return float(np.mean(scores)), float(np.std(scores))
+
+
+def mean_cosine_similarity(embeddings_a, embeddings_b) -> float:
+    r"""
+    Mean over rows of the cosine similarity of paired embeddings: the CLAP score (caption text vs generated audio) and
+    the ImageBind score (video vs generated audio) of av-benchmark (``torch.cosine_similarity(a, b, dim=-1).mean()``).
+
+    Args:
+        embeddings_a, embeddings_b (`torch.Tensor` or `np.ndarray` of shape `(num_clips, dim)`): Row ``i`` of one is
+            paired with row ``i`` of the other.
+
+    Returns:
+        `float` in [-1, 1].
+    """
+    a, b = _as_logits(embeddings_a, "embeddings_a"), _as_logits(embeddings_b, "embeddings_b")
+    if a.shape != b.shape:
+        raise ValueError(f"`embeddings_a` {tuple(a.shape)} and `embeddings_b` {tuple(b.shape)} must be paired (same shape).")
+    return float(F.cosine_similarity(a, b, dim=-1).mean())

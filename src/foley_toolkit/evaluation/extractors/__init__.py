@@ -2,6 +2,7 @@
 
 from .base import AudioFeatureExtractor
 from .panns import Cnn14, PANNsExtractor, cnn14_from_checkpoint, convert_panns_checkpoint, load_panns_checkpoint
+from .clap import ClapExtractor
 from .vggish import VGGish, VGGishExtractor, vggish_examples, vggish_from_checkpoint
 from .synchformer_desync import (
     AV_BENCHMARK_OFFSET_GRID,
@@ -16,6 +17,7 @@ __all__ = [
     "AV_BENCHMARK_OFFSET_GRID",
     "AV_BENCHMARK_WINDOW_SEGMENTS",
     "AudioFeatureExtractor",
+    "ClapExtractor",
     "Cnn14",
     "PANNsExtractor",
     "SynchformerDeSync",
