@@ -155,8 +155,8 @@ def test_evaluate_end_to_end(cnn14_weights, clip_dirs, tmp_path, capsys):
     pred, ref = clip_dirs
     out = tmp_path / "results.json"
     argv = ["evaluate", "--pred", str(pred), "--ref", str(ref), "--panns-weights", str(pth)]
-    argv += ["--cache-dir", str(tmp_path / "cache"), "--json", str(out), "--no-progress"]
-    assert main(argv) == 0
+    argv += ["--cache-dir", str(tmp_path / "cache"), "--json", str(out), "--no-progress", "--num-workers", "2"]
+    assert main(argv) == 0  # decoding in 2 DataLoader worker processes
     printed = capsys.readouterr().out
     report = json.loads(out.read_text())
     assert sorted(report) == sorted(
@@ -213,6 +213,9 @@ def test_evaluate_bad_input(cnn14_weights, clip_dirs, tmp_path, capsys):
         (broken / f"{name}.wav").write_bytes((ref / f"{name}.wav").read_bytes())
     (broken / "clip3.wav").write_bytes(b"not audio at all")
     assert_cli_error(["evaluate", "--pred", str(pred), "--ref", str(broken)] + common, "`--ref` clip 'clip3'", capsys)
+    # The same from a worker process.
+    argv = ["evaluate", "--pred", str(pred), "--ref", str(broken), "--num-workers", "2"] + common
+    assert_cli_error(argv, "`--ref` clip 'clip3'.*could not be opened", capsys)
     assert_cli_error(["evaluate", "--pred", str(pred), "--ref", str(ref), "--metrics", "fd_passt"] + common, "unknown", capsys)
     assert_cli_error(["evaluate", "--pred", str(pred), "--ref", str(ref), "--no-progress"], "--panns-weights", capsys)
 

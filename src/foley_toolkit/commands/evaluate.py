@@ -95,6 +95,9 @@ def register(subparsers) -> None:
     parser.add_argument("--audio-seconds", type=float, default=8.0, help="Crop every clip to this many seconds.")
     parser.add_argument("--cache-dir", default=None, help="Embedding cache (default: ~/.cache/foley_toolkit/embeddings).")
     parser.add_argument("--no-cache", action="store_true", help="Neither read nor write the embedding cache.")
+    parser.add_argument(
+        "--num-workers", type=int, default=0, help="Processes that decode and resample audio (default 0: none)."
+    )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu).")
     parser.add_argument("--json", dest="json_out", default=None, help="Also write the results to this JSON file.")
     parser.add_argument("--no-progress", action="store_true", help="No progress bar.")
@@ -145,30 +148,67 @@ def resolve_metrics(
     return list(dict.fromkeys(metrics))
 
 
-def extract_all(pairs, extractor, cache, progress: bool, sides: tuple[str, ...] = ("--pred", "--ref")):
+class PreparedClips:
+    """`torch.utils.data.Dataset` of ``(index, prepared waveform or None, error message or None)``: the decoding and
+    resampling that `DataLoader` workers run in parallel (the preparer holds no model)."""
+
+    def __init__(self, paths: list[str], preparer):
+        self.paths, self.preparer = paths, preparer
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        try:
+            return index, self.preparer.load(self.paths[index]), None
+        except (ValueError, FileNotFoundError) as error:  # re-raised in the main process, naming the clip
+            return index, None, (type(error).__name__, str(error))
+
+
+def extract_all(
+    pairs, extractor, cache, progress: bool, sides: tuple[str, ...] = ("--pred", "--ref"), num_workers: int = 0
+):
     """Extractor outputs of every generated and reference clip (those of `sides`): two lists of dicts, in `pairs`
-    order (empty for a side not asked for)."""
-    import torch
+    order (empty for a side not asked for). Clips not in `cache` are decoded and resampled by `num_workers`
+    `DataLoader` processes (0: in this process) and run through the model here."""
+    from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    pred_outputs, ref_outputs = [], []
-    bar = tqdm(total=len(sides) * len(pairs), desc=f"{extractor.name}", unit="clip", disable=not progress, file=sys.stderr)
-    for name, pred_path, ref_path in pairs:
-        for flag, path, outputs in (("--pred", pred_path, pred_outputs), ("--ref", ref_path, ref_outputs)):
-            if flag not in sides:
-                continue
-            try:
-                if cache is not None:
-                    result = cache.extract_file(path, extractor)
-                else:
-                    result = extractor.extract_prepared(extractor.load(path))
-            except (ValueError, FileNotFoundError) as error:
-                bar.close()
-                raise type(error)(f"`{flag}` clip {name!r}: {error}") from error
-            outputs.append({key: torch.as_tensor(value) for key, value in result.items()})
-            bar.update(1)
+    items = [
+        (name, flag, path)
+        for name, pred_path, ref_path in pairs
+        for flag, path in (("--pred", pred_path), ("--ref", ref_path))
+        if flag in sides
+    ]
+    outputs: list[dict | None] = [None] * len(items)
+    hashes: dict[int, str] = {}
+    for index, (_, _, path) in enumerate(items):
+        if cache is not None:
+            hashes[index], outputs[index] = cache.lookup(path, extractor)
+    todo = [index for index, result in enumerate(outputs) if result is None]
+    bar = tqdm(
+        total=len(items), initial=len(items) - len(todo), desc=extractor.name, unit="clip", disable=not progress,
+        file=sys.stderr,
+    )  # fmt: skip
+    loader = DataLoader(
+        PreparedClips([items[i][2] for i in todo], extractor.preparer),
+        batch_size=None,
+        num_workers=num_workers,
+    )
+    for position, waveform, error in loader:
+        index = todo[position]
+        name, flag, _ = items[index]
+        if error is not None:
+            bar.close()
+            kind = FileNotFoundError if error[0] == "FileNotFoundError" else ValueError
+            raise kind(f"`{flag}` clip {name!r}: {error[1]}")
+        outputs[index] = extractor.extract_prepared(waveform)
+        if cache is not None:
+            cache.put(hashes[index], extractor, outputs[index])
+        bar.update(1)
     bar.close()
-    return pred_outputs, ref_outputs
+    by_side = {flag: [o for o, (_, f, _) in zip(outputs, items) if f == flag] for flag in ("--pred", "--ref")}
+    return by_side["--pred"], by_side["--ref"]
 
 
 def compute_metrics(metrics: list[str], pred_outputs, ref_outputs) -> dict[str, float]:
@@ -288,6 +328,8 @@ def run(args) -> int:
         with_vggish=args.vggish_weights is not None,
         with_clap=args.clap is not None and args.captions is not None,
     )
+    if args.num_workers < 0:
+        raise ValueError(f"`--num-workers` must be >= 0, got {args.num_workers}.")
     if not (args.audio_seconds > 0 and math.isfinite(args.audio_seconds)):
         raise ValueError(f"`--audio-seconds` must be a positive number, got {args.audio_seconds}.")
     pairs = pair_files(find_audio_files(args.pred, "--pred"), find_audio_files(args.ref, "--ref"))
@@ -319,7 +361,9 @@ def run(args) -> int:
     cache = None if args.no_cache else EmbeddingCache(args.cache_dir or default_cache_dir())
     if panns_metrics:
         extractor = PANNsExtractor.from_pretrained(args.panns_weights, device=device, max_seconds=args.audio_seconds)
-        pred_outputs, ref_outputs = extract_all(pairs, extractor, cache, progress=not args.no_progress)
+        pred_outputs, ref_outputs = extract_all(
+            pairs, extractor, cache, progress=not args.no_progress, num_workers=args.num_workers
+        )
         results.update(compute_metrics(panns_metrics, pred_outputs, ref_outputs))
         extractors[extractor.name] = {
             "cache_key": extractor.cache_key,
@@ -328,7 +372,9 @@ def run(args) -> int:
         }
     if "fd_vgg" in metrics:
         extractor = VGGishExtractor.from_pretrained(args.vggish_weights, device=device, max_seconds=args.audio_seconds)
-        pred_outputs, ref_outputs = extract_all(pairs, extractor, cache, progress=not args.no_progress)
+        pred_outputs, ref_outputs = extract_all(
+            pairs, extractor, cache, progress=not args.no_progress, num_workers=args.num_workers
+        )
         results.update(compute_metrics(["fd_vgg"], pred_outputs, ref_outputs))
         extractors[extractor.name] = {
             "cache_key": extractor.cache_key,
@@ -340,7 +386,9 @@ def run(args) -> int:
         from ..evaluation.extractors.clap import ClapExtractor
 
         extractor = ClapExtractor.from_pretrained(args.clap, device=device, max_seconds=args.audio_seconds)
-        pred_outputs, _ = extract_all(pairs, extractor, cache, progress=not args.no_progress, sides=("--pred",))
+        pred_outputs, _ = extract_all(
+            pairs, extractor, cache, progress=not args.no_progress, sides=("--pred",), num_workers=args.num_workers
+        )
         text = extractor.embed_text([captions[name] for name, _, _ in pairs])
         results["CLAP"] = mean_cosine_similarity(text, torch.stack([o["embedding"] for o in pred_outputs]))
         extractors[extractor.name] = {"cache_key": extractor.cache_key, "model": os.fspath(args.clap)}

@@ -74,14 +74,22 @@ class EmbeddingCache:
         save_file({key: value.contiguous() for key, value in outputs.items()}, tmp)
         os.replace(tmp, path)
 
-    def extract_file(self, path: str | os.PathLike, extractor: AudioFeatureExtractor) -> dict[str, torch.Tensor]:
-        """`extractor`'s outputs for the file at `path`, from the cache when its content was seen before."""
+    def lookup(
+        self, path: str | os.PathLike, extractor: AudioFeatureExtractor
+    ) -> tuple[str, dict[str, torch.Tensor] | None]:
+        """``(file hash, stored outputs or None)``, counted as a hit or a miss."""
         file_hash = file_sha256(path)
         outputs = self.get(file_hash, extractor)
-        if outputs is not None:
+        if outputs is None:
+            self.misses += 1
+        else:
             self.hits += 1
-            return outputs
-        self.misses += 1
-        outputs = extractor.extract_prepared(extractor.load(path))
-        self.put(file_hash, extractor, outputs)
+        return file_hash, outputs
+
+    def extract_file(self, path: str | os.PathLike, extractor: AudioFeatureExtractor) -> dict[str, torch.Tensor]:
+        """`extractor`'s outputs for the file at `path`, from the cache when its content was seen before."""
+        file_hash, outputs = self.lookup(path, extractor)
+        if outputs is None:
+            outputs = extractor.extract_prepared(extractor.load(path))
+            self.put(file_hash, extractor, outputs)
         return outputs

@@ -4,9 +4,9 @@ An extractor wraps a pretrained audio model (PANNs CNN14, ...) for the distribut
 clip embedding FD is computed on, ``classify`` the class probabilities of models with a tagging head, and
 ``extract`` both (plus the raw class logits that KL and IS need) from one forward pass.
 
-Every input goes through `AudioFeatureExtractor.prepare`: channels averaged to mono, DC offset removed, resampled to
-the extractor's rate (`foley_toolkit.audio_utils.resample`, band-limited polyphase) and cropped to
-`max_seconds` -- av-benchmark's ``AudioDataset`` does the same (mono, minus the mean, resample, crop to
+Every input goes through `AudioPreparer.prepare` (`AudioFeatureExtractor.prepare` / `.load`): channels averaged to
+mono, DC offset removed, resampled to the extractor's rate (`foley_toolkit.audio_utils.resample`, band-limited
+polyphase) and cropped to `max_seconds` -- av-benchmark's ``AudioDataset`` does the same (mono, minus the mean, resample, crop to
 ``audio_length`` = 8 s) before PANNs, PaSST and VGGish.
 """
 
@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,38 +24,25 @@ import torch
 from ...audio_utils import load_audio, resample
 
 
-class AudioFeatureExtractor(ABC):
+@dataclass(frozen=True)
+class AudioPreparer:
     r"""
-    Base class of the evaluation extractors.
-
-    Subclasses set `name`, `sample_rate`, `embedding_dim`, `num_classes` (None without a tagging head) and
-    implement `_forward` (a `(1, samples)` waveform at `sample_rate` -> ``{"embedding": (1, embedding_dim),
-    "logits": (1, num_classes)}``) and `_weights_fingerprint`.
+    Brings any clip to an extractor's input: mono, DC removed, at `sample_rate`, cropped to `max_seconds`.
 
     Args:
-        max_seconds (`float`, *optional*, defaults to 8.0): Clips are cropped to this many seconds (av-benchmark's
-            ``audio_length``); None keeps whole clips.
-        min_seconds (`float`, defaults to 0.0): Shorter clips are refused with a ValueError (models with a fixed
-            pooling depth need a minimum length).
+        sample_rate (`int`): The extractor's rate.
+        max_seconds (`float`, *optional*): Crop; None keeps whole clips.
+        min_seconds (`float`): Shorter clips raise a ValueError.
+        name (`str`): The extractor's name (for messages).
     """
 
-    name: str = "extractor"
-    sample_rate: int = 16000
-    embedding_dim: int = 0
-    num_classes: int | None = None
+    sample_rate: int
+    max_seconds: float | None
+    min_seconds: float
+    name: str
 
-    def __init__(self, max_seconds: float | None = 8.0, min_seconds: float = 0.0):
-        if max_seconds is not None and max_seconds <= 0:
-            raise ValueError(f"`max_seconds` must be positive or None, got {max_seconds}.")
-        self.max_seconds = max_seconds
-        self.min_seconds = float(min_seconds)
-        self._cache_key: str | None = None
-
-    # ----------------------------------------------------------------------------------------------- input
     def prepare(self, audio: np.ndarray | torch.Tensor, sample_rate: int) -> torch.Tensor:
         r"""
-        Bring a clip to the model's input: mono, DC removed, at `self.sample_rate`, cropped to `max_seconds`.
-
         Args:
             audio (`np.ndarray` or `torch.Tensor` of shape `(samples,)` or `(channels, samples)`): Waveform.
             sample_rate (`int`): Its sample rate.
@@ -86,6 +74,48 @@ class AudioFeatureExtractor(ABC):
             return self.prepare(audio, self.sample_rate)
         except ValueError as error:
             raise ValueError(f"{os.fspath(path)!r}: {error}") from error
+
+
+class AudioFeatureExtractor(ABC):
+    r"""
+    Base class of the evaluation extractors.
+
+    Subclasses set `name`, `sample_rate`, `embedding_dim`, `num_classes` (None without a tagging head) and
+    implement `_forward` (a `(1, samples)` waveform at `sample_rate` -> ``{"embedding": (1, embedding_dim),
+    "logits": (1, num_classes)}``) and `_weights_fingerprint`.
+
+    Args:
+        max_seconds (`float`, *optional*, defaults to 8.0): Clips are cropped to this many seconds (av-benchmark's
+            ``audio_length``); None keeps whole clips.
+        min_seconds (`float`, defaults to 0.0): Shorter clips are refused with a ValueError (models with a fixed
+            pooling depth need a minimum length).
+    """
+
+    name: str = "extractor"
+    sample_rate: int = 16000
+    embedding_dim: int = 0
+    num_classes: int | None = None
+
+    def __init__(self, max_seconds: float | None = 8.0, min_seconds: float = 0.0):
+        if max_seconds is not None and max_seconds <= 0:
+            raise ValueError(f"`max_seconds` must be positive or None, got {max_seconds}.")
+        self.max_seconds = max_seconds
+        self.min_seconds = float(min_seconds)
+        self._cache_key: str | None = None
+
+    # ----------------------------------------------------------------------------------------------- input
+    @property
+    def preparer(self) -> "AudioPreparer":
+        """The extractor's input preparation alone (picklable, no model): what data-loading workers run."""
+        return AudioPreparer(self.sample_rate, self.max_seconds, self.min_seconds, self.name)
+
+    def prepare(self, audio: np.ndarray | torch.Tensor, sample_rate: int) -> torch.Tensor:
+        """See `AudioPreparer.prepare`."""
+        return self.preparer.prepare(audio, sample_rate)
+
+    def load(self, path: str | os.PathLike) -> torch.Tensor:
+        """See `AudioPreparer.load`."""
+        return self.preparer.load(path)
 
     # ----------------------------------------------------------------------------------------------- model
     @abstractmethod
