@@ -54,7 +54,7 @@ PANNS_METRICS = ("fd_panns", "kl_panns", "is")
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "evaluate",
-        help="FD / KL / IS of generated audio against reference audio (Table 1, av-benchmark conventions).",
+        help="FD / KL / IS / DeSync / CLAP of generated audio against references (Table 1, av-benchmark conventions).",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
