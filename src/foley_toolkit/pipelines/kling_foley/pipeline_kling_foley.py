@@ -509,6 +509,49 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
             repeat(negative_attention_mask),
         )
 
+    @staticmethod
+    def trim_text_padding(
+        prompt_embeds: torch.Tensor | None,
+        prompt_attention_mask: torch.Tensor | None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        negative_attention_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        r"""
+        Drop the trailing text positions that are padding in every row of both the prompt and the negative prompt,
+        keeping at least one.
+
+        Prompts are padded to `max_sequence_length` (128 T5 tokens; a caption has about 12), and every position
+        runs through every joint block. Padded tokens change nothing in the audio: they are masked out of the joint
+        attention and of the text pooling, text tokens have no RoPE position (identity rows) and the text
+        feed-forward is per token. So the audio equals the padded path's up to float rounding, with fewer FLOPs.
+        Columns that are real in any row are kept (also any padding before them), so masks padded on either side
+        are safe.
+
+        Args:
+            prompt_embeds, negative_prompt_embeds (`torch.Tensor` or `None`): `(batch, sequence, text_dim)`, the
+                same `sequence` for both (they are concatenated for guidance).
+            prompt_attention_mask, negative_attention_mask (`torch.Tensor` or `None`): `(batch, sequence)`,
+                1 = real token. Embeddings without a mask are kept whole.
+
+        Returns:
+            The four inputs cut to `(batch, length, text_dim)` / `(batch, length)`, `1 <= length <= sequence`.
+        """
+        pairs = [(prompt_embeds, prompt_attention_mask), (negative_prompt_embeds, negative_attention_mask)]
+        length = 1
+        for embeds, mask in pairs:
+            if embeds is None:
+                continue
+            if mask is None:
+                return prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_attention_mask
+            real = torch.nonzero(mask.bool().any(dim=0))
+            if real.numel():
+                length = max(length, int(real[-1]) + 1)
+
+        def cut(x):
+            return None if x is None else x[:, :length]
+
+        return cut(prompt_embeds), cut(prompt_attention_mask), cut(negative_prompt_embeds), cut(negative_attention_mask)
+
     def _check_text_embeds(
         self, name: str, embeds: torch.Tensor | None, mask_name: str, mask: torch.Tensor | None
     ) -> None:
@@ -1002,7 +1045,8 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
             video_fps (`float`, *optional*):
                 Frame rate of array/tensor videos.
             max_sequence_length (`int`, defaults to 128):
-                T5 token count of the prompts.
+                T5 token count the prompts are padded (and truncated) to. Before the transformer, trailing padding
+                shared by all prompts and negative prompts is dropped (`trim_text_padding`); the audio is the same.
             attention_kwargs (`dict`, *optional*):
                 Passed to the transformer's attention processors (e.g. `{"scale": 0.5}` for LoRA).
             prompt_embeds (`torch.Tensor`, *optional*):
@@ -1093,6 +1137,10 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
             negative_prompt_embeds=broadcast(negative_prompt_embeds),
             prompt_attention_mask=broadcast(prompt_attention_mask),
             negative_prompt_attention_mask=broadcast(negative_prompt_attention_mask),
+        )
+        # Only the longest real prompt's tokens reach the transformer (padding is masked there anyway).
+        prompt_embeds, prompt_mask, negative_embeds, negative_mask = self.trim_text_padding(
+            prompt_embeds, prompt_mask, negative_embeds, negative_mask
         )
 
         total_batch = batch_size * num_waveforms_per_prompt
