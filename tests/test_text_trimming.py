@@ -55,7 +55,8 @@ def run(pipe, monkeypatch, trim: bool, **kwargs):
         m.setattr(pipe.transformer, "forward", recording_forward)
         if not trim:
             m.setattr(KlingFoleyPipeline, "trim_text_padding", staticmethod(lambda *tensors: tensors))
-        kwargs = {"num_inference_steps": 2, "generator": torch.Generator().manual_seed(0), "output_type": "pt", **kwargs}
+        kwargs = {"num_inference_steps": 2, "output_type": "pt", **kwargs}
+        kwargs["generator"] = torch.Generator().manual_seed(0)
         audio = pipe(max_sequence_length=MAX_SEQUENCE_LENGTH, **kwargs).audios
     return audio, seen
 
@@ -112,8 +113,9 @@ def test_precomputed_embeds_are_trimmed(pipe, video, monkeypatch):
     padded, _ = run(pipe, monkeypatch, trim=False, **kwargs)
     assert seen == [num_tokens(pipe, LONG_PROMPT)] * 2
     assert_close(trimmed, padded)
-    from_text, _ = run(pipe, monkeypatch, trim=True, video=video, prompt=[SHORT_PROMPT, LONG_PROMPT],
-                       negative_prompt=NEGATIVE_PROMPT)  # fmt: skip
+    from_text, _ = run(
+        pipe, monkeypatch, trim=True, video=video, prompt=[SHORT_PROMPT, LONG_PROMPT], negative_prompt=NEGATIVE_PROMPT
+    )
     torch.testing.assert_close(trimmed, from_text, atol=ATOL, rtol=RTOL)
 
 
