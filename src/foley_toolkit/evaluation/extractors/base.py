@@ -82,7 +82,7 @@ class AudioFeatureExtractor(ABC):
 
     Subclasses set `name`, `sample_rate`, `embedding_dim`, `num_classes` (None without a tagging head) and
     implement `_forward` (a `(1, samples)` waveform at `sample_rate` -> ``{"embedding": (1, embedding_dim),
-    "logits": (1, num_classes)}``) and `_weights_fingerprint`.
+    "logits": (1, num_classes)}``), and `_weights_fingerprint` when their weights are not one `self.model`.
 
     Args:
         max_seconds (`float`, *optional*, defaults to 8.0): Clips are cropped to this many seconds (av-benchmark's
@@ -122,9 +122,14 @@ class AudioFeatureExtractor(ABC):
     def _forward(self, waveform: torch.Tensor) -> dict[str, torch.Tensor]:
         """`(1, samples)` at `sample_rate` -> ``{"embedding": (1, D), "logits": (1, C)}`` (no logits without a head)."""
 
-    @abstractmethod
     def _weights_fingerprint(self) -> str:
-        """A string that changes whenever the weights change (part of the cache key)."""
+        """A string that changes whenever the weights change (part of the cache key): a SHA-256 of the names and bytes
+        of `self.model`'s state dict. Extractors whose weights are not one `model` override it."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
+        return digest.hexdigest()
 
     def config(self) -> dict:
         """Everything besides the weights that changes the output (part of the cache key)."""

@@ -11,7 +11,6 @@ Audio goes through the model's own `ClapFeatureExtractor` (48 kHz log-mel, clips
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Sequence
 
@@ -68,13 +67,6 @@ class ClapExtractor(AudioFeatureExtractor):
     def config(self) -> dict:
         model_config = {k: v for k, v in self.model.config.to_dict().items() if not k.startswith("_")}
         return {**super().config(), "model": model_config, "features": self.feature_extractor.to_dict()}
-
-    def _weights_fingerprint(self) -> str:
-        digest = hashlib.sha256()
-        for name, tensor in sorted(self.model.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
-        return digest.hexdigest()
 
     def _forward(self, waveform: torch.Tensor) -> dict[str, torch.Tensor]:
         audio = waveform[0, : self.feature_extractor.nb_max_samples].cpu().numpy()

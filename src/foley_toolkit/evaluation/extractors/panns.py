@@ -16,7 +16,6 @@ av-benchmark's configuration (the default here): 16 kHz, window 512, hop 160, 64
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 import torch
@@ -207,13 +206,6 @@ class PANNsExtractor(AudioFeatureExtractor):
     def config(self) -> dict:
         # Private entries (`_name_or_path`, `_diffusers_version`) say where the weights came from, not what they are.
         return {**super().config(), "model": {k: v for k, v in self.model.config.items() if not k.startswith("_")}}
-
-    def _weights_fingerprint(self) -> str:
-        digest = hashlib.sha256()
-        for name, tensor in sorted(self.model.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
-        return digest.hexdigest()
 
     def _forward(self, waveform: torch.Tensor) -> dict[str, torch.Tensor]:
         device = next(self.model.parameters()).device

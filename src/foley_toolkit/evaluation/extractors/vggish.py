@@ -13,7 +13,6 @@ FD_VGG is computed over the embeddings of all examples of all clips (av-benchmar
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 import numpy as np
@@ -116,13 +115,6 @@ class VGGishExtractor(AudioFeatureExtractor):
 
     def config(self) -> dict:
         return {**super().config(), "model": {k: v for k, v in self.model.config.items() if not k.startswith("_")}}
-
-    def _weights_fingerprint(self) -> str:
-        digest = hashlib.sha256()
-        for name, tensor in sorted(self.model.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
-        return digest.hexdigest()
 
     def _forward(self, waveform: torch.Tensor) -> dict[str, torch.Tensor]:
         patches = vggish_examples(waveform[0].cpu().numpy())
