@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Dict, Iterable, Mapping, Optional
+from typing import Dict, Iterable, Mapping, Optional, Sequence
 
 import torch
 
@@ -162,21 +162,29 @@ def check_state_dict(
         if key in state_dict and tuple(state_dict[key].shape) != tuple(expected[key].shape)
     ]
 
+    raise_key_problems(
+        f"{source} does not match {type(model).__name__} of the given config", missing, unexpected, mismatched,
+        max_listed,
+    )  # fmt: skip
+
+
+def raise_key_problems(
+    what: str, missing: Sequence[str], unexpected: Sequence[str], mismatched: Sequence[str], max_listed: int = 5
+) -> None:
+    """Raise one `ValueError` ``"<what>: missing keys ...; unexpected keys ...; wrong shapes ..."`` listing up to
+    `max_listed` entries of each non-empty list; do nothing when all three are empty."""
+
     def listed(keys):
         more = f" (and {len(keys) - max_listed} more)" if len(keys) > max_listed else ""
         return ", ".join(keys[:max_listed]) + more
 
-    problems = []
-    if missing:
-        problems.append(f"missing keys {listed(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys {listed(unexpected)}")
-    if mismatched:
-        problems.append(f"wrong shapes {listed(mismatched)}")
+    problems = [
+        f"{label} {listed(list(keys))}"
+        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", mismatched))
+        if keys
+    ]
     if problems:
-        raise ValueError(
-            f"{source} does not match {type(model).__name__} of the given config: " + "; ".join(problems) + "."
-        )
+        raise ValueError(f"{what}: " + "; ".join(problems) + ".")
 
 
 @contextlib.contextmanager

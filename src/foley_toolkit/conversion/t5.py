@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5EncoderModel
 
-from .common import prepare_output_dir, print_licence, quiet_transformers_loading
+from .common import prepare_output_dir, print_licence, quiet_transformers_loading, raise_key_problems
 
 __all__ = ["T5_MAX_SEQUENCE_LENGTH", "convert_t5"]
 
@@ -64,15 +64,7 @@ def convert_t5(
     missing = sorted(info.get("missing_keys", ()))
     unexpected = sorted(k for k in info.get("unexpected_keys", ()) if not k.startswith(_DECODER_PREFIXES))
     mismatched = [f"{key}: {tuple(a)} vs {tuple(b)}" for key, a, b in info.get("mismatched_keys", ())]
-    problems = []
-    if missing:
-        problems.append(f"missing keys {', '.join(missing[:5])}")
-    if unexpected:
-        problems.append(f"unexpected keys {', '.join(unexpected[:5])}")
-    if mismatched:
-        problems.append(f"wrong shapes {', '.join(mismatched[:5])}")
-    if problems:
-        raise ValueError(f"T5 checkpoint {checkpoint!r} does not match its config: " + "; ".join(problems) + ".")
+    raise_key_problems(f"T5 checkpoint {checkpoint!r} does not match its config", missing, unexpected, mismatched)
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(checkpoint, model_max_length=T5_MAX_SEQUENCE_LENGTH)
