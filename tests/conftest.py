@@ -19,3 +19,24 @@ torch.set_num_threads(1)
 def _seed_everything():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module")
+def pipe_dir(tmp_path_factory):
+    """A tiny `KlingFoleyPipeline` (`get_dummy_components()`) saved once per test module."""
+    from foley_toolkit import KlingFoleyPipeline
+    from foley_toolkit.pipelines.kling_foley.testing import get_dummy_components
+
+    directory = tmp_path_factory.mktemp("tiny_pipeline")
+    KlingFoleyPipeline(**get_dummy_components()).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def pipe(pipe_dir):
+    """The tiny pipeline of `pipe_dir`, loaded with `from_pretrained`, progress bar off."""
+    from foley_toolkit import KlingFoleyPipeline
+
+    pipe = KlingFoleyPipeline.from_pretrained(pipe_dir)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

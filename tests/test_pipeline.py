@@ -61,20 +61,6 @@ def other_short_video(video_dir):
     return make_test_video(video_dir / "short_portrait.mp4", duration=1.0, fps=25, size=(48, 64))
 
 
-@pytest.fixture(scope="module")
-def pipe_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tiny_pipeline")
-    KlingFoleyPipeline(**get_dummy_components()).save_pretrained(directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def pipe(pipe_dir):
-    pipe = KlingFoleyPipeline.from_pretrained(pipe_dir)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def run(pipe, **kwargs):
     kwargs.setdefault("num_inference_steps", 2)
     kwargs.setdefault("generator", generator(0))

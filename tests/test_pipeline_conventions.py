@@ -28,20 +28,6 @@ def short_video(tmp_path_factory):
     return make_test_video(tmp_path_factory.mktemp("videos") / "short.mp4", duration=1.0, fps=25)
 
 
-@pytest.fixture(scope="module")
-def pipe_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tiny_pipeline")
-    KlingFoleyPipeline(**get_dummy_components()).save_pretrained(directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def pipe(pipe_dir):
-    pipe = KlingFoleyPipeline.from_pretrained(pipe_dir)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def run(pipe, **kwargs):
     kwargs.setdefault("num_inference_steps", 2)
     kwargs.setdefault("generator", generator(0))
