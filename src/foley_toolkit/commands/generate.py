@@ -9,10 +9,8 @@ The output format follows the extension of `--out`: `.wav` / `.flac` (soundfile)
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
-import tempfile
 import time
 
 AUDIO_EXTENSIONS = (".wav", ".flac")
@@ -63,28 +61,6 @@ def _check_args(args) -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def _atomic_output(path: str):
-    """Yield a temporary path beside `path` (same folder, same extension, so the writer picks the same format) and
-    rename it onto `path` only once the writer has finished: a reader, a concurrent run or a crash never sees a
-    partial or empty `--out`. The temporary file is removed if writing fails."""
-    directory, name = os.path.split(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    suffix = f".partial{os.path.splitext(name)[1]}"
-    handle, partial_path = tempfile.mkstemp(prefix=f".{name}.", suffix=suffix, dir=directory)
-    os.close(handle)
-    try:
-        yield partial_path
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(partial_path, 0o666 & ~umask)  # mkstemp makes it private; give it a normal new file's mode
-        os.replace(partial_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(partial_path)
-        raise
-
-
 def run(args) -> int:
     error = _check_args(args)
     if error is not None:
@@ -127,7 +103,9 @@ def run(args) -> int:
     audio = output.audios[0]  # (channels, samples)
     elapsed = time.perf_counter() - start
 
-    with _atomic_output(args.out) as partial_path:
+    from ..training_utils import atomic_output
+
+    with atomic_output(args.out) as partial_path:
         if os.path.splitext(args.out)[1].lower() in AUDIO_EXTENSIONS:
             save_audio(partial_path, audio, output.sample_rate)
         else:
