@@ -41,11 +41,15 @@ setup(
     # needs only numpy, scipy, librosa, matplotlib and huggingface_hub. The converters themselves need nothing extra.
     # eval: wideband PESQ (compiled from C) and librosa's Griffin-Lim (`eval-codec --griffin-lim`); only evaluation
     # needs them. train: tensorboard for `--report_to tensorboard` (accelerate only warns when it is missing);
-    # wandb is optional (`pip install foley-toolkit[wandb]`).
+    # wandb is optional (`pip install foley-toolkit[wandb]`). plot: matplotlib for `generate --plot`; app: the Gradio
+    # web app (`foley-toolkit app`), which also draws the spectrogram. The test extra adds playwright for the app's
+    # browser test, which drives a system Chromium (Debian's `chromium` package; no browser download).
     extras_require={
         "eval": ["librosa>=0.10", "pesq>=0.0.4", "torchlibrosa>=0.1", "torchvggish>=0.2"],  # PANNs / VGGish front ends
         "train": ["tensorboard>=2.14"],
         "wandb": ["wandb>=0.17"],
+        "plot": ["matplotlib>=3.5"],
+        "app": ["gradio>=6.0", "matplotlib>=3.5"],
         "test": [
             "pytest>=8",
             "librosa>=0.10",
@@ -55,6 +59,8 @@ setup(
             "torchlibrosa>=0.1",
             "panns-inference>=0.1.1",
             "torchvggish>=0.2",
+            "gradio>=6.0",
+            "playwright>=1.40",
         ],
     },
     entry_points={"console_scripts": ["foley-toolkit=foley_toolkit.cli:main"]},

@@ -1,10 +1,11 @@
 """`foley-toolkit generate`: sound for a video (or a prompt) with a saved `KlingFoleyPipeline`.
 
     foley-toolkit generate --model DIR_OR_HUB_ID --video clip.mp4 --prompt "..." --out clip_foley.mp4
-    foley-toolkit generate --model DIR --prompt "rain on a tin roof" --duration 8 --out rain.wav
+    foley-toolkit generate --model DIR --prompt "rain on a tin roof" --duration 8 --out rain.wav --plot rain.png
 
 The output format follows the extension of `--out`: `.wav` / `.flac` (soundfile) or `.mp4` / `.mov` / `.mkv`
-(the video with the generated audio muxed in; needs `--video`).
+(the video with the generated audio muxed in; needs `--video`). `--plot` also writes the log-mel spectrogram of the
+result as a PNG (`foley_toolkit.plotting.save_spectrogram`, needs matplotlib).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--lora", default=None, help="optional LoRA directory / repo to load before generating")
     parser.add_argument("--out", required=True, help="output file: .wav, .flac, or .mp4/.mov/.mkv (needs --video)")
+    parser.add_argument(
+        "--plot", default=None, help="also write the spectrogram of the result to this .png (needs matplotlib)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -58,6 +62,17 @@ def _check_args(args) -> str | None:
         return f"--video {args.video!r}: no such file"
     if args.steps < 1:
         return f"--steps must be >= 1, got {args.steps}"
+    if args.plot is not None:
+        # Checked before generating: a typo in --plot must not cost a whole generation.
+        from ..plotting import matplotlib_available
+
+        if os.path.splitext(args.plot)[1].lower() != ".png":
+            return f"--plot must end with .png, got {args.plot!r}"
+        folder = os.path.dirname(os.path.abspath(args.plot))
+        if not os.path.isdir(folder):
+            return f"--plot {args.plot!r}: folder {folder!r} does not exist"
+        if not matplotlib_available():
+            return "--plot needs matplotlib: pip install 'foley-toolkit[plot]'"
     return None
 
 
@@ -117,4 +132,10 @@ def run(args) -> int:
         f"wrote {args.out}: {audio.shape[0]} channel(s), {seconds:.2f} s at {output.sample_rate} Hz "
         f"(generated in {elapsed:.1f} s)"
     )
+    if args.plot is not None:
+        from ..plotting import save_spectrogram
+
+        with atomic_output(args.plot) as partial_path:
+            save_spectrogram(audio, partial_path, output.sample_rate, title=os.path.basename(args.out))
+        print(f"wrote {args.plot}: spectrogram")
     return 0
