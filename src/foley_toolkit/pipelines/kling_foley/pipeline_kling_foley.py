@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from diffusers import FlowMatchEulerDiscreteScheduler, MMAudioVocoder
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
-from diffusers.pipelines.aura_flow.pipeline_aura_flow import retrieve_timesteps  # the function Flux and SD3 use too
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import logging, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
@@ -28,6 +27,7 @@ from ...models.mono2stereo import Mono2Stereo
 from ...models.transformers.transformer_foley_mmdit import FoleyMMDiTConditions, FoleyMMDiTTransformer
 from ...models.vocoder import vocoder_hop_length
 from ...models.vocoder_vocos import VocosVocoder
+from ...schedulers import retrieve_kling_foley_timesteps
 from ...video_processor import (
     SYNC_IMAGE_SIZE,
     VideoInput,
@@ -897,22 +897,9 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
         sigmas: list[float] | np.ndarray | torch.Tensor | None = None,
         timesteps: list[float] | np.ndarray | torch.Tensor | None = None,
     ) -> torch.Tensor:
-        set_timesteps_params = set(inspect.signature(self.scheduler.set_timesteps).parameters)
-        kwargs = {}
-        if getattr(self.scheduler.config, "use_dynamic_shifting", False):
-            # Flux-style resolution-dependent shift; the sequence length here is the latent frame count.
-            config = self.scheduler.config
-            slope = (config.max_shift - config.base_shift) / (config.max_image_seq_len - config.base_image_seq_len)
-            kwargs["mu"] = config.base_shift + slope * (latent_frames - config.base_image_seq_len)
-        if isinstance(sigmas, torch.Tensor):
-            sigmas = sigmas.detach().cpu().numpy()
-        if isinstance(timesteps, torch.Tensor):
-            timesteps = timesteps.detach().cpu().numpy()
-        if sigmas is None and timesteps is None and "sigmas" in set_timesteps_params:
-            # As Flux: sigma 1 -> 1/N then 0, N Euler steps of exactly dt = 1/N (the paper's dt = 0.05 at 20 steps).
-            sigmas = np.linspace(1.0, 1.0 / num_inference_steps, num_inference_steps)
-        timesteps, _ = retrieve_timesteps(
-            self.scheduler, num_inference_steps, device, timesteps=timesteps, sigmas=sigmas, **kwargs
+        """Set the scheduler to Kling-Foley's schedule ([`retrieve_kling_foley_timesteps`]) and return its timesteps."""
+        timesteps, _ = retrieve_kling_foley_timesteps(
+            self.scheduler, num_inference_steps, device, latent_frames, sigmas=sigmas, timesteps=timesteps
         )
         return timesteps
 
