@@ -49,7 +49,7 @@ def make_model(**overrides):
 
 
 def lengths(duration):
-    """Sequence lengths of DESIGN.md section 4 for a clip of `duration` seconds (from the one place that has them)."""
+    """Sequence lengths of a clip of `duration` seconds (from `audio_utils`, the one place that has them)."""
     n = sequence_lengths(duration)
     return {"audio": n["audio_tokens"], "clip": n["clip_frames"], "sync": n["sync_tokens"]}
 
@@ -271,24 +271,20 @@ def test_prepare_conditions_reuse_equals_plain_forward(model):
         plain = run(model, hidden_states=latents, timestep=timestep, **inputs)
         torch.testing.assert_close(cached, plain, atol=ATOL, rtol=0)
 
-    # Batched CFG from two prepared halves (different text lengths) == one call with per-sample drops.
+    # Batched CFG as the pipeline prepares it: one batch [uncond, cond] with per-sample drops, whose unconditional
+    # half equals a batch-1 call without any condition (the learned empty embeddings at the default lengths).
     one = {k: v[:1] for k, v in inputs.items()}
+    both = {k: v.repeat(2, *[1] * (v.ndim - 1)) for k, v in one.items()}
+    drops = {name: torch.tensor([True, False]) for name in ("drop_text", "drop_clip", "drop_sync")}
     with torch.no_grad():
-        cond = model.prepare_conditions(latents.shape[-1], **one)
-        uncond = model.prepare_conditions(latents.shape[-1], batch_size=1, seconds_start=2.0, seconds_total=12.5)
-    both = FoleyMMDiTConditions.cat([cond, uncond])
+        cfg_conditions = model.prepare_conditions(latents.shape[-1], **both, **drops)
     timestep = torch.tensor([300.0, 300.0])
-    cfg = run(model, hidden_states=latents[:1].repeat(2, 1, 1), timestep=timestep, conditions=both)
-    dropped = run(
-        model,
-        hidden_states=latents[:1].repeat(2, 1, 1),
-        timestep=timestep,
-        **{k: v.repeat(2, *[1] * (v.ndim - 1)) for k, v in one.items()},
-        drop_text=torch.tensor([False, True]),
-        drop_clip=torch.tensor([False, True]),
-        drop_sync=torch.tensor([False, True]),
-    )
-    torch.testing.assert_close(cfg, dropped, atol=ATOL, rtol=0)
+    cfg = run(model, hidden_states=latents[:1].repeat(2, 1, 1), timestep=timestep, conditions=cfg_conditions)
+    cond = run(model, hidden_states=latents[:1], timestep=timestep[:1], **one)
+    uncond = run(model, hidden_states=latents[:1], timestep=timestep[:1], seconds_start=2.0, seconds_total=12.5)
+    torch.testing.assert_close(cfg[1:], cond, atol=ATOL, rtol=0)
+    torch.testing.assert_close(cfg[:1], uncond, atol=ATOL, rtol=0)
+    assert (cond - uncond).abs().max() > 1e-2
 
 
 def test_attention_processors_are_swappable(model):
@@ -360,3 +356,56 @@ def test_conditions_and_raw_condition_arguments_are_exclusive(model):
         run(model, **inputs, conditions=conditions)
     with pytest.raises(ValueError, match="conditions"):
         run(model, hidden_states=torch.randn(1, LATENT_CHANNELS, 50), timestep=1.0, conditions=conditions)
+
+
+# Config keys that earlier versions registered as copies of `audio_utils` rates, with the values those had.
+OLD_RATE_KEYS = {
+    "sample_rate": 44100,
+    "samples_per_latent_frame": 1024,
+    "clip_frame_rate": 8.0,
+    "sync_frame_rate": 25.0,
+    "sync_segment_frames": 16,
+    "sync_segment_stride": 8,
+}
+
+
+def test_config_with_the_old_rate_keys_loads_and_computes_the_same(model, tmp_path):
+    import json
+
+    model.save_pretrained(tmp_path)
+    config_path = tmp_path / "config.json"
+    saved = json.loads(config_path.read_text())
+    assert not OLD_RATE_KEYS.keys() & saved.keys()  # lengths are no longer transformer config
+    config_path.write_text(json.dumps({**saved, **OLD_RATE_KEYS}))
+
+    loaded = FoleyMMDiTTransformer.from_pretrained(tmp_path).eval()
+    assert not OLD_RATE_KEYS.keys() & dict(loaded.config).keys()  # not carried into the next save either
+    assert_same_weights(loaded, model)
+    # Missing CLIP/sync and default seconds_total: exactly the paths where those rates used to be read.
+    inputs = make_inputs(batch_size=1, duration=8.0)
+    inputs.update(clip_features=None, sync_features=None, seconds_total=None)
+    torch.testing.assert_close(run(loaded, **inputs), run(model, **inputs), atol=RELOAD_ATOL, rtol=RELOAD_RTOL)
+    assert loaded.default_condition_lengths(345) == {"clip_frames": 64, "sync_tokens": 24 * 8}
+
+    # A value the code can no longer honour is an error naming the key, not a silent change of lengths.
+    config_path.write_text(json.dumps({**saved, **OLD_RATE_KEYS, "sync_segment_stride": 4}))
+    with pytest.raises(ValueError, match="sync_segment_stride.*audio_utils"):
+        FoleyMMDiTTransformer.from_pretrained(tmp_path)
+
+
+def test_docstring_size_table_matches_the_parameter_counts():
+    # The class docstring's preset table states each size; it must be the count of the model that preset builds.
+    import re
+
+    rows = re.findall(r"\| `([\w.-]+)`[^|]*\|[^|]*\|[^|]*\|[^|]*\| ([\d.]+)([MB]) \|", FoleyMMDiTTransformer.__doc__)
+    assert {name for name, _, _ in rows} == {"small", "kling-foley-1.5b", "kling-foley-3b", "kling-foley-6b"}
+    for name, number, unit in rows:
+        with torch.device("meta"):
+            preset_model = FoleyMMDiTTransformer(**FoleyMMDiTTransformer.preset_config(name))
+        count = sum(p.numel() for p in preset_model.parameters())
+        scale = 1e6 if unit == "M" else 1e9
+        assert round(count / scale, len(number.partition(".")[2])) == float(number), (name, count)
+    # "small" is the default config, so the default model has the stated size too.
+    with torch.device("meta"):
+        default_config = FoleyMMDiTTransformer().config
+    assert all(default_config[key] == value for key, value in FoleyMMDiTTransformer.preset_config("small").items())

@@ -5,8 +5,9 @@ transformer and MelVAE: `assemble_pipeline(...)`, `KlingFoleyPipeline.from_compo
 The frozen encoders and the vocoder come from their folders; the transformer is either loaded (its input widths
 must match the encoders) or built from a named preset with its input widths taken from the encoders' configs
 (`text_dim` = T5 `d_model`, `clip_dim` = CLIP `projection_dim`, `sync_dim` = Synchformer `hidden_size`,
-`in_channels` = MelVAE `latent_channels`, Synchformer segmenting). The MelVAE is loaded or new (default config),
-and so is the Mono2Stereo (or left out for mono output). New parts are randomly initialised, to be trained.
+`in_channels` = MelVAE `latent_channels`, `sync_tokens_per_segment` = Synchformer tokens per segment). The MelVAE
+is loaded or new (default config), and so is the Mono2Stereo (or left out for mono output). New parts are randomly
+initialised, to be trained.
 """
 
 from __future__ import annotations
@@ -47,8 +48,6 @@ def _condition_widths(text_encoder, vision_encoder, sync_encoder) -> Dict[str, A
         "clip_dim": int(vision_encoder.config.projection_dim),
         "sync_dim": int(sync.hidden_size),
         "sync_tokens_per_segment": int(sync.segment_frames // sync.temporal_patch_size),
-        "sync_segment_frames": int(sync.segment_frames),
-        "sync_segment_stride": int(sync.segment_stride),
     }
 
 

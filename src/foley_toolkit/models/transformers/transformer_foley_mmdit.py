@@ -3,9 +3,19 @@
 
 Paper: Kling-Foley (arXiv 2506.19774), sections 3.2-4.4 and Algorithm 1. Structure after diffusers'
 `transformer_sd3.py` (joint blocks) and `transformer_flux.py` (single blocks), with MMAudio's conditioning
-(1D conv feed-forwards, the Synchformer "align feature" in the audio stream's adaLN, aligned RoPE).
+(1D conv feed-forwards, per-token "sync adaLN" from the Synchformer features, aligned RoPE).
 
-Reading order: building blocks (feed-forward, adaLN, per-second embedding, attention processor + module, joint
+Paper names and where they live here:
+- MM-DiT joint blocks: [`FoleyJointTransformerBlock`]; the audio-only blocks after them:
+  [`FoleySingleTransformerBlock`].
+- sync adaLN: the Synchformer features, projected and upsampled to the audio length
+  ([`FoleyMMDiTConditions.sync_adaln_features`]), are added to the global condition to modulate every audio-stream
+  [`FoleyAdaLayerNorm`] per token.
+- duration embedding: [`FoleyDurationEmbedding`] (`seconds_start`, `seconds_total`).
+- aligned RoPE: [`aligned_rope_positions`], [`FoleyMMDiTTransformer.get_rotary_embeddings`].
+- learned empty embeddings (Algorithm 1's null conditions for CFG): `empty_{text,clip,sync}_embedding`.
+
+Reading order: building blocks (feed-forward, adaLN, duration embedding, attention processor + module, joint
 block, single block), the conditions container, then the one public model class.
 """
 
@@ -28,6 +38,15 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.utils import apply_lora_scale, logging
 from diffusers.utils.torch_utils import maybe_allow_in_graph
 
+from ...audio_utils import (
+    CLIP_FRAME_RATE,
+    SAMPLE_RATE,
+    SAMPLES_PER_LATENT_FRAME,
+    SYNC_FRAME_RATE,
+    SYNC_SEGMENT_FRAMES,
+    SYNC_SEGMENT_STRIDE,
+    sequence_lengths,
+)
 from ..adapters import FoleyPeftAdapterMixin
 
 
@@ -41,7 +60,18 @@ logger = logging.get_logger(__name__)  # pylint: disable=invalid-name
 # the size at a given depth. 7 joint blocks (MMAudio-L's count) and the rest single lands every paper preset within
 # 2.5% of its nominal size (meta-device counts):
 #   1.5b: 7 joint + 16 single, D=1088 -> 1.52B;  3b: 7 + 20, D=1472 -> 3.05B;  6b: 7 + 20, D=2048 -> 5.85B.
-# "small" is MMAudio-S's size (hidden 448, 7 heads, 4 joint + 8 single) -> 151M.
+# "small" (the default config) has MMAudio-S's shape (hidden 448, 7 heads, 4 joint + 8 single): 150,918,440
+# parameters (151M; MMAudio-S itself is reported as 157M).
+# Config keys of earlier versions that copied `audio_utils` rates, with the only values they may still carry.
+_REMOVED_CONFIG_KEYS = {
+    "sample_rate": SAMPLE_RATE,
+    "samples_per_latent_frame": SAMPLES_PER_LATENT_FRAME,
+    "clip_frame_rate": CLIP_FRAME_RATE,
+    "sync_frame_rate": SYNC_FRAME_RATE,
+    "sync_segment_frames": SYNC_SEGMENT_FRAMES,
+    "sync_segment_stride": SYNC_SEGMENT_STRIDE,
+}
+
 _PRESETS = {
     "small": {"num_attention_heads": 7, "num_joint_layers": 4, "num_single_layers": 8},
     "kling-foley-1.5b": {"num_attention_heads": 17, "num_joint_layers": 7, "num_single_layers": 16},
@@ -162,8 +192,8 @@ class FoleyAdaLayerNorm(nn.Module):
     LayerNorm (no affine) modulated by a condition: `norm(x) * (1 + scale) + shift`, plus further modulation chunks
     (gates, the feed-forward's shift/scale/gate) for the caller.
 
-    The condition is `(batch, dim)` (global) or `(batch, frames, dim)` (per token: the audio stream, where the
-    Synchformer align feature enters). It must already have gone through SiLU: the model applies SiLU once per
+    The condition is `(batch, dim)` (global) or `(batch, frames, dim)` (per token: the audio stream's "sync adaLN",
+    where the Synchformer features enter). It must already have gone through SiLU: the model applies SiLU once per
     forward instead of once per block.
     """
 
@@ -182,9 +212,10 @@ class FoleyAdaLayerNorm(nn.Module):
         return (hidden_states, *rest)
 
 
-class FoleySecondsEmbedding(nn.Module):
+class FoleyDurationEmbedding(nn.Module):
     r"""
-    Learnable per-second embeddings of a duration in seconds (paper 4.2, "discrete duration embeddings"): one vector
+    The paper's duration embedding (4.2, "discrete duration embeddings"), used for `seconds_start` and
+    `seconds_total`: learnable per-second embeddings of a duration in seconds, one vector
     per whole second `0..max_seconds`, linearly interpolated for fractional seconds (so 10.3 s lies between the 10 s
     and 11 s vectors), values clamped to `[0, max_seconds]`.
     """
@@ -207,7 +238,8 @@ class FoleyAttnProcessor:
     streams are given, audio self-attention otherwise.
 
     Q/K/V of each stream come from its own projections, get QK RMSNorm, are concatenated as `[audio, clip, text]`,
-    rotated by `image_rotary_emb` (covering the concatenated sequence; text rows are the identity), go through one
+    rotated by `rotary_emb`, the aligned RoPE `(cos, sin)` of the audio (and CLIP) positions covering the
+    concatenated sequence (text rows are the identity), go through one
     attention call and are split back into the streams.
 
     The attention call is diffusers' `dispatch_attention_fn`, so `model.set_attention_backend(name)` (which sets
@@ -229,7 +261,7 @@ class FoleyAttnProcessor:
         hidden_states: torch.Tensor,
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
         clip_hidden_states: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         def split_heads(x: torch.Tensor) -> torch.Tensor:
@@ -255,9 +287,9 @@ class FoleyAttnProcessor:
         key = torch.cat(keys, dim=1)
         value = torch.cat(values, dim=1)
 
-        if image_rotary_emb is not None:
-            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
-            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+        if rotary_emb is not None:
+            query = apply_rotary_emb(query, rotary_emb, sequence_dim=1)
+            key = apply_rotary_emb(key, rotary_emb, sequence_dim=1)
 
         hidden_states = dispatch_attention_fn(
             query,
@@ -361,7 +393,7 @@ class FoleyAttention(nn.Module, AttentionModuleMixin):
         hidden_states: torch.Tensor,
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
         clip_hidden_states: torch.Tensor | None = None,
         **kwargs,
     ):
@@ -373,15 +405,16 @@ class FoleyAttention(nn.Module, AttentionModuleMixin):
         kwargs = {k: v for k, v in kwargs.items() if k in accepted}
         if clip_hidden_states is not None:
             kwargs["clip_hidden_states"] = clip_hidden_states
-        return self.processor(self, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, **kwargs)
+        return self.processor(self, hidden_states, encoder_hidden_states, attention_mask, rotary_emb, **kwargs)
 
 
 @maybe_allow_in_graph
 class FoleyJointTransformerBlock(nn.Module):
     r"""
     MM-DiT block (SD3) with three streams — audio, CLIP, text — each with its own adaLN, attention projections and
-    feed-forward, sharing one joint attention. The audio stream is modulated per token (global condition + align
-    feature); CLIP and text by the global condition. Audio/CLIP feed-forwards are 1D convs over time.
+    feed-forward, sharing one joint attention. The audio stream is modulated per token (sync adaLN: global
+    condition + Synchformer features); CLIP and text by the global condition. Audio/CLIP feed-forwards are 1D
+    convs over time.
 
     With `context_pre_only=True` (the last joint block) the CLIP/text streams only provide keys and values.
     """
@@ -433,7 +466,7 @@ class FoleyJointTransformerBlock(nn.Module):
         encoder_hidden_states: torch.Tensor,
         temb: torch.Tensor,
         token_temb: torch.Tensor,
-        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
         attention_mask: torch.Tensor | None = None,
         attention_kwargs: dict[str, Any] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -444,7 +477,7 @@ class FoleyJointTransformerBlock(nn.Module):
             encoder_hidden_states: text stream `(batch, text_tokens, dim)`.
             temb: SiLU of the global condition `(batch, dim)`.
             token_temb: SiLU of the per-token condition `(batch, audio_frames, dim)`.
-            image_rotary_emb: `(cos, sin)`, each `(audio_frames + clip_frames + text_tokens, head_dim)`.
+            rotary_emb: aligned RoPE `(cos, sin)`, each `(audio_frames + clip_frames + text_tokens, head_dim)`.
             attention_mask: boolean `(batch, 1, 1, audio_frames + clip_frames + text_tokens)`, `True` = attend.
         """
         norm_hidden_states, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.norm1(hidden_states, token_temb)
@@ -456,7 +489,7 @@ class FoleyJointTransformerBlock(nn.Module):
             encoder_hidden_states=norm_context,
             clip_hidden_states=norm_clip,
             attention_mask=attention_mask,
-            image_rotary_emb=image_rotary_emb,
+            rotary_emb=rotary_emb,
             **(attention_kwargs or {}),
         )
 
@@ -500,19 +533,17 @@ class FoleySingleTransformerBlock(nn.Module):
         self,
         hidden_states: torch.Tensor,
         token_temb: torch.Tensor,
-        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
         attention_kwargs: dict[str, Any] | None = None,
     ) -> torch.Tensor:
         r"""
         Args:
             hidden_states: audio stream `(batch, audio_frames, dim)`.
             token_temb: SiLU of the per-token condition `(batch, audio_frames, dim)`.
-            image_rotary_emb: `(cos, sin)`, each `(audio_frames, head_dim)`.
+            rotary_emb: audio RoPE `(cos, sin)`, each `(audio_frames, head_dim)`.
         """
         norm_hidden_states, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.norm1(hidden_states, token_temb)
-        attn_output = self.attn(
-            hidden_states=norm_hidden_states, image_rotary_emb=image_rotary_emb, **(attention_kwargs or {})
-        )
+        attn_output = self.attn(hidden_states=norm_hidden_states, rotary_emb=rotary_emb, **(attention_kwargs or {}))
         hidden_states = torch.addcmul(hidden_states, gate_msa, attn_output)
         norm_hidden_states = torch.addcmul(shift_mlp, self.norm2(hidden_states), 1 + scale_mlp)
         return torch.addcmul(hidden_states, gate_mlp, self.ff(norm_hidden_states))
@@ -534,8 +565,8 @@ class FoleyMMDiTConditions:
         text_attention_mask (`torch.Tensor` or `None`): boolean `(batch, text_tokens)`, `True` = real token;
             `None` when every token is real.
         clip_hidden_states (`torch.Tensor`): projected CLIP frames `(batch, clip_frames, dim)`.
-        align_features (`torch.Tensor`): projected Synchformer features upsampled to the audio length
-            `(batch, audio_frames, dim)` (the "align feature").
+        sync_adaln_features (`torch.Tensor`): projected Synchformer features upsampled to the audio length
+            `(batch, audio_frames, dim)`, added to the global condition of the audio stream's adaLN ("sync adaLN").
         pooled_conditions (`torch.Tensor`): pooled CLIP, pooled text, `seconds_start` and `seconds_total`
             embeddings concatenated, `(batch, 4 * dim)` (the global condition without the timestep).
         num_audio_tokens (`int`): the audio length these conditions were prepared for.
@@ -544,7 +575,7 @@ class FoleyMMDiTConditions:
     text_hidden_states: torch.Tensor
     text_attention_mask: torch.Tensor | None
     clip_hidden_states: torch.Tensor
-    align_features: torch.Tensor
+    sync_adaln_features: torch.Tensor
     pooled_conditions: torch.Tensor
     num_audio_tokens: int
 
@@ -552,40 +583,6 @@ class FoleyMMDiTConditions:
     def batch_size(self) -> int:
         """Samples the conditions were prepared for (`pooled_conditions` is `(batch, 4 * dim)`)."""
         return self.pooled_conditions.shape[0]
-
-    @classmethod
-    def cat(cls, conditions: list["FoleyMMDiTConditions"]) -> "FoleyMMDiTConditions":
-        r"""
-        Concatenates conditions along the batch (e.g. conditional + unconditional for one batched CFG call). Text of
-        different lengths is right-padded with masked tokens.
-        """
-        if not conditions:
-            raise ValueError("`conditions` must be a non-empty list of FoleyMMDiTConditions.")
-        num_audio_tokens = {c.num_audio_tokens for c in conditions}
-        num_clip_frames = {c.clip_hidden_states.shape[1] for c in conditions}
-        if len(num_audio_tokens) > 1 or len(num_clip_frames) > 1:
-            raise ValueError(
-                "`conditions` must share `num_audio_tokens` and the CLIP length to be concatenated, got audio lengths "
-                f"{sorted(num_audio_tokens)} and CLIP lengths {sorted(num_clip_frames)}."
-            )
-        max_text = max(c.text_hidden_states.shape[1] for c in conditions)
-        texts, masks = [], []
-        for c in conditions:
-            batch, length = c.text_hidden_states.shape[:2]
-            mask = c.text_attention_mask
-            if mask is None:
-                mask = torch.ones(batch, length, dtype=torch.bool, device=c.text_hidden_states.device)
-            texts.append(F.pad(c.text_hidden_states, (0, 0, 0, max_text - length)))
-            masks.append(F.pad(mask, (0, max_text - length), value=False))
-        mask = torch.cat(masks)
-        return cls(
-            text_hidden_states=torch.cat(texts),
-            text_attention_mask=None if bool(mask.all()) else mask,
-            clip_hidden_states=torch.cat([c.clip_hidden_states for c in conditions]),
-            align_features=torch.cat([c.align_features for c in conditions]),
-            pooled_conditions=torch.cat([c.pooled_conditions for c in conditions]),
-            num_audio_tokens=conditions[0].num_audio_tokens,
-        )
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "FoleyMMDiTConditions":
         r"""Moves the tensors to `device` and casts the float ones to `dtype` (the mask stays boolean)."""
@@ -610,8 +607,8 @@ class FoleyMMDiTTransformer(ModelMixin, AttentionMixin, ConfigMixin, FoleyPeftAd
     clip's `seconds_start` / `seconds_total`.
 
     Structure: input projections (1D convs + MLPs) → global condition (timestep + pooled CLIP + pooled text +
-    per-second duration embeddings through a shallow MLP) and per-token condition (global + Synchformer align
-    feature, upsampled nearest-exact to the audio length) → `num_joint_layers` joint blocks (one attention over
+    duration embeddings through a shallow MLP) and per-token condition ("sync adaLN": global + Synchformer features,
+    upsampled nearest-exact to the audio length) → `num_joint_layers` joint blocks (one attention over
     audio + CLIP + text with aligned RoPE on audio and CLIP, none on text, QK RMSNorm, separate weights per
     modality) → `num_single_layers` audio-only blocks → adaLN + LayerNorm + Conv1d → velocity.
 
@@ -624,7 +621,7 @@ class FoleyMMDiTTransformer(ModelMixin, AttentionMixin, ConfigMixin, FoleyPeftAd
 
     | preset | heads | hidden | joint + single | parameters |
     |---|---|---|---|---|
-    | `small` | 7 | 448 | 4 + 8 | 151M |
+    | `small` (default) | 7 | 448 | 4 + 8 | 151M |
     | `kling-foley-1.5b` | 17 | 1088 | 7 + 16 | 1.52B |
     | `kling-foley-3b` | 23 | 1472 | 7 + 20 | 3.05B |
     | `kling-foley-6b` | 32 | 2048 | 7 + 20 | 5.85B |
@@ -649,13 +646,8 @@ class FoleyMMDiTTransformer(ModelMixin, AttentionMixin, ConfigMixin, FoleyPeftAd
         timestep_embedding_dim (`int`, defaults to 256): Sinusoidal timestep features before the MLP.
         max_seconds (`int`, defaults to 512): Largest `seconds_start` / `seconds_total` with its own embedding.
         rope_theta (`float`, defaults to 10000.0): RoPE base.
-        sync_tokens_per_segment (`int`, defaults to 8): Synchformer tokens per 16-frame segment (learned
-            position embedding within a segment).
-        sample_rate (`int`, defaults to 44100), samples_per_latent_frame (`int`, defaults to 1024): the audio
-            token rate (43.07 Hz), used for the default `seconds_total` and the length of missing CLIP/sync inputs.
-        clip_frame_rate (`float`, defaults to 8.0), sync_frame_rate (`float`, defaults to 25.0),
-        sync_segment_frames (`int`, defaults to 16), sync_segment_stride (`int`, defaults to 8): encoder rates, used
-            only for the length of the empty CLIP/sync sequence when that input is missing.
+        sync_tokens_per_segment (`int`, defaults to 8): Synchformer tokens per segment (learned position
+            embedding within a segment).
         eps (`float`, defaults to 1e-6): Epsilon of the LayerNorms and QK RMSNorms.
 
     Attention backends: `set_attention_backend(name)` routes every attention layer through that diffusers backend
@@ -693,12 +685,6 @@ class FoleyMMDiTTransformer(ModelMixin, AttentionMixin, ConfigMixin, FoleyPeftAd
         max_seconds: int = 512,
         rope_theta: float = 10000.0,
         sync_tokens_per_segment: int = 8,
-        sample_rate: int = 44100,
-        samples_per_latent_frame: int = 1024,
-        clip_frame_rate: float = 8.0,
-        sync_frame_rate: float = 25.0,
-        sync_segment_frames: int = 16,
-        sync_segment_stride: int = 8,
         eps: float = 1e-6,
     ):
         super().__init__()
@@ -728,8 +714,8 @@ class FoleyMMDiTTransformer(ModelMixin, AttentionMixin, ConfigMixin, FoleyPeftAd
         # 3. Global condition: timestep + pooled CLIP + pooled text + seconds_start + seconds_total -> shallow MLP.
         self.time_proj = Timesteps(timestep_embedding_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.timestep_embedder = TimestepEmbedding(timestep_embedding_dim, dim)
-        self.seconds_start_embedding = FoleySecondsEmbedding(max_seconds, dim)
-        self.seconds_total_embedding = FoleySecondsEmbedding(max_seconds, dim)
+        self.seconds_start_embedding = FoleyDurationEmbedding(max_seconds, dim)
+        self.seconds_total_embedding = FoleyDurationEmbedding(max_seconds, dim)
         self.global_cond_mlp = nn.Sequential(nn.Linear(5 * dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
         # 4. Transformer blocks
@@ -770,13 +756,29 @@ class FoleyMMDiTTransformer(ModelMixin, AttentionMixin, ConfigMixin, FoleyPeftAd
         self._initialize_weights()
 
     @classmethod
+    def extract_init_dict(cls, config_dict, **kwargs):
+        # Earlier configs copied six `audio_utils` rates; lengths now come from `audio_utils` itself. Such a config
+        # still loads (and computes the same) when its values are those rates; other values could not be honoured.
+        config_dict = dict(config_dict)
+        for key, value in _REMOVED_CONFIG_KEYS.items():
+            config_dict_value = config_dict.pop(key, value)
+            if config_dict_value != value:
+                raise ValueError(
+                    f"The transformer config sets `{key}` to {config_dict_value!r}, but it is no longer a transformer "
+                    f"argument: lengths come from `foley_toolkit.audio_utils`, where it is {value!r}. Remove the key "
+                    "only if the model was trained with the audio_utils value."
+                )
+        return super().extract_init_dict(config_dict, **kwargs)
+
+    @classmethod
     def preset_config(cls, name: str) -> dict[str, Any]:
         r"""
         Config of a named size, for `FoleyMMDiTTransformer.from_config(...)` or `FoleyMMDiTTransformer(**config)`.
 
         Args:
-            name (`str`): `"small"` (MMAudio-S size, ~157M), `"kling-foley-1.5b"`, `"kling-foley-3b"` or
-                `"kling-foley-6b"` (paper 6.2; see the class docstring for the joint/single split).
+            name (`str`): `"small"` (the default config, MMAudio-S's shape, 151M), `"kling-foley-1.5b"`,
+                `"kling-foley-3b"` or `"kling-foley-6b"` (paper 6.2; see the class docstring for the joint/single
+                split).
 
         Returns:
             `dict` of `__init__` arguments, with T5-Base (768), MetaCLIP bigG (1280), Synchformer (768) input
@@ -816,20 +818,25 @@ class FoleyMMDiTTransformer(ModelMixin, AttentionMixin, ConfigMixin, FoleyPeftAd
     # Lengths, positions, validation
     # ---------------------------------------------------------------------------------------------------------------
 
+    @staticmethod
+    def audio_seconds(num_audio_tokens: int) -> float:
+        """Seconds covered by `num_audio_tokens` latent frames (`audio_utils`' 1024 samples per frame at 44.1 kHz):
+        the default `seconds_total`."""
+        return num_audio_tokens * SAMPLES_PER_LATENT_FRAME / SAMPLE_RATE
+
     def default_condition_lengths(self, num_audio_tokens: int) -> dict[str, int]:
         r"""
-        Lengths of the empty CLIP and sync sequences used when `clip_features` / `sync_features` is missing: the
-        CLIP frames (`int(d * 8)`) and Synchformer tokens (`((int(d * 25) - 16) // 8 + 1) * 8`) of a clip of
-        `d = num_audio_tokens * 1024 / 44100` seconds, i.e. those of any clip with `num_audio_tokens` audio tokens
-        whose duration is a whole number of seconds. Passing `drop_clip` / `drop_sync` with features of these
-        lengths gives exactly the output of passing `None`.
+        Lengths of the empty CLIP and sync sequences used when `clip_features` / `sync_features` is missing: the CLIP
+        frames and Synchformer segments that [`~foley_toolkit.audio_utils.sequence_lengths`] gives a clip of
+        [`~FoleyMMDiTTransformer.audio_seconds`]`(num_audio_tokens)` seconds (at least one of each), i.e. those of any
+        clip with `num_audio_tokens` audio tokens whose duration is a whole number of seconds. Passing `drop_clip` /
+        `drop_sync` with features of these lengths gives exactly the output of passing `None`.
         """
-        config = self.config
-        seconds = num_audio_tokens * config.samples_per_latent_frame / config.sample_rate
-        clip_frames = max(int(seconds * config.clip_frame_rate + 1e-6), 1)
-        sync_frames = int(seconds * config.sync_frame_rate + 1e-6)
-        segments = max((sync_frames - config.sync_segment_frames) // config.sync_segment_stride + 1, 1)
-        return {"clip_frames": clip_frames, "sync_tokens": segments * config.sync_tokens_per_segment}
+        lengths = sequence_lengths(self.audio_seconds(num_audio_tokens))
+        return {
+            "clip_frames": max(lengths["clip_frames"], 1),
+            "sync_tokens": max(lengths["sync_segments"], 1) * self.config.sync_tokens_per_segment,
+        }
 
     def get_rotary_embeddings(
         self, num_audio_tokens: int, num_clip_frames: int, num_text_tokens: int, device: torch.device | str = "cpu"
@@ -905,19 +912,27 @@ class FoleyMMDiTTransformer(ModelMixin, AttentionMixin, ConfigMixin, FoleyPeftAd
     ) -> FoleyMMDiTConditions:
         r"""
         Computes everything that does not depend on the timestep or the noisy latent — text/CLIP/sync projections,
-        the upsampled align feature, pooled CLIP/text and duration embeddings — once per clip. Pass the result to
+        the upsampled sync adaLN features, pooled CLIP/text and duration embeddings — once per clip. Pass the result to
         every denoising step as `forward(latents, t, conditions=conditions)`; the output equals a plain `forward`
         with the same arguments.
+
+        The nine condition arguments below are also those of [`~FoleyMMDiTTransformer.forward`], which passes them
+        here; this is where they are documented. Each may be missing (`None`): a missing text, CLIP or sync input is
+        the learned empty embedding for every sample.
 
         Args:
             num_audio_tokens (`int`): Audio latent frames `T_a` the conditions are for.
             encoder_hidden_states (`torch.Tensor`, *optional*): T5 tokens `(batch, text_tokens, text_dim)`.
-            encoder_attention_mask (`torch.Tensor`, *optional*): `(batch, text_tokens)`, 1 = real token, 0 = padding.
-            clip_features (`torch.Tensor`, *optional*): CLIP frame features `(batch, clip_frames, clip_dim)`, 8 fps.
-            sync_features (`torch.Tensor`, *optional*): Synchformer tokens `(batch, sync_tokens, sync_dim)`.
-            seconds_start (`torch.Tensor` or `float`, *optional*): `(batch,)` or scalar; defaults to 0.
-            seconds_total (`torch.Tensor` or `float`, *optional*): `(batch,)` or scalar; defaults to the audio
-                length, `num_audio_tokens * 1024 / 44100`.
+            encoder_attention_mask (`torch.Tensor`, *optional*): `(batch, text_tokens)`, 1 = real token, 0 = padding
+                (padded tokens change nothing: masked in the joint attention and in pooling).
+            clip_features (`torch.Tensor`, *optional*): MetaCLIP frame features `(batch, clip_frames, clip_dim)` at
+                8 fps; missing -> [`~FoleyMMDiTTransformer.default_condition_lengths`] empty frames.
+            sync_features (`torch.Tensor`, *optional*): Synchformer tokens `(batch, sync_tokens, sync_dim)`, the
+                input of the sync adaLN; missing -> [`~FoleyMMDiTTransformer.default_condition_lengths`] empty tokens.
+            seconds_start (`torch.Tensor` or `float`, *optional*): `(batch,)` or scalar, for the duration embedding;
+                defaults to 0.
+            seconds_total (`torch.Tensor` or `float`, *optional*): `(batch,)` or scalar, for the duration embedding;
+                defaults to the audio length, [`~FoleyMMDiTTransformer.audio_seconds`]`(num_audio_tokens)`.
             drop_text / drop_clip / drop_sync (`torch.Tensor`, *optional*): boolean `(batch,)`; `True` replaces that
                 sample's modality by its learned empty embedding (condition dropout, batched CFG).
             batch_size (`int`, *optional*): Needed only when text, CLIP and sync are all missing (defaults to 1).
@@ -990,8 +1005,8 @@ class FoleyMMDiTTransformer(ModelMixin, AttentionMixin, ConfigMixin, FoleyPeftAd
         clip = self.clip_input_proj(clip)
         positions = torch.arange(sync.shape[1], device=device) % config.sync_tokens_per_segment
         sync = self.sync_input_proj(sync + self.sync_pos_embedding[positions])
-        # Align feature: Synchformer runs at 24 tokens/s, audio at 43.07 Hz; nearest-exact upsampling to T_a.
-        align = F.interpolate(sync.transpose(1, 2), size=num_audio_tokens, mode="nearest-exact").transpose(1, 2)
+        # sync adaLN: Synchformer runs at 24 tokens/s, audio at 43.07 Hz; nearest-exact upsampling to T_a.
+        sync_adaln = F.interpolate(sync.transpose(1, 2), size=num_audio_tokens, mode="nearest-exact").transpose(1, 2)
 
         # Pooled conditions (text pooling ignores padded tokens).
         clip_pooled = clip.mean(dim=1)
@@ -1001,7 +1016,7 @@ class FoleyMMDiTTransformer(ModelMixin, AttentionMixin, ConfigMixin, FoleyPeftAd
             weights = text_mask.to(text.dtype).unsqueeze(-1)
             text_pooled = (text * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
         seconds_start = self._per_sample("seconds_start", seconds_start, batch_size, 0.0, device, torch.float32)
-        default_total = num_audio_tokens * config.samples_per_latent_frame / config.sample_rate
+        default_total = self.audio_seconds(num_audio_tokens)
         seconds_total = self._per_sample(
             "seconds_total", seconds_total, batch_size, default_total, device, torch.float32
         )
@@ -1018,7 +1033,7 @@ class FoleyMMDiTTransformer(ModelMixin, AttentionMixin, ConfigMixin, FoleyPeftAd
             text_hidden_states=text,
             text_attention_mask=text_mask,
             clip_hidden_states=clip,
-            align_features=align,
+            sync_adaln_features=sync_adaln,
             pooled_conditions=pooled,
             num_audio_tokens=num_audio_tokens,
         )
@@ -1061,18 +1076,11 @@ class FoleyMMDiTTransformer(ModelMixin, AttentionMixin, ConfigMixin, FoleyPeftAd
         Args:
             hidden_states (`torch.Tensor`): Noisy latents `(batch, in_channels, audio_frames)`, any length.
             timestep (`torch.Tensor` or `float`): `(batch,)` or scalar in `[0, 1000]` (`sigma * 1000`).
-            encoder_hidden_states (`torch.Tensor`, *optional*): T5 tokens `(batch, text_tokens, text_dim)`.
-            encoder_attention_mask (`torch.Tensor`, *optional*): `(batch, text_tokens)`, 1 = keep, 0 = padding
-                (padded tokens change nothing: masked in the joint attention and in pooling).
-            clip_features (`torch.Tensor`, *optional*): CLIP features `(batch, clip_frames, clip_dim)` at 8 fps.
-            sync_features (`torch.Tensor`, *optional*): Synchformer tokens `(batch, sync_tokens, sync_dim)`.
-            seconds_start (`torch.Tensor` or `float`, *optional*): `(batch,)` or scalar, defaults to 0.
-            seconds_total (`torch.Tensor` or `float`, *optional*): `(batch,)` or scalar, defaults to
-                `audio_frames * 1024 / 44100`.
-            drop_text / drop_clip / drop_sync (`torch.Tensor`, *optional*): boolean `(batch,)`; `True` replaces that
-                sample's modality by its learned empty embedding. A missing (`None`) modality is empty for all.
+            encoder_hidden_states, encoder_attention_mask, clip_features, sync_features, seconds_start, seconds_total,
+            drop_text, drop_clip, drop_sync: The nine condition arguments, documented in
+                [`~FoleyMMDiTTransformer.prepare_conditions`].
             conditions ([`FoleyMMDiTConditions`], *optional*): Output of [`~FoleyMMDiTTransformer.prepare_conditions`],
-                instead of the condition arguments above (computed once per clip, reused at every step).
+                instead of the nine condition arguments (computed once per clip, reused at every step).
             attention_kwargs (`dict`, *optional*): Passed to the attention processors; `"scale"` scales LoRA layers.
             return_dict (`bool`, defaults to `True`): Return a [`Transformer2DModelOutput`] instead of a tuple.
 
@@ -1121,11 +1129,11 @@ class FoleyMMDiTTransformer(ModelMixin, AttentionMixin, ConfigMixin, FoleyPeftAd
             raise ValueError("`timestep` is required: a scalar or a (batch,) tensor in [0, 1000].")
         timestep = self._per_sample("timestep", timestep, batch_size, None, hidden_states.device, torch.float32)
 
-        # 1. Global condition (timestep + cached pooled conditions) and per-token condition (+ align feature).
+        # 1. Global condition (timestep + cached pooled conditions) and per-token condition (sync adaLN).
         timestep_emb = self.timestep_embedder(self.time_proj(timestep).to(dtype))
         global_cond = self.global_cond_mlp(torch.cat([timestep_emb, conditions.pooled_conditions], dim=-1))
         temb = F.silu(global_cond)
-        token_temb = F.silu(global_cond.unsqueeze(1) + conditions.align_features)
+        token_temb = F.silu(global_cond.unsqueeze(1) + conditions.sync_adaln_features)
 
         # 2. Streams
         hidden_states = self.audio_input_proj(hidden_states.to(dtype).transpose(1, 2))  # (batch, frames, dim)
