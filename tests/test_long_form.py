@@ -1,0 +1,196 @@
+"""Long-form generation: window arithmetic, the log-mel cross-fade, chunked vocoding / DC removal with exact overlap,
+the streaming writer, and the windowed pipeline and CLI on tiny models."""
+
+import math
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from foley_toolkit.models.vocoder_vocos import VocosVocoder
+from foley_toolkit.pipelines.kling_foley.long_form import (
+    OverlapProcessor,
+    StreamingAudioWriter,
+    WindowJoiner,
+    equal_power_gains,
+    log_domain_crossfade,
+    plan_windows,
+    vocoder_receptive_radius,
+)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Window arithmetic
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "total, window, overlap, edge",
+    [(101, 17, 5, 1), (100, 17, 5, 2), (18, 17, 3, 0), (1000, 431, 86, 23), (431 * 3 - 2 * 86, 431, 86, 23)],
+)
+def test_windows_cover_every_frame_with_full_length_windows(total, window, overlap, edge):
+    plan = plan_windows(total, window, overlap, edge)
+    assert plan.starts[0] == 0 and plan.window(plan.num_windows - 1)[1] == total
+    covered = np.zeros(total, dtype=int)
+    for k in range(plan.num_windows):
+        start, end = plan.window(k)
+        assert end - start == window  # every window has the trained length, the last one too
+        covered[start:end] += 1
+    assert covered.min() >= 1
+    for k in range(1, plan.num_windows):
+        start, end = plan.overlap(k)
+        assert end - start >= overlap and plan.starts[k] > plan.starts[k - 1]
+        fade_start, fade_end = plan.crossfade(k)
+        assert fade_end - fade_start == end - start - 2 * edge >= 1
+    # Windows advance by window - overlap frames until the last, which is moved back to end on the last frame.
+    assert all(b - a == window - overlap for a, b in zip(plan.starts[:-2], plan.starts[1:-1]))
+
+
+def test_a_clip_no_longer_than_a_window_is_one_window():
+    assert plan_windows(17, 17, 5).starts == (0,)
+    assert plan_windows(3, 17, 5).window(0) == (0, 3)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((100, 17, 17), "overlap_frames"),
+        ((100, 17, 0), "overlap_frames"),
+        ((100, 17, 4, 2), "no frame to cross-fade"),
+        ((0, 17, 5), "total_frames"),
+        ((100, 1.5, 5), "window_frames"),
+    ],
+)
+def test_plan_windows_rejects_bad_lengths(args, message):
+    with pytest.raises(ValueError, match=message):
+        plan_windows(*args)
+
+
+@pytest.mark.parametrize("length", [1, 2, 3, 7, 40, 101])
+def test_equal_power_gains_keep_the_power_constant(length):
+    g_out, g_in = equal_power_gains(length)
+    torch.testing.assert_close(g_out.square() + g_in.square(), torch.ones(length, dtype=torch.float64), rtol=0,
+                               atol=1e-15)  # fmt: skip
+    torch.testing.assert_close(g_in, g_out.flip(0), rtol=0, atol=1e-15)  # symmetric
+    assert (torch.diff(g_in) > 0).all()  # a fade, not a dip
+    assert g_in[0] < 0.5 * math.sin(math.pi / 2 / length) + 0.5 and g_in[-1] > 0.99 * math.cos(math.pi / 4 / length)
+
+
+def test_log_domain_crossfade_is_a_power_weighted_geometric_mean():
+    frames = 41  # odd: the middle frame has w_out = w_in = 1/2
+    loud, quiet = torch.full((3, frames), 2.0, dtype=torch.float64), torch.full((3, frames), -4.0, dtype=torch.float64)
+    joined = log_domain_crossfade(loud, quiet)
+    g_out, _ = equal_power_gains(frames)
+    expected = g_out.square() * 2.0 + (1 - g_out.square()) * -4.0  # log of P_out^w_out * P_in^w_in
+    torch.testing.assert_close(joined[0], expected, rtol=0, atol=1e-12)
+    assert joined[0, frames // 2].item() == pytest.approx(-1.0, abs=1e-12)
+    # Equal inputs come out unchanged (no 3 dB bump of an amplitude cross-fade of correlated signals).
+    same = torch.randn(2, frames, dtype=torch.float64)
+    torch.testing.assert_close(log_domain_crossfade(same, same.clone()), same, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="same shape"):
+        log_domain_crossfade(loud, quiet[:, 1:])
+
+
+@pytest.mark.parametrize("total, window, overlap, edge", [(101, 17, 5, 1), (57, 20, 9, 3), (20, 20, 4, 1)])
+def test_window_joiner_places_every_frame_exactly_once(total, window, overlap, edge):
+    plan = plan_windows(total, window, overlap, edge)
+    joiner, blocks = WindowJoiner(plan), []
+    for k in range(plan.num_windows):
+        start, end = plan.window(k)
+        # Each window's "mel" holds the stream position of each of its frames (2 mel frames per latent frame): the
+        # joined stream must read 0, 1, 2, ... — each position once, in order, whatever the cross-fade weights.
+        blocks += joiner.push(k, torch.arange(2 * start, 2 * end, dtype=torch.float64).expand(2, 3, -1))
+    blocks += joiner.finish()
+    joined = torch.cat(blocks, dim=-1)
+    torch.testing.assert_close(joined, torch.arange(2 * total, dtype=torch.float64).expand(2, 3, -1), rtol=0, atol=0)
+
+
+def test_window_joiner_fades_only_inside_the_crossfade():
+    plan = plan_windows(60, 24, 10, 2)
+    joiner = WindowJoiner(plan)
+    out = []
+    for k in range(plan.num_windows):
+        start, end = plan.window(k)
+        out += joiner.push(k, torch.full((1, 2 * (end - start)), float(k)))
+    joined = torch.cat(out + joiner.finish(), dim=-1)[0]
+    for k in range(1, plan.num_windows):
+        fade_start, fade_end = (2 * f for f in plan.crossfade(k))
+        assert joined[fade_start - 1] == k - 1 and joined[fade_end] == k  # hard owners right outside the fade
+        inside = joined[fade_start:fade_end]
+        assert ((inside > k - 1) & (inside < k)).all() and (torch.diff(inside) > 0).all()
+    with pytest.raises(ValueError, match="in order"):
+        WindowJoiner(plan).push(1, torch.zeros(1, 48))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Chunked vocoding and DC removal
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _tiny_vocos(num_layers=2, kernel_size=5):
+    torch.manual_seed(0)
+    return VocosVocoder(num_mels=128, dim=16, intermediate_dim=32, num_layers=num_layers, kernel_size=kernel_size).eval()
+
+
+def _stream(processor, signal, block):
+    outputs = []
+    for piece in signal.split(block, dim=-1):
+        outputs += processor.push(piece)
+    return torch.cat(outputs + processor.finish(), dim=-1)
+
+
+def test_vocoder_receptive_radius_is_the_smallest_exact_margin():
+    vocoder = _tiny_vocos()
+    radius = vocoder_receptive_radius(vocoder)
+    # Convolutions: the input conv and one depthwise conv per layer, each kernel // 2 frames; the inverse STFT adds
+    # the frames whose 2048-sample windows reach into a frame's 512 samples.
+    assert radius == 2 * (1 + 2) + 2
+    mel = torch.randn(2, 128, 203) * 0.5 - 5.0
+    with torch.no_grad():
+        whole = vocoder(mel).sample
+
+        def vocode(m):
+            return vocoder(m).sample
+
+        exact = _stream(OverlapProcessor(vocode, 29, radius, scale=512), mel, 17)
+        short = _stream(OverlapProcessor(vocode, 29, radius - 1, scale=512), mel, 17)
+    assert exact.shape == whole.shape
+    assert (exact - whole).abs().max() <= 1e-7  # float rounding of different call lengths
+    # One frame less context is measurably off (about 1e-5 here: the outermost window taper): the radius is the least.
+    assert (short - whole).abs().max() > 1e-6
+
+
+def test_overlap_processor_holds_a_bounded_buffer():
+    signal = torch.arange(10_000, dtype=torch.float64)
+    processor = OverlapProcessor(lambda x: 2 * x, chunk=300, margin=50)
+    out = _stream(processor, signal, 123)
+    torch.testing.assert_close(out, 2 * signal, rtol=0, atol=0)
+    assert processor.max_buffered <= 300 + 2 * 50 + 123
+
+
+def test_chunked_dc_removal_equals_whole_clip_dc_removal(pipe):
+    rate = pipe.sample_rate
+    t = torch.arange(7 * rate, dtype=torch.float32) / rate
+    # A bias that follows the content (louder passage -> larger offset) on top of audio-band tones.
+    signal = torch.sin(2 * math.pi * 220 * t) * 0.3 + 0.05 + 0.02 * (t > 3.0) + 0.01 * torch.sin(2 * math.pi * 0.3 * t)
+    signal = torch.stack([signal, 0.5 * signal]).unsqueeze(0)
+    whole = pipe.remove_dc(signal)
+    chunked = _stream(OverlapProcessor(pipe.remove_dc, 2 * rate, rate // 2), signal, 12_345)
+    assert chunked.shape == whole.shape
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-5)
+    assert chunked.mean(dim=-1).abs().max() < 0.01 * signal.mean(dim=-1).abs().min()  # the offset was there, and is gone
+
+
+def test_streaming_writer_writes_blocks_in_order(tmp_path):
+    path = tmp_path / "out.wav"
+    blocks = [np.random.default_rng(i).uniform(-1.2, 1.2, size=(2, n)).astype(np.float32) for i, n in
+              enumerate([5, 1000, 17])]  # fmt: skip
+    with StreamingAudioWriter(path, 44_100, channels=2, subtype="FLOAT") as writer:
+        for block in blocks:
+            writer.write(block)
+        with pytest.raises(ValueError, match=r"\(2, samples\)"):
+            writer.write(np.zeros((1, 4), dtype=np.float32))
+    audio, rate = sf.read(path, dtype="float32", always_2d=True)
+    assert rate == 44_100 and writer.frames_written == 1022 and writer.max_block_samples == 1000
+    np.testing.assert_array_equal(audio.T, np.clip(np.concatenate(blocks, axis=1), -1, 1))
