@@ -5,7 +5,8 @@ pooling) through diffusers' `dispatch_attention_fn`: the backend set on it is th
 features and gradients as the plain `F.scaled_dot_product_attention` it used before. The models without attention
 (Vocos vocoder, the three discriminators, the sync head) raise a `ValueError` instead of doing nothing.
 
-(The transformer, MelVAE and Mono2Stereo are covered in tests/test_lora_components.py.)
+`pipe.transformer.set_attention_backend(name)` chooses the kernel of every denoising step of `pipe(...)` (the bare
+transformer, MelVAE and Mono2Stereo are covered in tests/test_lora_components.py).
 """
 
 import copy
@@ -237,3 +238,39 @@ def test_set_attention_backend_on_a_model_without_attention_raises(name):
         model.reset_attention_backend()
     # Nothing changed on the way to the error (diffusers' own method would set the process-wide backend).
     assert _AttentionBackendRegistry._active_backend == active
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The transformer inside a pipeline
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["native", "_native_math"])
+def test_pipe_transformer_set_attention_backend_chooses_the_kernel_of_every_denoising_step(monkeypatch, backend):
+    """`pipe.transformer.set_attention_backend(name)` is what runs in `pipe(...)`: every attention layer of every
+    step goes through that backend's registered function (a direct `F.scaled_dot_product_attention` call would leave
+    the counter empty), none through the process-wide one."""
+    from foley_toolkit import KlingFoleyPipeline
+
+    from utils import get_dummy_components
+
+    pipe = KlingFoleyPipeline(**get_dummy_components(stereo=False))
+    pipe.set_progress_bar_config(disable=True)
+
+    def generate():
+        kwargs = {"prompt": "a door slams", "duration": 1.0, "num_inference_steps": 2, "output_type": "latent"}
+        return pipe(generator=torch.Generator().manual_seed(0), **kwargs).audios
+
+    reference = generate()
+    other = "_native_math" if backend == "native" else "native"
+    calls = counting(monkeypatch, AttentionBackendName(backend))
+    other_calls = counting(monkeypatch, AttentionBackendName(other))
+    _AttentionBackendRegistry.set_active_backend(AttentionBackendName(other))
+    pipe.transformer.set_attention_backend(backend)
+    output = generate()
+
+    config = pipe.transformer.config
+    layers = config.num_joint_layers + config.num_single_layers
+    # One transformer call per step (CFG batched as [uncond, cond]): batch 2 in every layer.
+    assert [shape[0] for shape, _ in calls] == [2] * (2 * layers) and other_calls == []
+    torch.testing.assert_close(output, reference, atol=1e-5, rtol=1e-5)
