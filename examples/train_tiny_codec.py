@@ -5,8 +5,8 @@ A smoke-scale run of the real recipe, not a useful codec: the MelVAE follows the
 margin-KL ramp -> hinge GAN + R1 ramp -> frozen encoder), compressed into `--vae-steps`; the vocoder learns from
 ground-truth mels with a mel L1 + multi-resolution STFT loss (no GAN). Full-size training lives in `training/`.
 
-    python examples/train_tiny_codec.py --audio-dir /work/codec_train_audio --output-dir /work/tiny_codec
-    foley-toolkit eval-codec --model /work/tiny_codec --audio-dir /work/eval_audio
+    python examples/train_tiny_codec.py --audio-dir path/to/train_audio --output-dir outputs/tiny_codec
+    foley-toolkit eval-codec --model outputs/tiny_codec --audio-dir path/to/eval_audio
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The log-mel front end (DESIGN.md section 3) against a librosa/numpy reference, sequence lengths and audio I/O."""
+"""The log-mel front end (BigVGAN-v2 44.1 kHz, 128 bands) against a librosa/numpy reference, sequence lengths and audio I/O."""
 
 import math
 
@@ -12,7 +12,7 @@ from foley_toolkit.models.autoencoders.autoencoder_mel_vae import LogMelSpectrog
 
 @pytest.fixture(autouse=True)
 def _single_thread():
-    # Tiny tensors: one thread avoids OpenMP spin contention on the shared 2-core machine.
+    # Tiny tensors: one thread avoids OpenMP spin contention on a machine with few cores.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -25,7 +25,7 @@ from utils import RELOAD_ATOL, RELOAD_RTOL, assert_same_weights
 
 @pytest.fixture(autouse=True)
 def _single_thread():
-    # Tiny models: one thread avoids OpenMP spin contention on the shared 2-core machine.
+    # Tiny models: one thread avoids OpenMP spin contention on a machine with few cores.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -1,4 +1,4 @@
-"""`KlingFoleyPipeline` used the way a diffusers user tries it (issue 12): low-precision loading on CPU, the generic
+"""`KlingFoleyPipeline` used the way a diffusers user tries it: low-precision loading on CPU, the generic
 `DiffusionPipeline.from_pretrained` entry point (local and Hub-cache folders), `prompt_embeds` / `sigmas` /
 `timesteps` arguments, safetensors-only loading and a vocoder whose hop does not fit the mel."""
 

@@ -1,7 +1,7 @@
 """Shared test fixtures: a tiny real `KlingFoleyPipeline` and small test videos.
 
 The builders live in the package (`foley_toolkit.pipelines.kling_foley.testing`) so that the examples' `--tiny`
-mode uses the same components; this module re-exports them for the tests of every engineer.
+mode uses the same components; this module re-exports them for the tests.
 
     from tests.utils import get_dummy_components, make_test_video
     pipe = KlingFoleyPipeline(**get_dummy_components())          # stereo; stereo=False -> mono

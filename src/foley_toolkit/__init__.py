@@ -6,7 +6,7 @@ module paths stored in ``model_index.json`` and no longer imports them lazily.
 
 __version__ = "0.1.0"
 
-# --- models (each helper/issue adds its own exports below its heading) ---
+# --- models ---
 # transformer
 from .models.transformers.transformer_foley_mmdit import FoleyMMDiTConditions, FoleyMMDiTTransformer
 

@@ -371,8 +371,8 @@ class MelVAE(AttentionFreeModelMixin, ModelMixin, AutoencoderMixin, ConfigMixin,
         norm_eps (`float`, defaults to 1e-6): LayerNorm epsilon.
         mel_mean (`float`, defaults to -5.0), mel_std (`float`, defaults to 3.0): Fixed affine map applied to the
             log-mel before the encoder (and inverted after the decoder) so the network works on unit-scale values.
-        sample_rate, n_fft, hop_length, f_min, f_max: The mel front end (DESIGN.md section 3; `f_max=None` is
-            `sample_rate / 2`).
+        sample_rate, n_fft, hop_length, f_min, f_max: The mel front end (BigVGAN-v2's 44.1 kHz log-mel: 2048-point
+            FFT, hop 512, 128 bands; `f_max=None` is `sample_rate / 2`).
         latents_mean (`list[float]`, *optional*), latents_std (`list[float]`, *optional*): Per-channel latent
             statistics measured on data; used by `normalize_latents` / `denormalize_latents`.
         scaling_factor (`float`, defaults to 1.0): Multiplies the (standardised) latents, diffusers-style.

@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, T5Config, T5EncoderModel, T5Tokenizer
 
-from diffusers import ModelMixin  # noqa: F401  (component modules import diffusers at top level, DESIGN 7)
+from diffusers import ModelMixin  # noqa: F401  (component modules import diffusers at top level)
 
 from .synchformer import SynchformerEncoder
 
