@@ -256,6 +256,53 @@ def test_evaluate_desync_end_to_end(clip_dirs, tmp_path, capsys):
     assert_cli_error(argv, "`--videos`.*no video for 2 clip.*'clip2', 'clip3'", capsys)
 
 
+def test_evaluate_desync_with_the_public_synchformer_classifier(clip_dirs, tmp_path, capsys):
+    """--sync-head holding a converted SynchformerOffsetClassifier: its own window, 16 kHz audio, -2..+2 s grid."""
+    from foley_toolkit.cli import main
+    from foley_toolkit.evaluation.extractors import SynchformerOffsetDeSync, desync_score
+    from foley_toolkit.models.encoders import tiny_synchformer_config
+    from foley_toolkit.models.encoders.synchformer import SynchformerEncoder
+    from foley_toolkit.models.encoders.synchformer_offset_classifier import SynchformerOffsetClassifier
+
+    torch.manual_seed(0)
+    SynchformerEncoder(**tiny_synchformer_config()).save_pretrained(tmp_path / "sync_encoder")
+    classifier = SynchformerOffsetClassifier(
+        visual_dim=32, hidden_size=32, audio_num_layers=1, audio_num_attention_heads=4, audio_intermediate_size=32,
+        num_layers=1, num_attention_heads=4, window_segments=3,
+    )  # fmt: skip
+    with torch.no_grad():  # zero-initialised tokens and positions: randomise everything
+        for parameter in classifier.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.3)
+    classifier.save_pretrained(tmp_path / "sync_classifier")
+    source_pred, source_ref = clip_dirs
+    videos = source_pred.parent / "videos"
+    pred, ref = tmp_path / "pred", tmp_path / "ref"
+    for folder, source in ((pred, source_pred), (ref, source_ref)):
+        folder.mkdir()
+        for name in ("clip0.wav", "clip1.wav"):  # the clips with a video
+            (folder / name).write_bytes((source / name).read_bytes())
+    out = tmp_path / "desync.json"
+    argv = ["evaluate", "--pred", str(pred), "--ref", str(ref), "--metrics", "desync", "--videos", str(videos)]
+    argv += ["--sync-encoder", str(tmp_path / "sync_encoder"), "--sync-head", str(tmp_path / "sync_classifier")]
+    argv += ["--json", str(out), "--no-progress", "--no-cache"]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    info = report["extractors"]["synchformer"]
+    assert info["head_class"] == "SynchformerOffsetClassifier" and info["sample_rate"] == 16000
+    assert info["window_segments"] == 3 and len(info["offset_grid"]) == 21 and info["offset_step"] == pytest.approx(0.2)
+    scorer = SynchformerOffsetDeSync.from_pretrained(tmp_path / "sync_encoder", tmp_path / "sync_classifier")
+    names = sorted(p.stem for p in pred.glob("*.wav"))
+    offsets = [scorer.file_offsets(videos / f"{n}.mp4", pred / f"{n}.wav") for n in names]
+    assert all(len(o) == 2 and all(abs(x * 5 - round(x * 5)) < 1e-9 and abs(x) <= 2 for x in o) for o in offsets)
+    assert report["metrics"]["DeSync"] == pytest.approx(desync_score(offsets))
+    # The logits depend on the audio (a window of another clip gives other logits).
+    from foley_toolkit.audio_utils import load_audio
+
+    tokens = torch.randn(1, 3 * 8, 32)
+    windows = [torch.as_tensor(load_audio(pred / f"{n}.wav", sample_rate=16000, mono=True)[0][:20480]) for n in names]
+    assert not torch.allclose(scorer.classify(tokens, windows[0][None]), scorer.classify(tokens, windows[1][None]))
+
+
 def test_vggish_matches_the_public_port_and_drops_its_last_relu():
     port = pytest.importorskip("torchvggish.torchvggish")
     from foley_toolkit.evaluation.extractors import VGGish, VGGishExtractor, vggish_examples

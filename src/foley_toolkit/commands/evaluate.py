@@ -14,9 +14,12 @@ Metrics (Table 1 column order; FD_PaSST, KL_PaSST and IB-score need extractors n
              part of the default metrics when it is given).
   KL_PANNs   mean over pairs of KL(reference || generated) on the softmax of the 527 AudioSet logits.
   IS         Inception score of the generated clips (softmax of the logits, 10 seeded splits; IS_std alongside).
-  DeSync     mean |offset| (s) that the Synchformer encoder + trained sync head predict between each video and its
-             generated audio, on the first and the last --desync-window-segments segments (4.8 s) of every clip
-             (needs --videos, --sync-encoder, --sync-head; part of the default metrics when --videos is given).
+  DeSync     mean |offset| (s) that Synchformer predicts between each video and its generated audio, on the first
+             and the last 4.8 s (14 segments) of every clip (needs --videos, --sync-encoder, --sync-head; part of the
+             default metrics when --videos is given). av-benchmark's model: --sync-encoder and --sync-head written
+             by `foley-toolkit convert synchformer --checkpoint synchformer_state_dict.pth --out ENC --head-out HEAD`
+             (16 kHz audio, 21 classes -2..+2 s); a head trained by train_sync_encoder.py also works
+             (--sync-offset-step, --desync-window-segments).
   CLAP       (after the Table 1 columns) mean cosine similarity of the CLAP text embedding of each caption and the
              audio embedding of its generated clip (needs --clap and --captions).
 
@@ -286,26 +289,31 @@ def find_video_files(folder: str, names: list[str]) -> dict[str, str]:
     return {name: found[name] for name in names}
 
 
-def compute_desync(args, pairs, videos: dict[str, str], device: str) -> float:
-    """DeSync of the generated clips against their videos (av-benchmark windowing)."""
+def compute_desync(args, pairs, videos: dict[str, str], device: str):
+    """DeSync of the generated clips against their videos (av-benchmark windowing), and the scorer."""
     from tqdm.auto import tqdm
 
-    from ..evaluation.extractors.synchformer_desync import SynchformerDeSync, desync_score
+    from ..evaluation.extractors.synchformer_desync import SynchformerDeSync, SynchformerOffsetDeSync, desync_score
 
-    scorer = SynchformerDeSync.from_pretrained(
-        args.sync_encoder,
-        args.sync_head,
-        offset_step=args.sync_offset_step,
-        window_segments=args.desync_window_segments,
-        device=device,
-    )
+    if SynchformerDeSync.head_class_name(args.sync_head) == "SynchformerOffsetClassifier":
+        # The public Synchformer (converted with `convert synchformer --head-out`): its own 14-segment window and
+        # -2..+2 s class grid, as in av-benchmark.
+        scorer = SynchformerOffsetDeSync.from_pretrained(args.sync_encoder, args.sync_head, device=device)
+    else:
+        scorer = SynchformerDeSync.from_pretrained(
+            args.sync_encoder,
+            args.sync_head,
+            offset_step=args.sync_offset_step,
+            window_segments=args.desync_window_segments,
+            device=device,
+        )
     offsets = []
     for name, pred_path, _ in tqdm(pairs, desc="desync", unit="clip", disable=args.no_progress, file=sys.stderr):
         try:
             offsets.append(scorer.file_offsets(videos[name], pred_path, max_seconds=args.audio_seconds))
         except ValueError as error:
             raise ValueError(f"DeSync of clip {name!r}: {error}") from error
-    return desync_score(offsets)
+    return desync_score(offsets), scorer
 
 
 def format_table(results: dict[str, float]) -> str:
@@ -393,12 +401,15 @@ def run(args) -> int:
         results["CLAP"] = mean_cosine_similarity(text, torch.stack([o["embedding"] for o in pred_outputs]))
         extractors[extractor.name] = {"cache_key": extractor.cache_key, "model": os.fspath(args.clap)}
     if videos is not None:
-        results["DeSync"] = compute_desync(args, pairs, videos, device)
+        results["DeSync"], scorer = compute_desync(args, pairs, videos, device)
         extractors["synchformer"] = {
             "encoder": os.fspath(args.sync_encoder),
             "head": os.fspath(args.sync_head),
-            "offset_step": args.sync_offset_step,
-            "window_segments": args.desync_window_segments,
+            "head_class": type(scorer.head).__name__,
+            "offset_step": round(scorer.offset_grid[1] - scorer.offset_grid[0], 6),
+            "offset_grid": list(scorer.offset_grid),
+            "sample_rate": scorer.sample_rate,
+            "window_segments": scorer.window_segments,
         }
 
     print(f"{len(pairs)} pairs  ({os.path.abspath(args.pred)} vs {os.path.abspath(args.ref)})")

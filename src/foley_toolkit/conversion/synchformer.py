@@ -334,3 +334,263 @@ def convert_synchformer(
     )
     print_licence("synchformer")
     return model
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Audio branch (AST + frequency pooling) and offset classifier -> SynchformerOffsetClassifier
+# ------------------------------------------------------------------------------------------------------------------
+
+AFEAT_PREFIX = "afeat_extractor."
+# Top-level (non-visual) modules of the public Synchformer; everything else but `vfeat_extractor.*` is unexpected.
+OFFSET_CLASSIFIER_PREFIXES = (AFEAT_PREFIX, "vproj.", "aproj.", "transformer.")
+
+# (original regex, new key template); `{0}` is the first group (a layer index) when there is one. Fused query/key/value
+# matrices (`in_proj_*` of torch's MultiheadAttention) are split by `_OFFSET_QKV_RULES`.
+_OFFSET_RULES = [
+    (r"afeat_extractor\.ast\.embeddings\.patch_embeddings\.projection\.(weight|bias)", "patch_embed.{0}"),
+    (r"afeat_extractor\.ast\.embeddings\.cls_token", "audio_cls_token"),
+    (r"afeat_extractor\.ast\.embeddings\.distillation_token", "audio_dist_token"),
+    (r"afeat_extractor\.ast\.embeddings\.position_embeddings", "audio_pos_embed"),
+    (r"afeat_extractor\.ast\.encoder\.layer\.(\d+)\.layernorm_before\.(weight|bias)", "audio_layers.{0}.norm1.{1}"),
+    (r"afeat_extractor\.ast\.encoder\.layer\.(\d+)\.layernorm_after\.(weight|bias)", "audio_layers.{0}.norm2.{1}"),
+    (r"afeat_extractor\.ast\.encoder\.layer\.(\d+)\.attention\.attention\.query\.(weight|bias)", "audio_layers.{0}.attn.to_q.{1}"),
+    (r"afeat_extractor\.ast\.encoder\.layer\.(\d+)\.attention\.attention\.key\.(weight|bias)", "audio_layers.{0}.attn.to_k.{1}"),
+    (r"afeat_extractor\.ast\.encoder\.layer\.(\d+)\.attention\.attention\.value\.(weight|bias)", "audio_layers.{0}.attn.to_v.{1}"),
+    (r"afeat_extractor\.ast\.encoder\.layer\.(\d+)\.attention\.output\.dense\.(weight|bias)", "audio_layers.{0}.attn.to_out.0.{1}"),
+    (r"afeat_extractor\.ast\.encoder\.layer\.(\d+)\.intermediate\.dense\.(weight|bias)", "audio_layers.{0}.ff.net.0.proj.{1}"),
+    (r"afeat_extractor\.ast\.encoder\.layer\.(\d+)\.output\.dense\.(weight|bias)", "audio_layers.{0}.ff.net.2.{1}"),
+    (r"afeat_extractor\.ast\.layernorm\.(weight|bias)", "audio_final_norm.{0}"),
+    (r"afeat_extractor\.freq_attn_agg\.cls_token", "freq_pool.cls_token"),
+    (r"afeat_extractor\.freq_attn_agg\.norm1\.(weight|bias)", "freq_pool.layer.norm1.{0}"),
+    (r"afeat_extractor\.freq_attn_agg\.norm2\.(weight|bias)", "freq_pool.layer.norm2.{0}"),
+    (r"afeat_extractor\.freq_attn_agg\.self_attn\.out_proj\.(weight|bias)", "freq_pool.layer.attn.to_out.0.{0}"),
+    (r"afeat_extractor\.freq_attn_agg\.linear1\.(weight|bias)", "freq_pool.layer.ff.net.0.proj.{0}"),
+    (r"afeat_extractor\.freq_attn_agg\.linear2\.(weight|bias)", "freq_pool.layer.ff.net.2.{0}"),
+    (r"vproj\.(weight|bias)", "visual_proj.{0}"),
+    (r"aproj\.(weight|bias)", "audio_proj.{0}"),
+    (r"transformer\.vis_in_lnorm\.(weight|bias)", "visual_norm.{0}"),
+    (r"transformer\.aud_in_lnorm\.(weight|bias)", "audio_norm.{0}"),
+    (r"transformer\.OFF_tok", "offset_token"),
+    (r"transformer\.MOD_tok", "modality_token"),
+    (r"transformer\.pos_emb_cfg\.pos_emb", "pos_embed"),
+    (r"transformer\.blocks\.(\d+)\.ln1\.(weight|bias)", "layers.{0}.norm1.{1}"),
+    (r"transformer\.blocks\.(\d+)\.ln2\.(weight|bias)", "layers.{0}.norm2.{1}"),
+    (r"transformer\.blocks\.(\d+)\.attn\.query\.(weight|bias)", "layers.{0}.attn.to_q.{1}"),
+    (r"transformer\.blocks\.(\d+)\.attn\.key\.(weight|bias)", "layers.{0}.attn.to_k.{1}"),
+    (r"transformer\.blocks\.(\d+)\.attn\.value\.(weight|bias)", "layers.{0}.attn.to_v.{1}"),
+    (r"transformer\.blocks\.(\d+)\.attn\.proj\.(weight|bias)", "layers.{0}.attn.to_out.0.{1}"),
+    (r"transformer\.blocks\.(\d+)\.mlp\.0\.(weight|bias)", "layers.{0}.ff.net.0.proj.{1}"),
+    (r"transformer\.blocks\.(\d+)\.mlp\.2\.(weight|bias)", "layers.{0}.ff.net.2.{1}"),
+    (r"transformer\.ln_f\.(weight|bias)", "final_norm.{0}"),
+    (r"transformer\.off_head\.(weight|bias)", "offset_head.{0}"),
+]
+_OFFSET_QKV_RULES = [
+    (r"afeat_extractor\.freq_attn_agg\.self_attn\.in_proj_(weight|bias)", "freq_pool.layer.attn.{part}.{0}"),
+]
+
+
+def extract_offset_classifier_state_dict(checkpoint: Any) -> Dict[str, torch.Tensor]:
+    """The audio-branch and classifier tensors (``afeat_extractor.*``, ``vproj``, ``aproj``, ``transformer.*``) of a
+    loaded Synchformer checkpoint, with their original names; ``{"model": state_dict}`` and ``module.`` prefixes are
+    unwrapped, the visual branch (``vfeat_extractor.*``) is left out."""
+    if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("model"), Mapping):
+        checkpoint = checkpoint["model"]
+    if not isinstance(checkpoint, Mapping) or not checkpoint:
+        raise ValueError(
+            "`checkpoint` must hold a Synchformer state dict (a dict of tensors, or a dict with a 'model' state "
+            f"dict), got {type(checkpoint).__name__}."
+        )
+    if all(isinstance(key, str) and key.startswith("module.") for key in checkpoint):
+        checkpoint = {key[len("module.") :]: value for key, value in checkpoint.items()}
+    state = {key: value for key, value in checkpoint.items() if not str(key).startswith(VFEAT_PREFIX)}
+    if not any(str(key).startswith(AFEAT_PREFIX) for key in state) or "transformer.off_head.weight" not in state:
+        raise ValueError(
+            "`checkpoint` has no Synchformer audio branch and offset head: expected keys starting with "
+            f"'afeat_extractor.' and 'transformer.off_head.weight' (MMAudio's synchformer_state_dict.pth or the "
+            f"original training checkpoint); first keys: {list(checkpoint)[:5]}."
+        )
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"`checkpoint` key {key!r} is a {type(value).__name__}, not a tensor.")
+    return state
+
+
+def convert_offset_classifier_state_dict(
+    state: Mapping[str, torch.Tensor],
+) -> Tuple[Dict[str, torch.Tensor], Dict[str, str], list]:
+    """Rename the original audio-branch / classifier keys to [`SynchformerOffsetClassifier`] names (the frequency
+    pooling's fused ``in_proj`` split into query / key / value thirds).
+
+    Returns ``(converted, origin, unexpected)``: the new state dict, the original key of each new key, and the
+    original keys that have no place in the model."""
+    converted: Dict[str, torch.Tensor] = {}
+    origin: Dict[str, str] = {}
+    unexpected = []
+    for key, tensor in state.items():
+        for pattern, template in _OFFSET_RULES:
+            match = re.fullmatch(pattern, key)
+            if match:
+                new_key = template.format(*match.groups())
+                converted[new_key], origin[new_key] = tensor, key
+                break
+        else:
+            for pattern, template in _OFFSET_QKV_RULES:
+                match = re.fullmatch(pattern, key)
+                if match:
+                    for part, piece in zip(("to_q", "to_k", "to_v"), _split_qkv(key, tensor)):
+                        new_key = template.format(*match.groups(), part=part)
+                        converted[new_key], origin[new_key] = piece, key
+                    break
+            else:
+                unexpected.append(key)
+    return converted, origin, unexpected
+
+
+def offset_classifier_config_from_state_dict(
+    state: Mapping[str, torch.Tensor],
+    num_attention_heads: int = 8,
+    audio_num_attention_heads: Optional[int] = None,
+    num_mel_bins: int = 128,
+) -> Dict[str, Any]:
+    """[`SynchformerOffsetClassifier`] config read from the shapes of the original audio-branch / classifier tensors.
+
+    Not stored in weights: the heads (classifier 8, AST ``hidden // 64`` = 12), the mel bands (128) and the patch
+    strides (10); the spectrogram length per segment follows from the AST position embedding, the window length from
+    the classifier's."""
+
+    def get(key: str, ndim: int) -> torch.Tensor:
+        if key not in state:
+            raise ValueError(f"Synchformer checkpoint is missing key {key!r}.")
+        if state[key].ndim != ndim:
+            raise ValueError(f"Synchformer checkpoint key {key!r} has shape {tuple(state[key].shape)}; expected {ndim} dims.")
+        return state[key]
+
+    patch = get("afeat_extractor.ast.embeddings.patch_embeddings.projection.weight", 4)  # (hidden, 1, p, p)
+    audio_pos = get("afeat_extractor.ast.embeddings.position_embeddings", 3)  # (1, 2 + f * t, hidden)
+    fc1 = get("afeat_extractor.ast.encoder.layer.0.intermediate.dense.weight", 2)  # (intermediate, hidden)
+    vproj = get("vproj.weight", 2)  # (hidden, visual_dim)
+    pos = get("transformer.pos_emb_cfg.pos_emb", 3)  # (1, 2 + S * (8 + t), hidden)
+    head = get("transformer.off_head.weight", 2)  # (classes, hidden)
+    hidden, patch_size, stride = patch.shape[0], patch.shape[-1], 10
+    freq_patches = (num_mel_bins - patch_size) // stride + 1
+    if (audio_pos.shape[1] - 2) % freq_patches:
+        raise ValueError(
+            f"Synchformer checkpoint key 'afeat_extractor.ast.embeddings.position_embeddings' has shape "
+            f"{tuple(audio_pos.shape)}: not 2 + {freq_patches} x time patches for {num_mel_bins} mel bands."
+        )
+    time_patches = (audio_pos.shape[1] - 2) // freq_patches
+    tokens_per_segment = SYNC_SEGMENT_STRIDE  # 8 visual tokens per 16-frame segment (tubelets of 2 frames)
+    if (pos.shape[1] - 2) % (tokens_per_segment + time_patches):
+        raise ValueError(
+            f"Synchformer checkpoint key 'transformer.pos_emb_cfg.pos_emb' has shape {tuple(pos.shape)}: not "
+            f"2 + segments x ({tokens_per_segment} + {time_patches}) positions."
+        )
+
+    def count(prefix: str) -> int:
+        indices = {int(m.group(1)) for key in state if (m := re.match(re.escape(prefix) + r"(\d+)\.", key))}
+        if not indices or indices != set(range(max(indices) + 1)):
+            raise ValueError(f"Synchformer checkpoint has no contiguous '{prefix}N.*' layers (found {sorted(indices)}).")
+        return max(indices) + 1
+
+    return {
+        "visual_dim": vproj.shape[1],
+        "hidden_size": hidden,
+        "audio_num_layers": count("afeat_extractor.ast.encoder.layer."),
+        "audio_num_attention_heads": audio_num_attention_heads or max(1, hidden // 64),
+        "audio_intermediate_size": fc1.shape[0],
+        "num_mel_bins": num_mel_bins,
+        "spec_frames": (time_patches - 1) * stride + patch_size,
+        "patch_size": patch_size,
+        "frequency_stride": stride,
+        "time_stride": stride,
+        "num_layers": count("transformer.blocks."),
+        "num_attention_heads": num_attention_heads,
+        "window_segments": (pos.shape[1] - 2) // (tokens_per_segment + time_patches),
+        "visual_tokens_per_segment": tokens_per_segment,
+        "num_classes": head.shape[0],
+    }
+
+
+def _original_shape(original_key: str, tensor: torch.Tensor) -> torch.Size:
+    # a third of a fused `in_proj_*` is reported with the fused tensor's shape (what the user's file holds)
+    fused = original_key.endswith(("in_proj_weight", "in_proj_bias"))
+    return torch.Size((tensor.shape[0] * 3, *tensor.shape[1:])) if fused else tensor.shape
+
+
+def convert_synchformer_offset_classifier(
+    checkpoint: Union[str, os.PathLike],
+    output_dir: Optional[Union[str, os.PathLike]] = None,
+    num_attention_heads: int = 8,
+    audio_num_attention_heads: Optional[int] = None,
+):
+    r"""
+    Convert a Synchformer checkpoint's audio branch and offset classifier into a [`SynchformerOffsetClassifier`]
+    `save_pretrained` folder (``config.json`` + ``diffusion_pytorch_model.safetensors``): with the visual encoder
+    (`convert_synchformer`) it is the public model that av-benchmark's DeSync runs.
+
+    | original | [`SynchformerOffsetClassifier`] |
+    |---|---|
+    | ``afeat_extractor.ast.embeddings.{patch_embeddings.projection,cls_token,distillation_token,position_embeddings}`` | ``patch_embed``, ``audio_cls_token``, ``audio_dist_token``, ``audio_pos_embed`` |
+    | ``afeat_extractor.ast.encoder.layer.i.{layernorm_before,layernorm_after}`` | ``audio_layers.i.{norm1,norm2}`` |
+    | ``...layer.i.attention.attention.{query,key,value}``, ``...attention.output.dense`` | ``audio_layers.i.attn.{to_q,to_k,to_v,to_out.0}`` |
+    | ``...layer.i.intermediate.dense``, ``...layer.i.output.dense`` | ``audio_layers.i.ff.net.{0.proj,2}`` |
+    | ``afeat_extractor.ast.layernorm`` | ``audio_final_norm`` |
+    | ``afeat_extractor.freq_attn_agg.{cls_token,norm1,norm2,linear1,linear2}`` | ``freq_pool.{cls_token,layer.norm1,layer.norm2,layer.ff.net.0.proj,layer.ff.net.2}`` |
+    | ``afeat_extractor.freq_attn_agg.self_attn.{in_proj_*,out_proj}`` | ``freq_pool.layer.attn.{to_q/k/v,to_out.0}`` (split in thirds) |
+    | ``vproj``, ``aproj`` | ``visual_proj``, ``audio_proj`` |
+    | ``transformer.{vis_in_lnorm,aud_in_lnorm,OFF_tok,MOD_tok,pos_emb_cfg.pos_emb}`` | ``visual_norm``, ``audio_norm``, ``offset_token``, ``modality_token``, ``pos_embed`` |
+    | ``transformer.blocks.i.{ln1,ln2,attn.{query,key,value,proj},mlp.0,mlp.2}`` | ``layers.i.{norm1,norm2,attn.{to_q,to_k,to_v,to_out.0},ff.net.0.proj,ff.net.2}`` |
+    | ``transformer.{ln_f,off_head}`` | ``final_norm``, ``offset_head`` |
+
+    Args:
+        checkpoint (`str` or `os.PathLike`): MMAudio's ``synchformer_state_dict.pth``, the original training checkpoint
+            re-saved as a state dict, a ``.safetensors`` file, a folder holding ``synchformer_state_dict.pth``, or a
+            Hub repo id.
+        output_dir (`str` or `os.PathLike`, *optional*): A new or empty folder; None converts without saving.
+        num_attention_heads (`int`, defaults to 8): Classifier heads (not stored in weights).
+        audio_num_attention_heads (`int`, *optional*): AST heads; default ``hidden_size // 64`` (12).
+
+    Returns:
+        The converted [`SynchformerOffsetClassifier`] (eval mode).
+
+    Raises:
+        FileNotFoundError: `checkpoint` is not found.
+        ValueError: `output_dir` is not empty, the file is not a readable checkpoint, or keys are missing, unexpected
+            or of the wrong shape (one message listing them with their original names).
+    """
+    from ..models.encoders.synchformer_offset_classifier import SynchformerOffsetClassifier
+    from .common import raise_key_problems
+
+    output_dir = prepare_output_dir(output_dir)
+    path = resolve_checkpoint_file(checkpoint, "synchformer_state_dict.pth")
+    state = extract_offset_classifier_state_dict(_load_checkpoint_file(path))
+    config = offset_classifier_config_from_state_dict(state, num_attention_heads, audio_num_attention_heads)
+    converted, origin, unexpected = convert_offset_classifier_state_dict(state)
+    model = SynchformerOffsetClassifier(**config)
+    expected = model.state_dict()
+
+    def name(key: str) -> str:
+        return f"{origin[key]} (-> {key})" if key in origin else key
+
+    raise_key_problems(
+        f"Synchformer checkpoint {path!r} does not match SynchformerOffsetClassifier({config})",
+        missing=[key for key in expected if key not in converted],
+        unexpected=unexpected + [name(key) for key in converted if key not in expected],
+        mismatched=[
+            f"{name(key)}: checkpoint {tuple(_original_shape(origin[key], converted[key]))} "
+            f"vs model {tuple(expected[key].shape)}"
+            for key in expected
+            if key in converted and converted[key].shape != expected[key].shape
+        ],
+    )
+    model.load_state_dict({key: value.float().contiguous() for key, value in converted.items()}, strict=True)
+    model.eval()
+    if output_dir is not None:
+        model.save_pretrained(output_dir)
+        print(
+            f"Converted the Synchformer audio branch and offset classifier ({num_parameters(model) / 1e6:.1f}M "
+            f"parameters, {config['num_classes']} offset classes, {config['window_segments']}-segment window) to "
+            f"{output_dir}."
+        )
+        print_licence("synchformer")
+    return model

@@ -47,7 +47,7 @@ from .embedding_cache import EmbeddingCache, file_sha256
 from .extractors import AudioFeatureExtractor, Cnn14, PANNsExtractor, cnn14_from_checkpoint, convert_panns_checkpoint
 
 # DeSync (av-benchmark windowing) with the project's Synchformer encoder + trained sync head
-from .extractors import SynchformerDeSync, desync_clip_offsets, desync_score
+from .extractors import SynchformerDeSync, SynchformerOffsetDeSync, desync_clip_offsets, desync_score
 from .extractors import VGGish, VGGishExtractor
 from .distribution_metrics import mean_cosine_similarity
 from .extractors import ClapExtractor

@@ -10,7 +10,13 @@ training window of the public Synchformer), each window's predicted class is map
 
 Both windows are always scored, also when they coincide (a clip of exactly ``W`` segments), as av-benchmark does.
 
-`desync_clip_offsets` is that windowing for any classifier ``(visual_tokens, audio) -> logits``;
+`desync_clip_offsets` is that windowing for any classifier ``(visual_tokens, audio) -> logits``.
+`SynchformerOffsetDeSync` is av-benchmark's own model: the public Synchformer's visual branch (`SynchformerEncoder`
+converted by ``foley-toolkit convert synchformer``) and its audio branch + offset classifier
+(`SynchformerOffsetClassifier`, ``--head-out``) on 16 kHz audio. av-benchmark encodes the 24 segments of the whole
+8 s clip and classifies segments ``[:14]`` and ``[-14:]``; both branches encode each segment on its own and the
+windows start on the segment grid (segment ``s`` = samples ``5120 s ... 5120 s + 10240`` at 16 kHz = frames
+``8 s ... 8 s + 15`` at 25 fps), so classifying the cut windows gives the same logits.
 `SynchformerDeSync` plugs in the project's `SynchformerEncoder` (visual tokens of the whole clip) and its trained
 `SynchformerSyncHead` (audio branch on the project's 44.1 kHz log-mel + offset classes ``(k - K // 2) *
 offset_step``, see ``training/train_sync_encoder.py``).
@@ -151,6 +157,20 @@ class SynchformerDeSync:
         head = SynchformerSyncHead.from_pretrained(os.fspath(head_path))
         return cls(encoder, head, offset_step=offset_step, **kwargs)
 
+    @staticmethod
+    def head_class_name(head_path: str | os.PathLike) -> str:
+        """The model class a head folder (or Hub id) holds, read from its ``config.json`` (``_class_name``)."""
+        from diffusers.configuration_utils import ConfigMixin
+
+        class _Reader(ConfigMixin):
+            config_name = "config.json"
+
+        try:
+            config = _Reader.load_config(os.fspath(head_path))
+        except (EnvironmentError, ValueError) as error:
+            raise FileNotFoundError(f"`head_path` {os.fspath(head_path)!r} holds no readable config.json: {error}") from error
+        return str(config.get("_class_name", ""))
+
     @torch.inference_mode()
     def classify(self, visual_tokens: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         """`(1, W * 8, D)` tokens + `(1, samples)` 44.1 kHz audio -> `(1, K)` offset logits."""
@@ -197,3 +217,46 @@ class SynchformerDeSync:
             # pipeline.
             frames = F.interpolate(frames, size=(image_size, image_size), mode="bilinear", antialias=True)
         return self.clip_offsets(frames.to(self.encoder.dtype), audio)
+
+
+class SynchformerOffsetDeSync(SynchformerDeSync):
+    r"""
+    DeSync with the public Synchformer (av-benchmark's model): `SynchformerEncoder` tokens of the video and the
+    `SynchformerOffsetClassifier` (audio branch on 16 kHz audio + offset classifier, 21 classes -2..+2 s).
+
+    Args:
+        encoder (`SynchformerEncoder`): The converted visual branch.
+        classifier (`SynchformerOffsetClassifier`): The converted audio branch and offset classifier; its window
+            (14 segments = 4.8 s) and class grid (``linspace(-2, 2, 21)`` s) are the scorer's.
+        device (`str` or `torch.device`, *optional*): Where both run.
+    """
+
+    sample_rate = 16_000
+
+    def __init__(self, encoder, classifier, device=None):
+        if classifier.config.visual_dim != encoder.config.hidden_size:
+            raise ValueError(
+                f"`classifier` expects {classifier.config.visual_dim}-d visual tokens, `encoder` gives "
+                f"{encoder.config.hidden_size}."
+            )
+        self.encoder = encoder.eval() if device is None else encoder.to(device).eval()
+        self.head = classifier.eval() if device is None else classifier.to(device).eval()
+        self.sample_rate = int(classifier.config.sample_rate)
+        self.offset_grid = classifier.offset_grid
+        self.window_segments = int(classifier.config.window_segments)
+
+    @classmethod
+    def from_pretrained(cls, encoder_path: str | os.PathLike, classifier_path: str | os.PathLike, **kwargs):
+        """From the folders (or Hub ids) written by ``foley-toolkit convert synchformer --out ... --head-out ...``."""
+        from ...models.encoders.synchformer import SynchformerEncoder
+        from ...models.encoders.synchformer_offset_classifier import SynchformerOffsetClassifier
+
+        encoder = SynchformerEncoder.from_pretrained(os.fspath(encoder_path))
+        classifier = SynchformerOffsetClassifier.from_pretrained(os.fspath(classifier_path))
+        return cls(encoder, classifier, **kwargs)
+
+    @torch.inference_mode()
+    def classify(self, visual_tokens: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        """`(1, W * 8, D)` tokens + `(1, window_samples)` 16 kHz audio -> `(1, 21)` offset logits."""
+        device = next(self.head.parameters()).device
+        return self.head(visual_tokens.to(device), audio.to(device, torch.float32)).float().cpu()
