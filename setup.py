@@ -46,6 +46,9 @@ setup(
     # browser test, which drives a system Chromium (Debian's `chromium` package; no browser download).
     extras_require={
         "eval": ["librosa>=0.10", "pesq>=0.0.4", "torchlibrosa>=0.1", "torchvggish>=0.2"],  # PANNs / VGGish front ends
+        # PaSST (FD_PaSST / KL_PaSST): hear21passt imports timm, which needs a torchvision built for the installed torch
+        # (pip may otherwise replace torch), so it is its own extra, installed where that pair is in place.
+        "passt": ["hear21passt>=0.0.26"],
         "train": ["tensorboard>=2.14"],
         "wandb": ["wandb>=0.17"],
         "plot": ["matplotlib>=3.5"],

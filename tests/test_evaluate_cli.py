@@ -216,7 +216,7 @@ def test_evaluate_bad_input(cnn14_weights, clip_dirs, tmp_path, capsys):
     # The same from a worker process.
     argv = ["evaluate", "--pred", str(pred), "--ref", str(broken), "--num-workers", "2"] + common
     assert_cli_error(argv, "`--ref` clip 'clip3'.*could not be opened", capsys)
-    assert_cli_error(["evaluate", "--pred", str(pred), "--ref", str(ref), "--metrics", "fd_passt"] + common, "unknown", capsys)
+    assert_cli_error(["evaluate", "--pred", str(pred), "--ref", str(ref), "--metrics", "fd_openl3"] + common, "unknown", capsys)
     assert_cli_error(["evaluate", "--pred", str(pred), "--ref", str(ref), "--no-progress"], "--panns-weights", capsys)
 
 

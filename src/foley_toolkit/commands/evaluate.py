@@ -8,11 +8,14 @@ Files are paired by their path relative to the folder, without the extension (``
 every generated clip needs its reference and the other way round. Each clip is mixed to mono, its DC offset removed,
 resampled to the extractor's rate and cropped to `--audio-seconds` (8 s, av-benchmark's ``audio_length``).
 
-Metrics (Table 1 column order; FD_PaSST, KL_PaSST and IB-score need extractors not written yet):
+Metrics (Table 1 column order):
+  FD_PaSST   Frechet distance between Gaussians fitted to the PaSST 768-d features (32 kHz, padded to 10 s; needs
+             --passt-weights and the hear21passt package; part of the default metrics when --passt-weights is given).
   FD_PANNs   Frechet distance between Gaussians fitted to the CNN14 2048-d embeddings of the two sets.
   FD_VGG     the same on VGGish 128-d embeddings of every 0.96 s example of every clip (needs --vggish-weights;
              part of the default metrics when it is given).
   KL_PANNs   mean over pairs of KL(reference || generated) on the softmax of the 527 AudioSet logits.
+  KL_PaSST   the same on PaSST's 527 logits (needs --passt-weights).
   IS         Inception score of the generated clips (softmax of the logits, 10 seeded splits; IS_std alongside).
   DeSync     mean |offset| (s) that Synchformer predicts between each video and its generated audio, on the first
              and the last 4.8 s (14 segments) of every clip (needs --videos, --sync-encoder, --sync-head; part of the
@@ -44,14 +47,17 @@ PAPER_COLUMNS = ("FD_PaSST", "FD_PANNs", "FD_VGG", "KL_PANNs", "KL_PaSST", "IS",
 # Printed after the Table 1 columns.
 EXTRA_COLUMNS = ("CLAP",)
 METRICS = {
+    "fd_passt": "FD_PaSST",
     "fd_panns": "FD_PANNs",
     "fd_vgg": "FD_VGG",
     "kl_panns": "KL_PANNs",
+    "kl_passt": "KL_PaSST",
     "is": "IS",
     "desync": "DeSync",
     "clap": "CLAP",
 }
 PANNS_METRICS = ("fd_panns", "kl_panns", "is")
+PASST_METRICS = ("fd_passt", "kl_passt")
 
 
 def register(subparsers) -> None:
@@ -75,6 +81,11 @@ def register(subparsers) -> None:
         "--vggish-weights",
         default=None,
         help="VGGish weights (torchvggish's vggish-10086976.pth, a converted folder or a Hub id); adds FD_VGG.",
+    )
+    parser.add_argument(
+        "--passt-weights",
+        default=None,
+        help="PaSST checkpoint passt-s-f128-p16-s10-ap.476-swa.pt (needs hear21passt); adds FD_PaSST and KL_PaSST.",
     )
     parser.add_argument("--clap", default=None, help="CLAP model (transformers ClapModel folder or Hub id); adds CLAP.")
     parser.add_argument(
@@ -140,10 +151,17 @@ def pair_files(pred: dict[str, str], ref: dict[str, str]) -> list[tuple[str, str
 
 
 def resolve_metrics(
-    metrics: list[str] | None, with_videos: bool = False, with_vggish: bool = False, with_clap: bool = False
+    metrics: list[str] | None,
+    with_videos: bool = False,
+    with_vggish: bool = False,
+    with_clap: bool = False,
+    with_passt: bool = False,
 ) -> list[str]:
     if not metrics:
-        optional = {"desync": with_videos, "fd_vgg": with_vggish, "clap": with_clap}
+        optional = {
+            "desync": with_videos, "fd_vgg": with_vggish, "clap": with_clap, "fd_passt": with_passt,
+            "kl_passt": with_passt,
+        }  # fmt: skip
         return [m for m in METRICS if optional.get(m, True)]
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
@@ -230,6 +248,14 @@ def compute_metrics(metrics: list[str], pred_outputs, ref_outputs) -> dict[str, 
         pred = torch.cat([o["embedding"] for o in pred_outputs])
         ref = torch.cat([o["embedding"] for o in ref_outputs])
         results["FD_VGG"] = frechet_distance(pred, ref)
+    if "fd_passt" in metrics:
+        pred = torch.stack([o["embedding"] for o in pred_outputs])
+        ref = torch.stack([o["embedding"] for o in ref_outputs])
+        results["FD_PaSST"] = frechet_distance(pred, ref)
+    if "kl_passt" in metrics:
+        pred = torch.stack([o["logits"] for o in pred_outputs])
+        ref = torch.stack([o["logits"] for o in ref_outputs])
+        results["KL_PaSST"] = kl_divergence(pred, ref, activation="softmax")
     if "kl_panns" in metrics:
         pred = torch.stack([o["logits"] for o in pred_outputs])
         ref = torch.stack([o["logits"] for o in ref_outputs])
@@ -335,13 +361,14 @@ def run(args) -> int:
         with_videos=args.videos is not None,
         with_vggish=args.vggish_weights is not None,
         with_clap=args.clap is not None and args.captions is not None,
+        with_passt=args.passt_weights is not None,
     )
     if args.num_workers < 0:
         raise ValueError(f"`--num-workers` must be >= 0, got {args.num_workers}.")
     if not (args.audio_seconds > 0 and math.isfinite(args.audio_seconds)):
         raise ValueError(f"`--audio-seconds` must be a positive number, got {args.audio_seconds}.")
     pairs = pair_files(find_audio_files(args.pred, "--pred"), find_audio_files(args.ref, "--ref"))
-    if ("fd_panns" in metrics or "fd_vgg" in metrics) and len(pairs) < 2:
+    if ("fd_panns" in metrics or "fd_vgg" in metrics or "fd_passt" in metrics) and len(pairs) < 2:
         raise ValueError(f"FD needs at least 2 clips per folder, got {len(pairs)}.")
     panns_metrics = [m for m in metrics if m in PANNS_METRICS]
     if "desync" in metrics and (args.videos is None or args.sync_encoder is None or args.sync_head is None):
@@ -357,6 +384,13 @@ def run(args) -> int:
             "(https://github.com/harritaylor/torchvggish/releases/download/v0.1/vggish-10086976.pth), a converted "
             "folder or a Hub repository id."
         )
+    passt_metrics = [m for m in metrics if m in PASST_METRICS]
+    if passt_metrics and args.passt_weights is None:
+        raise ValueError(
+            "`--passt-weights` is required for " + ", ".join(METRICS[m] for m in passt_metrics) + ": the PaSST "
+            "checkpoint passt-s-f128-p16-s10-ap.476-swa.pt (https://github.com/kkoutini/PaSST/releases/tag/"
+            "v0.0.1-audioset), read with the hear21passt package (`pip install hear21passt`)."
+        )
     if "clap" in metrics and (args.clap is None or args.captions is None):
         raise ValueError("the CLAP score needs `--clap` (a CLAP model folder or Hub id) and `--captions`.")
     captions = read_captions(args.captions, [name for name, _, _ in pairs]) if "clap" in metrics else None
@@ -367,6 +401,19 @@ def run(args) -> int:
     results: dict[str, float] = {}
     extractors: dict[str, dict] = {}
     cache = None if args.no_cache else EmbeddingCache(args.cache_dir or default_cache_dir())
+    if passt_metrics:
+        from ..evaluation.extractors.passt import PaSSTExtractor
+
+        extractor = PaSSTExtractor.from_pretrained(args.passt_weights, device=device, max_seconds=args.audio_seconds)
+        pred_outputs, ref_outputs = extract_all(
+            pairs, extractor, cache, progress=not args.no_progress, num_workers=args.num_workers
+        )
+        results.update(compute_metrics(passt_metrics, pred_outputs, ref_outputs))
+        extractors[extractor.name] = {
+            "cache_key": extractor.cache_key,
+            "sample_rate": extractor.sample_rate,
+            "weights": os.fspath(args.passt_weights),
+        }
     if panns_metrics:
         extractor = PANNsExtractor.from_pretrained(args.panns_weights, device=device, max_seconds=args.audio_seconds)
         pred_outputs, ref_outputs = extract_all(
@@ -422,7 +469,8 @@ def run(args) -> int:
         "audio_seconds": args.audio_seconds,
         "extractors": extractors,
         "cache": None if cache is None else {"dir": cache.root, "hits": cache.hits, "misses": cache.misses},
-        "conventions": "av-benchmark: FD on CNN14 2048-d embeddings and on VGGish 0.96 s embeddings; KL(ref||gen) softmax, mean over pairs; "
+        "conventions": "av-benchmark: FD on CNN14 2048-d embeddings, PaSST 768-d features and VGGish 0.96 s embeddings; "
+        "KL(ref||gen) softmax (PANNs and PaSST logits), mean over pairs; "
         "IS softmax, 10 seeded splits; DeSync mean |offset| over the first and last window of every clip",
     }
     if args.json_out:

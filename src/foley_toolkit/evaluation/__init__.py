@@ -50,4 +50,4 @@ from .extractors import AudioFeatureExtractor, Cnn14, PANNsExtractor, cnn14_from
 from .extractors import SynchformerDeSync, SynchformerOffsetDeSync, desync_clip_offsets, desync_score
 from .extractors import VGGish, VGGishExtractor
 from .distribution_metrics import mean_cosine_similarity
-from .extractors import ClapExtractor
+from .extractors import ClapExtractor, PaSSTExtractor
