@@ -5,8 +5,6 @@ training scripts. The media are decoded by the project (soundfile / PyAV), never
 import argparse
 import io
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,8 +17,6 @@ from foley_toolkit.data import FoleyClipDataset, load_hf_dataset
 from foley_toolkit.synthetic import generate_dataset
 
 datasets = pytest.importorskip("datasets")
-
-TRAINING_DIR = Path(__file__).resolve().parents[1] / "training"
 
 
 @pytest.fixture(scope="module")
@@ -107,15 +103,13 @@ def test_audio_column_with_encoded_bytes_from_a_saved_dataset(tmp_path):
 
 
 def test_training_scripts_take_hf_dataset_videofolder_with_hf_data_dir(clips_dir):
-    if str(TRAINING_DIR) not in sys.path:
-        sys.path.insert(0, str(TRAINING_DIR))
-    import common
+    from foley_toolkit import training
 
     parser = argparse.ArgumentParser()
-    common.add_audio_data_args(parser)
+    training.add_audio_data_args(parser)
     args = parser.parse_args(["--hf_dataset", "videofolder", "--hf_data_dir", str(clips_dir)])
     args.seed = 0
-    clips = common.build_clip_dataset(args, segment_seconds=None, min_seconds=0.5, load_video=False)
+    clips = training.build_clip_dataset(args, segment_seconds=None, min_seconds=0.5, load_video=False)
     assert [s.id for s in clips.sources] == ["clip_00000", "clip_00001"]
     assert all(s.has_video for s in clips.sources)
     assert torch.equal(clips[0]["audio"], FoleyClipDataset.from_folder(clips_dir, segment_seconds=None, load_video=False)[0]["audio"])

@@ -38,7 +38,7 @@ def _run(script, argv: list) -> dict:
 
 
 def _transformer_argv(pipeline, features, output, *extra):
-    return ["--pretrained_model", pipeline, "--feature_dir", features, "--output_dir", output,
+    return ["--pretrained_model_name_or_path", pipeline, "--feature_dir", features, "--output_dir", output,
             "--train_batch_size", 2, "--learning_rate", 1e-3, *extra]  # fmt: skip
 
 
@@ -124,15 +124,15 @@ class _Args:
 
 
 def _nan_loss_run(output_dir, skip_bad_items: bool, bad_steps: tuple = (3,)):
-    """A linear regression through `common.run_training_loop` whose loss is NaN at the optimizer steps `bad_steps`."""
-    import common
+    """A linear regression through `training.run_training_loop` whose loss is NaN at the optimizer steps `bad_steps`."""
+    from foley_toolkit import training
     from accelerate import Accelerator
 
     from foley_toolkit.data import LengthGroupedBatchSampler
 
     accelerator = Accelerator()
     model = torch.nn.Linear(3, 1)
-    common.register_checkpoint_hooks(accelerator, {"linear": model})
+    training.register_checkpoint_hooks(accelerator, {"linear": model})
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     dataset = [{"id": f"row{i}", "x": torch.full((3,), float(i))} for i in range(8)]
@@ -145,14 +145,14 @@ def _nan_loss_run(output_dir, skip_bad_items: bool, bad_steps: tuple = (3,)):
         loss = model(batch["x"]).pow(2).mean()
         if step + 1 in bad_steps:
             loss = loss * float("nan")
-        common.backward_and_step(accelerator, loss, model.parameters(), optimizer, scheduler, 1.0)
+        training.backward_and_step(accelerator, loss, model.parameters(), optimizer, scheduler, 1.0)
         return {"loss": loss.item()}
 
     def on_step(step):
-        weights[step] = common.unwrap_model(accelerator, model).weight.detach().clone()
+        weights[step] = training.unwrap_model(accelerator, model).weight.detach().clone()
 
     args = _Args(output_dir, skip_bad_items)
-    result = common.run_training_loop(accelerator, args, loader, sampler, training_step, [model], 4, 4, 0, None, on_step)
+    result = training.run_training_loop(accelerator, args, loader, sampler, training_step, [model], 4, 4, 0, None, on_step)
     return result, weights
 
 
@@ -193,7 +193,7 @@ def test_extraction_never_caches_non_finite_features(tmp_path, tiny_pipeline_dir
 
     poisoned_id = "clip_00001@0"
     monkeypatch.setattr(extract_features, "extract_item", poisoned)
-    argv = ["--pretrained_model", tiny_pipeline_dir, "--data_dir", clip_data_dir, *EXTRACT_ARGS]
+    argv = ["--pretrained_model_name_or_path", tiny_pipeline_dir, "--data_dir", clip_data_dir, *EXTRACT_ARGS]
     with pytest.raises(ValueError, match=rf"{poisoned_id}.*text_embeds"):
         _run(extract_features, [*argv, "--output_dir", tmp_path / "stop"])
     result = _run(extract_features, [*argv, "--output_dir", tmp_path / "skip", "--skip_bad_items"])
@@ -390,7 +390,7 @@ def test_trained_pipelines_have_a_fresh_model_card(tmp_path, carded_base_pipelin
     from foley_toolkit.pipelines import KlingFoleyPipeline
 
     output = tmp_path / "transformer"
-    _run(train_transformer, ["--pretrained_model", carded_base_pipeline, "--feature_dir", feature_dir,
+    _run(train_transformer, ["--pretrained_model_name_or_path", carded_base_pipeline, "--feature_dir", feature_dir,
                              "--output_dir", output, "--train_batch_size", 2, "--max_train_steps", 2])  # fmt: skip
     summary = json.loads((output / "training_summary.json").read_text())
     assert summary["global_step"] == 2
@@ -406,7 +406,7 @@ def test_trained_pipelines_have_a_fresh_model_card(tmp_path, carded_base_pipelin
     assert type(generic) is KlingFoleyPipeline
 
     output = tmp_path / "m2s"
-    _run(train_mono2stereo, ["--base_pipeline", carded_base_pipeline, "--pretrained_model", carded_base_pipeline,
+    _run(train_mono2stereo, ["--pretrained_model_name_or_path", carded_base_pipeline,
                              "--data_dir", clip_data_dir, "--output_dir", output, "--train_batch_size", 2,
                              "--crop_seconds", 0.5, "--max_train_steps", 2, "--segment_seconds", 1.5,
                              "--min_seconds", 0.5, "--seed", 0])  # fmt: skip
@@ -512,8 +512,8 @@ def test_lora_push_uploads_the_adapter_and_card_without_checkpoints(tmp_path, ti
 )
 def test_every_training_script_has_the_hub_flags(script, tmp_path):
     module = __import__(script)
-    required = {"train_transformer": ["--pretrained_model", "p", "--feature_dir", "f"],
-                "train_lora": ["--pretrained_model", "p", "--feature_dir", "f"]}.get(script, [])  # fmt: skip
+    required = {"train_transformer": ["--pretrained_model_name_or_path", "p", "--feature_dir", "f"],
+                "train_lora": ["--pretrained_model_name_or_path", "p", "--feature_dir", "f"]}.get(script, [])  # fmt: skip
     args = module.parse_args([*required, "--output_dir", str(tmp_path), "--push_to_hub", "--hub_model_id", "me/x",
                               "--hub_token", "t", "--skip_bad_items"])  # fmt: skip
     assert args.push_to_hub and args.hub_model_id == "me/x" and args.hub_token == "t" and args.skip_bad_items
@@ -540,7 +540,7 @@ def broken_clip_dir(tmp_path, clip_data_dir) -> Path:
 def test_unreadable_clips_stop_extraction_or_are_skipped_and_counted(tmp_path, tiny_pipeline_dir, broken_clip_dir):
     import extract_features
 
-    argv = ["--pretrained_model", tiny_pipeline_dir, "--data_dir", broken_clip_dir, *EXTRACT_ARGS]
+    argv = ["--pretrained_model_name_or_path", tiny_pipeline_dir, "--data_dir", broken_clip_dir, *EXTRACT_ARGS]
     with pytest.raises(Exception, match="broken.mp4"):
         _run(extract_features, [*argv, "--output_dir", tmp_path / "stop"])
     result = _run(extract_features, [*argv, "--output_dir", tmp_path / "skip", "--skip_bad_items"])
@@ -578,7 +578,7 @@ def test_codec_training_skips_unreadable_clips(tmp_path, broken_clip_dir):
 def test_short_and_uncaptioned_clips_are_counted_and_warned_once(tmp_path, clip_data_dir, caplog):
     import logging
 
-    import common
+    from foley_toolkit import training
 
     data = tmp_path / "clips"
     shutil.copytree(clip_data_dir, data)
@@ -592,7 +592,7 @@ def test_short_and_uncaptioned_clips_are_counted_and_warned_once(tmp_path, clip_
         data_dir, hf_dataset, seed, skip_bad_items = str(data), None, 0, False
 
     with caplog.at_level(logging.WARNING):
-        dataset = common.build_clip_dataset(Args, segment_seconds=None, min_seconds=1.8, load_video=False)
+        dataset = training.build_clip_dataset(Args, segment_seconds=None, min_seconds=1.8, load_video=False)
     report = dataset.data_report
     # The short video clips and the audio-only rows made from them are dropped.
     short_audio = [e for e in extra if any(r["audio_file"] == e["file_name"] for r in short)]
@@ -627,12 +627,12 @@ def test_unwritable_output_dir_fails_at_startup(tmp_path, tiny_pipeline_dir):
     with pytest.raises(ValueError, match=r"--output_dir.*not a writable folder"):
         _run(train_vocoder, ["--vocoder_type", "vocos", "--data_dir", tmp_path / "nowhere", "--output_dir", folder])
     with pytest.raises(ValueError, match=r"--output_dir.*not a writable folder"):
-        _run(extract_features, ["--pretrained_model", tiny_pipeline_dir, "--data_dir", tmp_path / "nowhere",
+        _run(extract_features, ["--pretrained_model_name_or_path", tiny_pipeline_dir, "--data_dir", tmp_path / "nowhere",
                                 "--output_dir", folder / "features"])  # fmt: skip
 
 
 def test_a_full_disk_error_names_the_file(tmp_path, tiny_pipeline_dir, clip_data_dir, monkeypatch):
-    import common
+    from foley_toolkit import training
     import extract_features
     from accelerate import Accelerator
 
@@ -643,7 +643,7 @@ def test_a_full_disk_error_names_the_file(tmp_path, tiny_pipeline_dir, clip_data
     output = tmp_path / "features"
     message = r"No space left on device \(while writing .*features/clip_00000_0\.safetensors\)"
     with pytest.raises(OSError, match=message) as caught:
-        _run(extract_features, ["--pretrained_model", tiny_pipeline_dir, "--data_dir", clip_data_dir,
+        _run(extract_features, ["--pretrained_model_name_or_path", tiny_pipeline_dir, "--data_dir", clip_data_dir,
                                 "--output_dir", output, *EXTRACT_ARGS])  # fmt: skip
     assert caught.value.errno == errno.ENOSPC
     assert not [p.name for p in output.iterdir() if p.name.endswith(".safetensors") or ".tmp" in p.name]
@@ -651,18 +651,18 @@ def test_a_full_disk_error_names_the_file(tmp_path, tiny_pipeline_dir, clip_data
     accelerator = Accelerator()
     monkeypatch.setattr(accelerator, "save_state", disk_full)
     with pytest.raises(OSError, match=r"No space left on device \(while writing .*checkpoint-2\.tmp\)"):
-        common.save_checkpoint(accelerator, tmp_path / "run", 2)
+        training.save_checkpoint(accelerator, tmp_path / "run", 2)
 
 
 def test_a_missing_tracker_package_fails_at_startup(tmp_path, monkeypatch):
     import accelerate.utils
-    import common
+    from foley_toolkit import training
     import train_vocoder
 
     monkeypatch.setattr(accelerate.utils, "is_tensorboard_available", lambda: False)
     args = train_vocoder.parse_args(["--output_dir", str(tmp_path), "--report_to", "tensorboard"])
     with pytest.raises(ValueError, match=r"--report_to tensorboard.*foley_toolkit\[train\]"):
-        common.setup_accelerator(args)
+        training.setup_accelerator(args)
 
 
 def test_sync_encoder_skips_unreadable_clips_and_writes_a_fresh_card(
@@ -672,7 +672,7 @@ def test_sync_encoder_skips_unreadable_clips_and_writes_a_fresh_card(
 
     output = tmp_path / "sync"
     _run(train_sync_encoder,
-         ["--pretrained_model", carded_base_pipeline, "--base_pipeline", carded_base_pipeline, "--data_dir",
+         ["--pretrained_model_name_or_path", carded_base_pipeline, "--data_dir",
           broken_clip_dir, "--output_dir", output, "--num_train_epochs", 1, "--num_segments", 1,
           "--num_offset_classes", 3, "--offset_step", 0.16, "--head_hidden_size", 16, "--head_heads", 2,
           "--audio_channels", 32, "--audio_layers", 1, "--train_batch_size", 2, "--skip_bad_items",

@@ -33,7 +33,7 @@ def _run(script, argv: list) -> dict:
 
 
 def _transformer_argv(pipeline, features, output, steps, *extra):
-    return ["--pretrained_model", pipeline, "--feature_dir", features, "--output_dir", output,
+    return ["--pretrained_model_name_or_path", pipeline, "--feature_dir", features, "--output_dir", output,
             "--train_batch_size", 2, "--max_train_steps", steps, "--learning_rate", 1e-3, *extra]  # fmt: skip
 
 
@@ -65,7 +65,7 @@ def test_extract_features_shapes_follow_sequence_lengths_and_rerun_resumes(featu
     assert len(CachedFeatureDataset(feature_dir)) == len(entries)
 
     # A rerun skips finished items; a deleted item (and only it) is recomputed, identically.
-    argv = ["--pretrained_model", tiny_pipeline_dir, "--data_dir", clip_data_dir, "--output_dir", feature_dir, *EXTRACT_ARGS]
+    argv = ["--pretrained_model_name_or_path", tiny_pipeline_dir, "--data_dir", clip_data_dir, "--output_dir", feature_dir, *EXTRACT_ARGS]
     assert _run(extract_features, argv)["num_extracted"] == 0
     victim = feature_dir / entries[0]["file"]
     before = load_file(str(victim))
@@ -167,17 +167,17 @@ def test_resume_from_latest_checkpoint_matches_uninterrupted_run(tmp_path, tiny_
 
 
 def test_interrupted_checkpoint_write_never_replaces_last_good_one(tmp_path):
-    import common
+    from foley_toolkit import training
     from accelerate import Accelerator
 
     accelerator = Accelerator()
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
     model, optimizer = accelerator.prepare(model, optimizer)
-    common.register_checkpoint_hooks(accelerator, {"linear": common.unwrap_model(accelerator, model)})
+    training.register_checkpoint_hooks(accelerator, {"linear": training.unwrap_model(accelerator, model)})
     generator = torch.Generator().manual_seed(1)
 
-    common.save_checkpoint(accelerator, tmp_path, 2, generator)
+    training.save_checkpoint(accelerator, tmp_path, 2, generator)
     good_weight = model.weight.detach().clone()
     model.weight.data.add_(1.0)
 
@@ -189,25 +189,25 @@ def test_interrupted_checkpoint_write_never_replaces_last_good_one(tmp_path):
 
     accelerator.save_state = killed_mid_write
     with pytest.raises(KeyboardInterrupt):
-        common.save_checkpoint(accelerator, tmp_path, 4, generator)
+        training.save_checkpoint(accelerator, tmp_path, 4, generator)
     accelerator.save_state = real_save_state
     assert (tmp_path / "checkpoint-4.tmp").is_dir() and not (tmp_path / "checkpoint-4").exists()
-    assert common.latest_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
+    assert training.latest_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
 
     class Args:
         output_dir, resume_from_checkpoint = str(tmp_path), "latest"
 
-    assert common.resume_from_checkpoint(accelerator, Args, generator) == 2
+    assert training.resume_from_checkpoint(accelerator, Args, generator) == 2
     torch.testing.assert_close(model.weight, good_weight, rtol=0, atol=0)
     # The next save at that step starts clean; rotation keeps the newest complete ones only.
-    common.save_checkpoint(accelerator, tmp_path, 4, generator, total_limit=1)
+    training.save_checkpoint(accelerator, tmp_path, 4, generator, total_limit=1)
     assert [p.name for p in sorted(tmp_path.iterdir())] == ["checkpoint-4"]
     with pytest.raises(FileNotFoundError, match="resume_from_checkpoint"):
-        common.resolve_checkpoint_path(tmp_path, "checkpoint-7")
+        training.resolve_checkpoint_path(tmp_path, "checkpoint-7")
 
 
 def test_scale_lr_multiplies_the_learning_rates_by_the_global_batch_size(tmp_path):
-    import common
+    from foley_toolkit import training
     import train_vocoder
     from accelerate import Accelerator
 
@@ -215,15 +215,15 @@ def test_scale_lr_multiplies_the_learning_rates_by_the_global_batch_size(tmp_pat
              "--learning_rate", "1e-4", "--discriminator_learning_rate", "5e-5"]  # fmt: skip
     accelerator = Accelerator()
     scaled = train_vocoder.parse_args(flags + ["--scale_lr"])
-    common.scale_learning_rates(scaled, accelerator)
+    training.scale_learning_rates(scaled, accelerator)
     assert scaled.learning_rate == pytest.approx(6e-4) and scaled.discriminator_learning_rate == pytest.approx(3e-4)
     plain = train_vocoder.parse_args(flags)
-    common.scale_learning_rates(plain, accelerator)
+    training.scale_learning_rates(plain, accelerator)
     assert plain.learning_rate == 1e-4 and plain.discriminator_learning_rate == 5e-5
 
 
 def test_report_to_trackers_get_the_config_and_the_logged_values(tmp_path):
-    import common
+    from foley_toolkit import training
     import train_vae
     from accelerate import Accelerator
     from accelerate.tracking import GeneralTracker
@@ -248,7 +248,7 @@ def test_report_to_trackers_get_the_config_and_the_logged_values(tmp_path):
     args = train_vae.parse_args(["--output_dir", str(tmp_path), "--max_train_steps", "7"])
     recorder = RecordingTracker()
     accelerator = Accelerator(log_with=[recorder])
-    common.init_trackers(accelerator, args, "train_vae")
+    training.init_trackers(accelerator, args, "train_vae")
     accelerator.log({"loss": 0.5}, step=3)
     assert recorder.config["max_train_steps"] == 7 and recorder.config["output_dir"] == str(tmp_path)
     assert all(isinstance(v, (int, float, str, bool)) for v in recorder.config.values())
@@ -261,20 +261,22 @@ def test_transformer_overfits_a_fixed_batch(tiny_pipeline_dir, feature_dir):
     from utils import get_dummy_components
 
     from foley_toolkit.data import CachedFeatureDataset, collate_features
+    from foley_toolkit.training import FlowMatching
 
     components = get_dummy_components(seed=0)
     transformer, vae = components["transformer"].train(), components["vae"]
     dataset = CachedFeatureDataset(feature_dir)
     batch = collate_features([dataset[0], dataset[1]])
     args = train_transformer.parse_args(
-        ["--pretrained_model", str(tiny_pipeline_dir), "--feature_dir", str(feature_dir), "--output_dir", "unused",
+        ["--pretrained_model_name_or_path", str(tiny_pipeline_dir), "--feature_dir", str(feature_dir), "--output_dir", "unused",
          "--text_dropout", "0", "--video_dropout", "0"]  # fmt: skip
     )
+    objective = FlowMatching.from_args(args)
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=5e-3, weight_decay=0.0)
     losses = []
     for _ in range(10):
         generator = torch.Generator().manual_seed(0)  # same latents, noise and timesteps every step
-        loss = train_transformer.flow_matching_loss(transformer, vae, batch, args, generator, torch.device("cpu"))
+        loss = objective.batch_loss(transformer, vae, batch, generator, torch.device("cpu"))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -353,10 +355,10 @@ def test_train_vae_walks_algorithm2_stages_and_writes_latent_statistics(
     output = tmp_path / "vae"
     result = _run(
         train_vae,
-        ["--pretrained_model", tiny_pipeline_dir, "--data_dir", clip_data_dir, "--output_dir", output,
+        ["--pretrained_model_name_or_path", tiny_pipeline_dir, "--data_dir", clip_data_dir, "--output_dir", output,
          "--discriminator_config", discriminator_config, "--train_batch_size", 2, "--crop_seconds", 0.3,
          "--max_train_steps", 4, "--stage1_end", 1, "--stage2_end", 2, "--stage3_end", 3, "--kl_upper", 0.01,
-         "--r1_weight", 0.1, "--base_pipeline", tiny_pipeline_dir, "--segment_seconds", 1.5, "--min_seconds", 0.5,
+         "--r1_weight", 0.1, "--segment_seconds", 1.5, "--min_seconds", 0.5,
          "--checkpointing_steps", 1, "--checkpoints_total_limit", 2, "--learning_rate", 1e-2],
     )  # fmt: skip
     history = result["history"]
@@ -440,9 +442,9 @@ def test_train_vocoder_on_vae_mels_updates_vocoder(tmp_path, tiny_pipeline_dir, 
     output = tmp_path / "vocoder"
     result = _run(
         train_vocoder,
-        ["--pretrained_model", tiny_pipeline_dir, "--data_dir", clip_data_dir, "--output_dir", output,
+        ["--pretrained_model_name_or_path", tiny_pipeline_dir, "--data_dir", clip_data_dir, "--output_dir", output,
          *waveform_discriminator_args, "--train_batch_size", 2, "--crop_seconds", 0.25,
-         "--max_train_steps", 2, "--mel_source", "vae", "--base_pipeline", tiny_pipeline_dir],
+         "--max_train_steps", 2, "--mel_source", "vae"],
     )  # fmt: skip
     assert [h["step"] for h in result["history"]] == [1, 2]
     assert all(k in result["history"][0] for k in ("mel_l1", "stft", "d_loss", "d_mpd", "d_mrd", "g_loss", "fm_loss"))
@@ -466,7 +468,7 @@ def test_train_vocos_gan_schedule_resume_and_pipeline(tmp_path, tiny_pipeline_di
         return ["--vocoder_type", "vocos", "--vocoder_config", "tiny", "--data_dir", clip_data_dir,
                 "--output_dir", output, *waveform_discriminator_args, "--train_batch_size", 2, "--crop_seconds", 0.25,
                 "--max_train_steps", steps, "--discriminator_start_step", 1, "--gan_start_step", 2,
-                "--stft_loss_weight", 0, "--learning_rate", 1e-3, "--base_pipeline", tiny_pipeline_dir,
+                "--stft_loss_weight", 0, "--learning_rate", 1e-3, "--pretrained_model_name_or_path", tiny_pipeline_dir,
                 "--resume_from_checkpoint", "latest", "--crop_sampling", "energy"]  # fmt: skip
 
     full = _run(train_vocoder, argv(tmp_path / "full", 3))["history"]
@@ -504,9 +506,10 @@ def test_train_mono2stereo_with_cached_video_features(tmp_path, tiny_pipeline_di
     import train_mono2stereo
 
     from foley_toolkit.models.mono2stereo import Mono2Stereo
+    from foley_toolkit.training import build_clip_dataset
 
     dataset = train_mono2stereo.StereoCropDataset(
-        __import__("common").build_clip_dataset(
+        build_clip_dataset(
             train_mono2stereo.parse_args(["--output_dir", "x", "--data_dir", str(clip_data_dir)]),
             segment_seconds=1.5, min_seconds=0.5, load_video=False, mono=False, crop_seconds=0.5,
         ),
@@ -519,7 +522,7 @@ def test_train_mono2stereo_with_cached_video_features(tmp_path, tiny_pipeline_di
     output = tmp_path / "m2s"
     result = _run(
         train_mono2stereo,
-        ["--pretrained_model", tiny_pipeline_dir, "--data_dir", clip_data_dir, "--feature_dir", feature_dir,
+        ["--pretrained_model_name_or_path", tiny_pipeline_dir, "--data_dir", clip_data_dir, "--feature_dir", feature_dir,
          "--output_dir", output, "--train_batch_size", 2, "--crop_seconds", 0.5, "--max_train_steps", 2,
          "--segment_seconds", 1.5, "--min_seconds", 0.5, "--learning_rate", 1e-2, "--mel_source", "vae"],
     )  # fmt: skip

@@ -7,7 +7,7 @@ separates aligned from shifted held-out pairs, and errors that name the flag.
 
 from __future__ import annotations
 
-import filecmp
+import json
 from pathlib import Path
 
 import pytest
@@ -53,7 +53,7 @@ def test_pairs_are_cut_at_the_class_offsets(tiny_pipeline_dir, clip_data_dir, tm
     25 fps frame); validation items hold the audio at every offset; the disk cache gives the same clip back."""
     import train_sync_encoder as script
 
-    argv = ["--pretrained_model", tiny_pipeline_dir, "--data_dir", clip_data_dir, "--output_dir", tmp_path,
+    argv = ["--pretrained_model_name_or_path", tiny_pipeline_dir, "--data_dir", clip_data_dir, "--output_dir", tmp_path,
             "--cache_dir", tmp_path / "cache", *TINY_ARGS]  # fmt: skip
     args = script.parse_args([str(a) for a in argv])
     encoder = script.load_sync_encoder(args)
@@ -111,7 +111,7 @@ def test_two_steps_write_encoder_head_and_swapped_pipeline(tmp_path, tiny_pipeli
     from foley_toolkit.models.encoders.synchformer_sync_head import SynchformerSyncHead
 
     out = tmp_path / "run"
-    result = _run(["--pretrained_model", tiny_pipeline_dir, "--base_pipeline", tiny_pipeline_dir, "--data_dir",
+    result = _run(["--pretrained_model_name_or_path", tiny_pipeline_dir, "--data_dir",
                    clip_data_dir, "--validation_data_dir", clip_data_dir, "--output_dir", out, "--max_train_steps", 2,
                    "--learning_rate", 1e-3, *TINY_ARGS])  # fmt: skip
     assert result["global_step"] == 2 and [h["step"] for h in result["history"]] == [1, 2]
@@ -126,18 +126,26 @@ def test_two_steps_write_encoder_head_and_swapped_pipeline(tmp_path, tiny_pipeli
     assert any(not torch.equal(a, b) for a, b in zip(base.state_dict().values(), trained.state_dict().values()))
     head = SynchformerSyncHead.from_pretrained(out / "sync_head")
     assert head.config.visual_dim == trained.config.hidden_size and head.config.num_classes == 3
-    # The pipeline holds the trained encoder; every other component is the base pipeline's, file for file.
+    # The pipeline holds the trained encoder; every other component is the base pipeline's (weights and config; the
+    # saved configs add `_name_or_path`, the folder they were loaded from, as diffusers' `from_pretrained` records).
     swapped = load_safetensors_dir(out / "pipeline" / "sync_encoder")
     for key, value in load_safetensors_dir(out / "sync_encoder").items():
         assert torch.equal(swapped[key], value)
-    for file in (tiny_pipeline_dir / "transformer").iterdir():
-        assert filecmp.cmp(file, out / "pipeline" / "transformer" / file.name, shallow=False)
-    assert (out / "pipeline" / "model_index.json").read_text() == (tiny_pipeline_dir / "model_index.json").read_text()
+    for name in ("transformer", "vae", "vocoder", "mono2stereo"):
+        saved = load_safetensors_dir(out / "pipeline" / name)
+        base_weights = load_safetensors_dir(tiny_pipeline_dir / name)
+        assert saved.keys() == base_weights.keys() and all(torch.equal(saved[k], base_weights[k]) for k in saved)
+        config = json.loads((out / "pipeline" / name / "config.json").read_text())
+        config.pop("_name_or_path", None)
+        assert config == json.loads((tiny_pipeline_dir / name / "config.json").read_text())
+    index = json.loads((out / "pipeline" / "model_index.json").read_text())
+    index.pop("_name_or_path", None)
+    assert index == json.loads((tiny_pipeline_dir / "model_index.json").read_text())
 
 
 def test_resume_at_step_one_matches_uninterrupted_two_step_run(tmp_path, tiny_pipeline_dir, clip_data_dir):
     full, parts = tmp_path / "full", tmp_path / "parts"
-    argv = ["--pretrained_model", tiny_pipeline_dir, "--data_dir", clip_data_dir, "--learning_rate", 1e-3,
+    argv = ["--pretrained_model_name_or_path", tiny_pipeline_dir, "--data_dir", clip_data_dir, "--learning_rate", 1e-3,
             "--checkpointing_steps", 1, *TINY_ARGS]  # fmt: skip
     full_result = _run([*argv, "--output_dir", full, "--max_train_steps", 2])
     _run([*argv, "--output_dir", parts, "--max_train_steps", 1])
@@ -175,7 +183,7 @@ def test_short_run_separates_aligned_from_shifted_heldout_pairs(tmp_path, learna
 def test_bad_arguments_raise_errors_that_name_them(tmp_path, tiny_pipeline_dir, clip_data_dir):
     import train_sync_encoder as script
 
-    base = ["--pretrained_model", str(tiny_pipeline_dir), "--data_dir", str(clip_data_dir),
+    base = ["--pretrained_model_name_or_path", str(tiny_pipeline_dir), "--data_dir", str(clip_data_dir),
             "--output_dir", str(tmp_path)]  # fmt: skip
     with pytest.raises(ValueError, match="--num_offset_classes"):
         script.parse_args([*base, "--num_offset_classes", "4"])
@@ -190,7 +198,7 @@ def test_bad_arguments_raise_errors_that_name_them(tmp_path, tiny_pipeline_dir, 
                            "--output_dir", str(tmp_path)])  # fmt: skip
     with pytest.raises(FileNotFoundError, match="--sync_encoder_config"):
         script.load_sync_encoder(script.parse_args([*base, "--sync_encoder_config", "no-such-preset"]))
-    with pytest.raises(ValueError, match="--pretrained_model"):
+    with pytest.raises(ValueError, match="--pretrained_model_name_or_path"):
         script.load_sync_encoder(script.parse_args(["--data_dir", str(clip_data_dir), "--output_dir", str(tmp_path)]))
     # Windows longer than every clip (16 segments = 2.8 s, the clips are at most 2.2 s).
     args = script.parse_args([*base, "--num_segments", "16"])
@@ -256,7 +264,7 @@ def test_appearance_augmentation_changes_the_look_not_the_pair(tiny_pipeline_dir
     import numpy as np
     import train_sync_encoder as script
 
-    base = ["--pretrained_model", tiny_pipeline_dir, "--data_dir", clip_data_dir, "--output_dir", tmp_path,
+    base = ["--pretrained_model_name_or_path", tiny_pipeline_dir, "--data_dir", clip_data_dir, "--output_dir", tmp_path,
             "--validation_data_dir", clip_data_dir, *TINY_ARGS]  # fmt: skip
     plain_args = script.parse_args([str(a) for a in base])
     augmented_args = script.parse_args([str(a) for a in [*base, "--appearance_augmentation", 1.0]])

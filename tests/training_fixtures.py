@@ -50,7 +50,7 @@ def fresh_accelerate_state():
 
 @pytest.fixture(scope="session")
 def tiny_pipeline_dir(tmp_path_factory) -> Path:
-    """`KlingFoleyPipeline(**get_dummy_components())` saved to disk (what `--pretrained_model` points at)."""
+    """`KlingFoleyPipeline(**get_dummy_components())` saved to disk (what `--pretrained_model_name_or_path` points at)."""
     from utils import get_dummy_components
 
     from foley_toolkit.pipelines import KlingFoleyPipeline
@@ -77,7 +77,7 @@ def feature_dir(tmp_path_factory, tiny_pipeline_dir, clip_data_dir) -> Path:
     path = tmp_path_factory.mktemp("features")
     extract_features.main(
         extract_features.parse_args(
-            ["--pretrained_model", str(tiny_pipeline_dir), "--data_dir", str(clip_data_dir), "--output_dir", str(path),
+            ["--pretrained_model_name_or_path", str(tiny_pipeline_dir), "--data_dir", str(clip_data_dir), "--output_dir", str(path),
              *EXTRACT_ARGS]  # fmt: skip
         )
     )

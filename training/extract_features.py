@@ -8,7 +8,7 @@ name and renamed, never left half-written). An item whose media cannot be read o
 stops the run naming the item and the file, or with ``--skip_bad_items`` is logged, counted (in the returned
 summary and ``extraction_summary.json``) and left out of ``index.jsonl``.
 
-    accelerate launch training/extract_features.py --pretrained_model my-pipeline --data_dir clips/ \
+    accelerate launch training/extract_features.py --pretrained_model_name_or_path my-pipeline --data_dir clips/ \
         --output_dir features/ --segment_seconds 10 --concat_short --num_augmented_clips 1000
 """
 
@@ -18,7 +18,6 @@ import argparse
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 
 import torch
@@ -28,10 +27,18 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # `common.py` sits next to this script
-
-import common  # noqa: E402
-from foley_toolkit.training_utils import atomic_write_text  # noqa: E402
+from foley_toolkit.training import (
+    BAD_ITEMS_KEY,
+    RunHealth,
+    add_pretrained_model_args,
+    atomic_output,
+    atomic_write_text,
+    build_clip_dataset,
+    check_output_dir,
+    dataset_report,
+    guard_dataset,
+    non_finite_tensors,
+)
 
 logger = get_logger(__name__)
 
@@ -41,36 +48,57 @@ SUMMARY_NAME = "extraction_summary.json"
 
 def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Cache VAE latents, T5, CLIP and Synchformer features for training.")
-    parser.add_argument("--pretrained_model", type=str, default=None, help="KlingFoleyPipeline folder with the encoders and the VAE.")
+    add_pretrained_model_args(parser, "KlingFoleyPipeline folder with the encoders and the VAE.")
     parser.add_argument("--vae", type=str, default=None, help="MelVAE folder (overrides the pipeline's).")
     parser.add_argument("--tokenizer", type=str, default=None, help="T5 tokenizer folder (overrides the pipeline's).")
     parser.add_argument("--text_encoder", type=str, default=None, help="T5 encoder folder (overrides the pipeline's).")
-    parser.add_argument("--vision_encoder", type=str, default=None, help="CLIP vision folder (overrides the pipeline's).")
+    parser.add_argument(
+        "--vision_encoder", type=str, default=None, help="CLIP vision folder (overrides the pipeline's)."
+    )
     parser.add_argument("--sync_encoder", type=str, default=None, help="Synchformer folder (overrides the pipeline's).")
-    parser.add_argument("--data_dir", type=str, default=None, help="Folder with metadata.jsonl/metadata.csv and the media.")
-    parser.add_argument("--hf_dataset", type=str, default=None, help="A 🤗 datasets name or saved folder instead of --data_dir.")
+    parser.add_argument(
+        "--data_dir", type=str, default=None, help="Folder with metadata.jsonl/metadata.csv and the media."
+    )
+    parser.add_argument(
+        "--hf_dataset", type=str, default=None, help="A 🤗 datasets name or saved folder instead of --data_dir."
+    )
     parser.add_argument("--hf_split", type=str, default="train")
     parser.add_argument("--hf_data_dir", type=str, default=None,
                         help="The folder a --hf_dataset builder reads (videofolder/audiofolder: media + metadata.jsonl).")  # fmt: skip
     parser.add_argument("--output_dir", type=str, required=True, help="Where the feature files and index.jsonl go.")
-    parser.add_argument("--segment_seconds", type=float, default=10.0, help="Cut clips into segments of this length (<= 0: whole clips).")
+    parser.add_argument(
+        "--segment_seconds",
+        type=float,
+        default=10.0,
+        help="Cut clips into segments of this length (<= 0: whole clips).",
+    )
     parser.add_argument("--min_seconds", type=float, default=1.0, help="Drop items shorter than this.")
-    parser.add_argument("--concat_short", action="store_true", help="Join clips shorter than a segment into full segments.")
-    parser.add_argument("--num_augmented_clips", type=int, default=0, help="Temporally augmented multi-event clips to add.")
+    parser.add_argument(
+        "--concat_short", action="store_true", help="Join clips shorter than a segment into full segments."
+    )
+    parser.add_argument(
+        "--num_augmented_clips", type=int, default=0, help="Temporally augmented multi-event clips to add."
+    )
     parser.add_argument("--max_events", type=int, default=3, help="Most single-event clips per augmented clip.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the segment plan and augmentation.")
     parser.add_argument("--no_video", action="store_true", help="Skip CLIP/Synchformer (text-audio data only).")
     parser.add_argument("--stereo_mel", action="store_true", help="Also store the left/right log-mels (Mono2Stereo).")
     parser.add_argument("--max_sequence_length", type=int, default=128, help="T5 tokens per caption.")
-    parser.add_argument("--feature_dtype", type=str, default="float32", choices=sorted(DTYPES), help="dtype of stored features.")
-    parser.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"], help="Autocast of the encoders.")
+    parser.add_argument(
+        "--feature_dtype", type=str, default="float32", choices=sorted(DTYPES), help="dtype of stored features."
+    )
+    parser.add_argument(
+        "--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"], help="Autocast of the encoders."
+    )
     parser.add_argument("--skip_bad_items", action="store_true",
                         help="Skip (log, count) items whose media cannot be read or whose features hold NaN/Inf.")  # fmt: skip
     args = parser.parse_args(input_args)
     if (args.data_dir is None) == (args.hf_dataset is None):
         raise ValueError("Pass exactly one of `--data_dir` and `--hf_dataset`.")
-    if args.pretrained_model is None and args.vae is None:
-        raise ValueError("Pass `--pretrained_model` (a pipeline folder) or the component folders (at least `--vae`).")
+    if args.pretrained_model_name_or_path is None and args.vae is None:
+        raise ValueError(
+            "Pass `--pretrained_model_name_or_path` (a pipeline folder) or the component folders (at least `--vae`)."
+        )
     if args.segment_seconds is not None and args.segment_seconds <= 0:
         args.segment_seconds = None
     return args
@@ -85,7 +113,7 @@ def load_encoders(args: argparse.Namespace, need_text: bool, need_video: bool):
     from foley_toolkit.models.autoencoders.autoencoder_mel_vae import MelVAE
     from foley_toolkit.models.encoders.synchformer import SynchformerEncoder
 
-    base = args.pretrained_model
+    base = args.pretrained_model_name_or_path
 
     def component(name, loader, needed):
         folder = getattr(args, name)
@@ -94,7 +122,9 @@ def load_encoders(args: argparse.Namespace, need_text: bool, need_video: bool):
         if folder is None and base is not None:
             folder = os.path.join(base, name)
         if folder is None or not os.path.isdir(folder):
-            raise FileNotFoundError(f"No `{name}` folder: pass `--{name}` or a `--pretrained_model` that contains it.")
+            raise FileNotFoundError(
+                f"No `{name}` folder: pass `--{name}` or a `--pretrained_model_name_or_path` that contains it."
+            )
         return loader(folder)
 
     components = {
@@ -112,7 +142,7 @@ def load_encoders(args: argparse.Namespace, need_text: bool, need_video: bool):
 
 
 def build_dataset(args: argparse.Namespace):
-    return common.build_clip_dataset(
+    return build_clip_dataset(
         args,
         segment_seconds=args.segment_seconds,
         min_seconds=args.min_seconds,
@@ -188,13 +218,12 @@ def write_index(output_dir: Path, file_names: list[str]) -> int:
 
 def main(args: argparse.Namespace) -> dict:
     from foley_toolkit.data import feature_file_name
-    from foley_toolkit.training_utils import atomic_output, non_finite_tensors
 
-    output_dir = common.check_output_dir(args.output_dir)
+    output_dir = check_output_dir(args.output_dir)
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
 
-    dataset = common.guard_dataset(build_dataset(args), args)
+    dataset = guard_dataset(build_dataset(args), args)
     file_names = [feature_file_name(item.id) for item in dataset.items]
     if len(set(file_names)) != len(file_names):
         raise ValueError("Two items map to the same feature file name; give the clips unique `id`s / file names.")
@@ -211,12 +240,12 @@ def main(args: argparse.Namespace) -> dict:
         f"{len(my_indices) - len(todo)} already done.",
         main_process_only=False,
     )
-    health = common.RunHealth()
+    health = RunHealth()
     num_extracted = 0
     for index in tqdm(todo, desc="features", disable=not accelerator.is_local_main_process):
         example = dataset[index]  # a bad-item record under --skip_bad_items, else raises naming the item
-        if common.BAD_ITEMS_KEY in example:
-            health.add_bad_items(example[common.BAD_ITEMS_KEY])
+        if BAD_ITEMS_KEY in example:
+            health.add_bad_items(example[BAD_ITEMS_KEY])
             continue
         try:
             with accelerator.autocast():
@@ -243,7 +272,7 @@ def main(args: argparse.Namespace) -> dict:
         raise ValueError(f"Every item to extract was bad ({len(bad_items)} skipped): {reasons}")
     num_indexed = 0
     summary = {"num_items": len(dataset), "num_extracted": num_extracted, "num_bad_items": len(bad_items),
-               "bad_items": bad_items, **common.dataset_report(dataset)}  # fmt: skip
+               "bad_items": bad_items, **dataset_report(dataset)}  # fmt: skip
     if accelerator.is_main_process:
         num_indexed = write_index(output_dir, file_names)
         summary["num_indexed"] = num_indexed

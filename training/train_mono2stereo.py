@@ -8,8 +8,11 @@ Items without cached video features, and ``--video_dropout`` of the others, use 
 
 ``--mel_source vae`` feeds the MelVAE reconstruction of the mono mel, which is what the pipeline gives Mono2Stereo.
 
-    accelerate launch training/train_mono2stereo.py --pretrained_model my-pipeline --data_dir stereo_clips/ \
-        --feature_dir features/ --output_dir runs/m2s --crop_seconds 4 --max_train_steps 50000
+Started from a pipeline folder (``--pretrained_model_name_or_path``), the script also writes ``output_dir/pipeline``:
+that pipeline with the trained Mono2Stereo, saved with ``save_pretrained`` and a fresh model card.
+
+    accelerate launch training/train_mono2stereo.py --pretrained_model_name_or_path my-pipeline \
+        --data_dir stereo_clips/ --feature_dir features/ --output_dir runs/m2s --crop_seconds 4 --max_train_steps 50000
 """
 
 from __future__ import annotations
@@ -18,15 +21,40 @@ import argparse
 import json
 import math
 import os
-import sys
 from pathlib import Path
 
 import torch
+from accelerate.logging import get_logger
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # `common.py` sits next to this script
-
-import common  # noqa: E402
-from accelerate.logging import get_logger  # noqa: E402
+from foley_toolkit.training import (
+    BadItemCollate,
+    add_audio_data_args,
+    add_pretrained_model_args,
+    add_training_args,
+    atomic_save_pretrained,
+    backward_and_step,
+    build_clip_dataset,
+    build_lr_scheduler,
+    build_optimizer,
+    check_not_sharded,
+    condition_dropout_masks,
+    finish_training,
+    guard_dataset,
+    init_trackers,
+    is_pipeline_folder,
+    log_run_summary,
+    make_generator,
+    model_card,
+    mono2stereo_loss,
+    register_checkpoint_hooks,
+    resolve_max_train_steps,
+    resume_from_checkpoint,
+    run_training_loop,
+    save_trained_pipeline,
+    scale_learning_rates,
+    setup_accelerator,
+    unwrap_model,
+)
 
 logger = get_logger(__name__)
 
@@ -34,17 +62,24 @@ logger = get_logger(__name__)
 def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Mono2Stereo training on stereo clips.")
     group = parser.add_argument_group("models")
-    group.add_argument("--pretrained_model", type=str, default=None, help="Pipeline folder: start from its mono2stereo/ (and use its vae/).")
+    add_pretrained_model_args(
+        group,
+        "Pipeline folder: start from its mono2stereo/ (and use its vae/), and write output_dir/pipeline, this pipeline "
+        "with the new Mono2Stereo.",
+    )
     group.add_argument("--mono2stereo", type=str, default=None, help="Mono2Stereo folder to start from.")
-    group.add_argument("--mono2stereo_config", type=str, default=None, help="Train from scratch: Mono2Stereo config JSON.")
-    group.add_argument("--vae", type=str, default=None, help="MelVAE folder for --mel_source vae (overrides the pipeline's).")
+    group.add_argument(
+        "--mono2stereo_config", type=str, default=None, help="Train from scratch: Mono2Stereo config JSON."
+    )
+    group.add_argument(
+        "--vae", type=str, default=None, help="MelVAE folder for --mel_source vae (overrides the pipeline's)."
+    )
     group.add_argument("--mel_source", type=str, default="ground_truth", choices=["ground_truth", "vae"],
                        help="Mono input: the mel of the mono mix, or its MelVAE reconstruction.")  # fmt: skip
     group.add_argument("--feature_dir", type=str, default=None, help="Feature cache with CLIP features (optional).")
     group.add_argument("--video_dropout", type=float, default=0.1, help="Probability of the null video embedding.")
-    group.add_argument("--base_pipeline", type=str, default=None, help="Also write output_dir/pipeline with the new Mono2Stereo.")
-    common.add_audio_data_args(parser, default_crop_seconds=2.0)
-    common.add_training_args(parser, default_learning_rate=1e-4, default_lr_scheduler="constant")
+    add_audio_data_args(parser, default_crop_seconds=2.0)
+    add_training_args(parser, default_learning_rate=1e-4, default_lr_scheduler="constant")
     return parser.parse_args(input_args)
 
 
@@ -116,7 +151,8 @@ def load_mono2stereo(args: argparse.Namespace):
     if args.mono2stereo_config is not None:
         with open(args.mono2stereo_config, encoding="utf-8") as f:
             return Mono2Stereo.from_config(json.load(f))
-    folder = args.mono2stereo or (os.path.join(args.pretrained_model, "mono2stereo") if args.pretrained_model else None)
+    pretrained = args.pretrained_model_name_or_path
+    folder = args.mono2stereo or (os.path.join(pretrained, "mono2stereo") if pretrained else None)
     if folder is not None and os.path.isdir(folder):
         return Mono2Stereo.from_pretrained(folder)
     return Mono2Stereo()
@@ -126,23 +162,23 @@ def main(args: argparse.Namespace) -> dict:
     from foley_toolkit.data import LengthGroupedBatchSampler
     from foley_toolkit.models.autoencoders.autoencoder_mel_vae import LogMelSpectrogram, MelVAE
     from foley_toolkit.models.mono2stereo import stereo_mel_targets
-    from foley_toolkit.training_utils import condition_dropout_masks, mono2stereo_loss
 
-    accelerator = common.setup_accelerator(args, find_unused_parameters=True)
-    common.check_not_sharded(accelerator, "train_mono2stereo.py")
-    generator = common.make_generator(accelerator, args.seed)
+    accelerator = setup_accelerator(args, find_unused_parameters=True)
+    check_not_sharded(accelerator, "train_mono2stereo.py")
+    generator = make_generator(accelerator, args.seed)
 
     model = load_mono2stereo(args).train()
     vae = None
     if args.mel_source == "vae":
-        folder = args.vae or (os.path.join(args.pretrained_model, "vae") if args.pretrained_model else None)
+        pretrained = args.pretrained_model_name_or_path
+        folder = args.vae or (os.path.join(pretrained, "vae") if pretrained else None)
         if folder is None:
-            raise ValueError("`--mel_source vae` needs `--vae` or `--pretrained_model`.")
+            raise ValueError("`--mel_source vae` needs `--vae` or `--pretrained_model_name_or_path`.")
         vae = MelVAE.from_pretrained(folder).requires_grad_(False).eval().to(accelerator.device)
     mel_transform = (vae.log_mel if vae is not None else LogMelSpectrogram()).to(accelerator.device)
-    common.register_checkpoint_hooks(accelerator, {"mono2stereo": model})
+    register_checkpoint_hooks(accelerator, {"mono2stereo": model})
 
-    clips = common.build_clip_dataset(
+    clips = build_clip_dataset(
         args, segment_seconds=args.segment_seconds if args.segment_seconds > 0 else None, min_seconds=args.min_seconds,
         load_video=False, mono=False, crop_seconds=args.crop_seconds,
     )  # fmt: skip
@@ -151,17 +187,17 @@ def main(args: argparse.Namespace) -> dict:
         raise ValueError("`--feature_dir` given, but this Mono2Stereo has `video_feature_dim=None` (audio-only).")
     sampler = LengthGroupedBatchSampler([1] * len(dataset), args.train_batch_size, shuffle=True, seed=args.seed)
     dataloader = torch.utils.data.DataLoader(
-        common.guard_dataset(dataset, args), batch_sampler=sampler, collate_fn=common.BadItemCollate(collate_stereo),
+        guard_dataset(dataset, args), batch_sampler=sampler, collate_fn=BadItemCollate(collate_stereo),
         num_workers=args.dataloader_num_workers,
     )  # fmt: skip
-    common.scale_learning_rates(args, accelerator)
-    optimizer = common.build_optimizer(args, model.parameters())
+    scale_learning_rates(args, accelerator)
+    optimizer = build_optimizer(args, model.parameters())
     model, optimizer, dataloader = accelerator.prepare(model, optimizer, dataloader)
-    max_train_steps, steps_per_epoch = common.resolve_max_train_steps(args, len(dataloader))
-    lr_scheduler = accelerator.prepare(common.build_lr_scheduler(args, optimizer, accelerator, max_train_steps))
-    common.log_run_summary(accelerator, args, len(dataset), max_train_steps)
-    common.init_trackers(accelerator, args, "train_mono2stereo")
-    global_step = common.resume_from_checkpoint(accelerator, args, generator)
+    max_train_steps, steps_per_epoch = resolve_max_train_steps(args, len(dataloader))
+    lr_scheduler = accelerator.prepare(build_lr_scheduler(args, optimizer, accelerator, max_train_steps))
+    log_run_summary(accelerator, args, len(dataset), max_train_steps)
+    init_trackers(accelerator, args, "train_mono2stereo")
+    global_step = resume_from_checkpoint(accelerator, args, generator)
 
     def training_step(batch: dict, step: int) -> dict:
         with torch.no_grad():
@@ -178,10 +214,10 @@ def main(args: argparse.Namespace) -> dict:
             drop_video = drop.to(accelerator.device)
         output = model(mono_mel, video_features=video_features, drop_video=drop_video)
         loss = mono2stereo_loss(output.left_mel, output.right_mel, left_target, right_target)
-        common.backward_and_step(accelerator, loss, model.parameters(), optimizer, lr_scheduler, args.max_grad_norm)
+        backward_and_step(accelerator, loss, model.parameters(), optimizer, lr_scheduler, args.max_grad_norm)
         return {"loss": loss.detach().item()}
 
-    global_step, history = common.run_training_loop(
+    global_step, history = run_training_loop(
         accelerator, args, dataloader, sampler, training_step, [model], max_train_steps, steps_per_epoch,
         global_step, generator,
     )  # fmt: skip
@@ -189,17 +225,16 @@ def main(args: argparse.Namespace) -> dict:
     accelerator.wait_for_everyone()
     output = args.output_dir
     if accelerator.is_main_process:
-        from foley_toolkit.training_utils import atomic_save_pretrained
-
-        trained = common.unwrap_model(accelerator, model)
+        trained = unwrap_model(accelerator, model)
         atomic_save_pretrained(trained, os.path.join(args.output_dir, "mono2stereo"))
-        if args.base_pipeline:
-            card = common.model_card(args, "train_mono2stereo.py", ["mono2stereo"], args.base_pipeline)
-            output = common.save_pipeline_with_components(
-                args.base_pipeline, os.path.join(args.output_dir, "pipeline"), {"mono2stereo": trained}, card
-            )
-    common.finish_training(accelerator, args, "train_mono2stereo.py", output, ["mono2stereo"],
-                           args.base_pipeline or args.pretrained_model)  # fmt: skip
+        if is_pipeline_folder(args.pretrained_model_name_or_path):
+            card = model_card(args, "train_mono2stereo.py", ["mono2stereo"], args.pretrained_model_name_or_path)
+            output = save_trained_pipeline(
+                args.pretrained_model_name_or_path, os.path.join(args.output_dir, "pipeline"), {"mono2stereo": trained},
+                card,
+            )  # fmt: skip
+    finish_training(accelerator, args, "train_mono2stereo.py", output, ["mono2stereo"],
+                    args.pretrained_model_name_or_path)  # fmt: skip
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return {"global_step": global_step, "history": history}

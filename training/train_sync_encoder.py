@@ -24,12 +24,13 @@ Decoding video is slow on a CPU: every clip is decoded once (`FoleyClipDataset`,
 also as safetensors on disk for later runs. uint8 is exact at 224 px; for smaller encoders the stored frames are
 within 0.5 / 127.5 of the pipeline's float frames.
 
-    python training/train_sync_encoder.py --pretrained_model base-pipeline --base_pipeline base-pipeline \
+    python training/train_sync_encoder.py --pretrained_model_name_or_path base-pipeline \
         --data_dir clips/ --validation_data_dir heldout/ --output_dir runs/sync \
         --train_batch_size 8 --max_train_steps 2000 --cache_dir runs/sync/frame_cache
 
-Outputs: ``output_dir/sync_encoder`` (the trained `SynchformerEncoder`), ``output_dir/sync_head``, with
-``--base_pipeline`` ``output_dir/pipeline`` (that pipeline with the new sync encoder), and with
+Outputs: ``output_dir/sync_encoder`` (the trained `SynchformerEncoder`), ``output_dir/sync_head``, when started from a
+pipeline folder ``output_dir/pipeline`` (that pipeline with the new sync encoder, saved with ``save_pretrained`` and a
+fresh model card), and with
 ``--validation_data_dir`` the held-out offset accuracy in ``output_dir/validation.json``. Retrain (or
 re-extract features for) the transformer after swapping the sync encoder: its sync features change.
 """
@@ -40,20 +41,43 @@ import argparse
 import hashlib
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate.logging import get_logger
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # `common.py` sits next to this script
-
-import common  # noqa: E402
-from accelerate.logging import get_logger  # noqa: E402
-
-from foley_toolkit.audio_utils import SAMPLE_RATE, SYNC_FRAME_RATE  # noqa: E402
+from foley_toolkit.audio_utils import SAMPLE_RATE, SYNC_FRAME_RATE
+from foley_toolkit.training import (
+    BadItemCollate,
+    add_pretrained_model_args,
+    add_training_args,
+    atomic_save_pretrained,
+    atomic_write_text,
+    backward_and_step,
+    build_clip_dataset,
+    build_lr_scheduler,
+    build_optimizer,
+    check_not_sharded,
+    describe_item,
+    finish_training,
+    guard_dataset,
+    init_trackers,
+    is_pipeline_folder,
+    log_run_summary,
+    make_generator,
+    model_card,
+    register_checkpoint_hooks,
+    resolve_max_train_steps,
+    resume_from_checkpoint,
+    run_training_loop,
+    save_trained_pipeline,
+    scale_learning_rates,
+    setup_accelerator,
+    unwrap_model,
+)
 
 logger = get_logger(__name__)
 
@@ -62,10 +86,21 @@ SYNC_ENCODER_PRESETS = ("synchformer_vit_b_16", "tiny")
 
 
 def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Synchformer visual encoder training (audio-visual offset classification).")
+    parser = argparse.ArgumentParser(
+        description="Synchformer visual encoder training (audio-visual offset classification)."
+    )
     group = parser.add_argument_group("models")
-    group.add_argument("--pretrained_model", type=str, default=None, help="Pipeline folder: start from its sync_encoder/.")
-    group.add_argument("--sync_encoder", type=str, default=None, help="SynchformerEncoder folder to start from (overrides the pipeline's).")
+    add_pretrained_model_args(
+        group,
+        "Pipeline folder: start from its sync_encoder/, and write output_dir/pipeline, this pipeline with the new "
+        "sync encoder.",
+    )
+    group.add_argument(
+        "--sync_encoder",
+        type=str,
+        default=None,
+        help="SynchformerEncoder folder to start from (overrides the pipeline's).",
+    )
     group.add_argument("--sync_encoder_config", type=str, default=None,
                        help=f"Train from scratch: one of {SYNC_ENCODER_PRESETS} or a config JSON file.")  # fmt: skip
     group.add_argument("--sync_head", type=str, default=None, help="SynchformerSyncHead folder to start from.")
@@ -73,32 +108,49 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--head_heads", type=int, default=4, help="Correlation heads of the offset classifier.")
     group.add_argument("--audio_channels", type=int, default=128, help="Width of the audio conv stack.")
     group.add_argument("--audio_layers", type=int, default=3, help="Residual conv blocks of the audio branch.")
-    group.add_argument("--base_pipeline", type=str, default=None, help="Also write output_dir/pipeline with the new sync encoder.")
     group = parser.add_argument_group("losses")
     group.add_argument("--offset_weight", type=float, default=1.0, help="Weight of the offset classification loss.")
     group.add_argument("--contrastive_weight", type=float, default=0.0,
                        help="Weight of the segment-level audio-visual InfoNCE (Synchformer's first stage; 0: off).")  # fmt: skip
     group = parser.add_argument_group("data")
-    group.add_argument("--data_dir", type=str, default=None, help="Folder with metadata.jsonl/metadata.csv and the videos.")
-    group.add_argument("--hf_dataset", type=str, default=None, help="A 🤗 datasets name or saved folder instead of --data_dir.")
+    group.add_argument(
+        "--data_dir", type=str, default=None, help="Folder with metadata.jsonl/metadata.csv and the videos."
+    )
+    group.add_argument(
+        "--hf_dataset", type=str, default=None, help="A 🤗 datasets name or saved folder instead of --data_dir."
+    )
     group.add_argument("--hf_split", type=str, default="train")
     group.add_argument("--hf_data_dir", type=str, default=None,
                        help="The folder a --hf_dataset builder reads (videofolder/audiofolder: media + metadata.jsonl).")  # fmt: skip
-    group.add_argument("--segment_seconds", type=float, default=10.0, help="Longer clips are cut into segments of this length.")
-    group.add_argument("--cache_dir", type=str, default=None, help="Keep decoded frames here too (reused by later runs).")
+    group.add_argument(
+        "--segment_seconds", type=float, default=10.0, help="Longer clips are cut into segments of this length."
+    )
+    group.add_argument(
+        "--cache_dir", type=str, default=None, help="Keep decoded frames here too (reused by later runs)."
+    )
     group.add_argument("--num_segments", type=int, default=7, help="Synchformer segments per window (7: 2.56 s).")
     group.add_argument("--num_offset_classes", type=int, default=11, help="Offset classes (odd: class K // 2 is 0 s).")
-    group.add_argument("--offset_step", type=float, default=0.12, help="Seconds between offset classes (whole 25 fps frames).")
+    group.add_argument(
+        "--offset_step", type=float, default=0.12, help="Seconds between offset classes (whole 25 fps frames)."
+    )
     group.add_argument("--windows_per_clip", type=int, default=1, help="Random windows per clip and epoch.")
     group.add_argument("--appearance_augmentation", type=float, default=0.0,
                        help="Probability that a training window gets a random appearance (colour permutation, "
                             "inversion, grey, contrast/brightness, mirror, zoom), the same for all its frames; 0: off.")  # fmt: skip
     group = parser.add_argument_group("validation")
-    group.add_argument("--validation_data_dir", type=str, default=None, help="Held-out clips: offset accuracy is reported on them.")
-    group.add_argument("--validation_windows", type=int, default=2, help="Fixed windows per held-out clip (each at every offset).")
-    group.add_argument("--validation_steps", type=int, default=100, help="Validate every N optimizer steps (and at the end).")
-    group.add_argument("--validation_batch_size", type=int, default=4, help="Held-out windows per batch (each at every offset).")
-    common.add_training_args(parser, default_learning_rate=1e-3, default_lr_scheduler="constant")
+    group.add_argument(
+        "--validation_data_dir", type=str, default=None, help="Held-out clips: offset accuracy is reported on them."
+    )
+    group.add_argument(
+        "--validation_windows", type=int, default=2, help="Fixed windows per held-out clip (each at every offset)."
+    )
+    group.add_argument(
+        "--validation_steps", type=int, default=100, help="Validate every N optimizer steps (and at the end)."
+    )
+    group.add_argument(
+        "--validation_batch_size", type=int, default=4, help="Held-out windows per batch (each at every offset)."
+    )
+    add_training_args(parser, default_learning_rate=1e-3, default_lr_scheduler="constant")
     args = parser.parse_args(input_args)
     validate_args(args)
     return args
@@ -110,8 +162,7 @@ def validate_args(args: argparse.Namespace) -> None:
         raise ValueError(f"`--num_segments` must be >= 1, got {args.num_segments}.")
     if args.num_offset_classes < 3 or args.num_offset_classes % 2 == 0:
         raise ValueError(
-            "`--num_offset_classes` must be odd and >= 3 (a zero offset in the middle), "
-            f"got {args.num_offset_classes}."
+            f"`--num_offset_classes` must be odd and >= 3 (a zero offset in the middle), got {args.num_offset_classes}."
         )
     if not 0.0 <= args.appearance_augmentation <= 1.0:
         raise ValueError(f"`--appearance_augmentation` is a probability in [0, 1], got {args.appearance_augmentation}.")
@@ -168,12 +219,14 @@ def load_sync_encoder(args: argparse.Namespace):
         with open(args.sync_encoder_config, encoding="utf-8") as f:
             return build_sync_encoder(json.load(f))
     folder = args.sync_encoder
-    if folder is None and args.pretrained_model:
-        folder = os.path.join(args.pretrained_model, "sync_encoder")
+    if folder is None and args.pretrained_model_name_or_path:
+        folder = os.path.join(args.pretrained_model_name_or_path, "sync_encoder")
     if folder is None:
-        raise ValueError("Pass `--pretrained_model`, `--sync_encoder` or `--sync_encoder_config`.")
+        raise ValueError("Pass `--pretrained_model_name_or_path`, `--sync_encoder` or `--sync_encoder_config`.")
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"No sync encoder folder at {folder!r} (`--sync_encoder` / `--pretrained_model`).")
+        raise FileNotFoundError(
+            f"No sync encoder folder at {folder!r} (`--sync_encoder` / `--pretrained_model_name_or_path`)."
+        )
     return SynchformerEncoder.from_pretrained(folder)
 
 
@@ -327,9 +380,9 @@ class SyncWindowDataset(torch.utils.data.Dataset):
         return len(self.plan) if self.plan is not None else len(self.eligible) * self.windows_per_clip
 
     def describe_item(self, index: int) -> tuple[str, list[str]]:
-        """`(clip id, media files)` of window `index` without decoding it (bad-item records, `common.BadItemGuard`)."""
+        """`(clip id, media files)` of window `index` without decoding it (bad-item records, `BadItemGuard`)."""
         clip = self.plan[index][0] if self.plan is not None else self.eligible[index // self.windows_per_clip]
-        return common.describe_item(self.clips, clip)
+        return describe_item(self.clips, clip)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -450,7 +503,7 @@ def build_window_dataset(
         if validation:
             clips = FoleyClipDataset.from_folder(data_dir, seed=args.seed, **kwargs)
         else:
-            clips = common.build_clip_dataset(args, **kwargs)
+            clips = build_clip_dataset(args, **kwargs)
     except ValueError as error:
         if "min_seconds" not in str(error):
             raise
@@ -533,16 +586,16 @@ def main(args: argparse.Namespace) -> dict:
     from foley_toolkit.data import LengthGroupedBatchSampler
     from foley_toolkit.models.autoencoders.autoencoder_mel_vae import LogMelSpectrogram
 
-    accelerator = common.setup_accelerator(args)
-    common.check_not_sharded(accelerator, "train_sync_encoder.py")
-    generator = common.make_generator(accelerator, args.seed)
+    accelerator = setup_accelerator(args)
+    check_not_sharded(accelerator, "train_sync_encoder.py")
+    generator = make_generator(accelerator, args.seed)
 
     sync_encoder = load_sync_encoder(args).train()
     head = load_sync_head(args, sync_encoder).train()
     if args.gradient_checkpointing:
         sync_encoder.enable_gradient_checkpointing()
     mel_transform = LogMelSpectrogram().to(accelerator.device)
-    common.register_checkpoint_hooks(accelerator, {"sync_encoder": sync_encoder, "sync_head": head})
+    register_checkpoint_hooks(accelerator, {"sync_encoder": sync_encoder, "sync_head": head})
 
     dataset = build_window_dataset(args, sync_encoder)
     validation_set = None
@@ -550,23 +603,23 @@ def main(args: argparse.Namespace) -> dict:
         validation_set = build_window_dataset(args, sync_encoder, args.validation_data_dir, validation=True)
     sampler = LengthGroupedBatchSampler([1] * len(dataset), args.train_batch_size, shuffle=True, seed=args.seed)
     dataloader = torch.utils.data.DataLoader(
-        common.guard_dataset(dataset, args), batch_sampler=sampler, collate_fn=common.BadItemCollate(),
+        guard_dataset(dataset, args), batch_sampler=sampler, collate_fn=BadItemCollate(),
         num_workers=args.dataloader_num_workers,
     )  # fmt: skip
 
-    common.scale_learning_rates(args, accelerator)
+    scale_learning_rates(args, accelerator)
     params = list(sync_encoder.parameters()) + list(head.parameters())
-    optimizer = common.build_optimizer(args, params)
+    optimizer = build_optimizer(args, params)
     sync_encoder, head, optimizer, dataloader = accelerator.prepare(sync_encoder, head, optimizer, dataloader)
-    max_train_steps, steps_per_epoch = common.resolve_max_train_steps(args, len(dataloader))
-    lr_scheduler = accelerator.prepare(common.build_lr_scheduler(args, optimizer, accelerator, max_train_steps))
-    common.log_run_summary(accelerator, args, len(dataset), max_train_steps)
+    max_train_steps, steps_per_epoch = resolve_max_train_steps(args, len(dataloader))
+    lr_scheduler = accelerator.prepare(build_lr_scheduler(args, optimizer, accelerator, max_train_steps))
+    log_run_summary(accelerator, args, len(dataset), max_train_steps)
     logger.info(
         f"  {len(dataset.eligible)} of {len(dataset.clips)} clips hold a window ({dataset.window_frames} frames) at "
         f"every offset {offset_frames(args)} (frames); chance accuracy {1 / args.num_offset_classes:.3f}"
     )
-    common.init_trackers(accelerator, args, "train_sync_encoder")
-    global_step = common.resume_from_checkpoint(accelerator, args, generator)
+    init_trackers(accelerator, args, "train_sync_encoder")
+    global_step = resume_from_checkpoint(accelerator, args, generator)
 
     def training_step(batch: dict, step: int) -> dict:
         visual = sync_encoder(frames_to_encoder_input(batch["frames"]), segment_batch_size=None)
@@ -580,10 +633,10 @@ def main(args: argparse.Namespace) -> dict:
             with torch.no_grad():
                 aligned_mel = mel_transform(batch["audio_aligned"])
             # through the prepared head's own module: DDP sees this call inside the same backward
-            contrastive = common.unwrap_model(accelerator, head).contrastive_loss(visual, aligned_mel)
+            contrastive = unwrap_model(accelerator, head).contrastive_loss(visual, aligned_mel)
             loss = loss + args.contrastive_weight * contrastive
             logs["contrastive_loss"] = contrastive.detach().item()
-        common.backward_and_step(accelerator, loss, params, optimizer, lr_scheduler, args.max_grad_norm)
+        backward_and_step(accelerator, loss, params, optimizer, lr_scheduler, args.max_grad_norm)
         accuracy = (logits.detach().argmax(-1) == batch["label"]).float().mean()
         return {"loss": loss.detach().item(), "accuracy": accuracy.item(), "lr": lr_scheduler.get_last_lr()[0], **logs}
 
@@ -592,7 +645,7 @@ def main(args: argparse.Namespace) -> dict:
 
     def validate(step: int) -> dict:
         results = evaluate(
-            common.unwrap_model(accelerator, sync_encoder), common.unwrap_model(accelerator, head), mel_transform,
+            unwrap_model(accelerator, sync_encoder), unwrap_model(accelerator, head), mel_transform,
             validation_set, args.validation_batch_size, accelerator.device,
         )  # fmt: skip
         validation_history.append({"step": step, **results})
@@ -609,7 +662,7 @@ def main(args: argparse.Namespace) -> dict:
             return validate(step)
         return None
 
-    global_step, history = common.run_training_loop(
+    global_step, history = run_training_loop(
         accelerator, args, dataloader, sampler, training_step, [sync_encoder, head], max_train_steps,
         steps_per_epoch, global_step, generator, on_optimizer_step,
     )  # fmt: skip
@@ -619,20 +672,21 @@ def main(args: argparse.Namespace) -> dict:
     validation = validation_history[-1] if validation_history else None
     output = args.output_dir
     if accelerator.is_main_process:
-        from foley_toolkit.training_utils import atomic_save_pretrained, atomic_write_text
-
-        trained = common.unwrap_model(accelerator, sync_encoder)
+        trained = unwrap_model(accelerator, sync_encoder)
         atomic_save_pretrained(trained, os.path.join(args.output_dir, "sync_encoder"))
-        atomic_save_pretrained(common.unwrap_model(accelerator, head), os.path.join(args.output_dir, "sync_head"))
-        if args.base_pipeline:
-            card = common.model_card(args, "train_sync_encoder.py", ["sync_encoder"], args.base_pipeline)
-            output = common.save_pipeline_with_components(
-                args.base_pipeline, os.path.join(args.output_dir, "pipeline"), {"sync_encoder": trained}, card
-            )
+        atomic_save_pretrained(unwrap_model(accelerator, head), os.path.join(args.output_dir, "sync_head"))
+        if is_pipeline_folder(args.pretrained_model_name_or_path):
+            card = model_card(args, "train_sync_encoder.py", ["sync_encoder"], args.pretrained_model_name_or_path)
+            output = save_trained_pipeline(
+                args.pretrained_model_name_or_path, os.path.join(args.output_dir, "pipeline"),
+                {"sync_encoder": trained}, card,
+            )  # fmt: skip
         if validation_history:
-            atomic_write_text(os.path.join(args.output_dir, "validation.json"), json.dumps(validation_history, indent=2))
-    common.finish_training(accelerator, args, "train_sync_encoder.py", output, ["sync_encoder"],
-                           args.base_pipeline or args.pretrained_model)  # fmt: skip
+            atomic_write_text(
+                os.path.join(args.output_dir, "validation.json"), json.dumps(validation_history, indent=2)
+            )
+    finish_training(accelerator, args, "train_sync_encoder.py", output, ["sync_encoder"],
+                    args.pretrained_model_name_or_path)  # fmt: skip
     accelerator.wait_for_everyone()
     accelerator.end_training()
     steps_run = len(history)

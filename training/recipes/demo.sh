@@ -60,7 +60,7 @@ PY
 
 stage "2. MelVAE: Algorithm 2 (MSE -> KL ramp -> GAN ramp -> decoder only), latent statistics"
 [ -f "$WORK/vae/pipeline/model_index.json" ] || \
-  python training/train_vae.py --pretrained_model "$WORK/base" --base_pipeline "$WORK/base" \
+  python training/train_vae.py --pretrained_model_name_or_path "$WORK/base" \
     --data_dir "$WORK/data/train" --output_dir "$WORK/vae" --seed 0 \
     --discriminator_config training/recipes/demo_mel_discriminator.json \
     --max_train_steps "$VAE_STEPS" --train_batch_size 8 --crop_seconds 1.5 --learning_rate 1e-3 \
@@ -69,7 +69,7 @@ stage "2. MelVAE: Algorithm 2 (MSE -> KL ramp -> GAN ramp -> decoder only), late
 
 stage "3. Synchformer visual encoder: which audio offset matches this video window (offset classification)"
 [ -f "$WORK/sync/pipeline/model_index.json" ] || \
-  python training/train_sync_encoder.py --pretrained_model "$WORK/base" --base_pipeline "$WORK/vae/pipeline" \
+  python training/train_sync_encoder.py --pretrained_model_name_or_path "$WORK/vae/pipeline" \
     --data_dir "$WORK/data/train_sync" --validation_data_dir "$WORK/data/heldout_$HELDOUT_LOOK" \
     --output_dir "$WORK/sync" --seed 0 --cache_dir "$WORK/sync/frame_cache" --max_train_steps "$SYNC_STEPS" \
     --train_batch_size 4 --learning_rate 1e-3 --validation_steps 200 --checkpointing_steps 100 \
@@ -77,7 +77,7 @@ stage "3. Synchformer visual encoder: which audio offset matches this video wind
 
 stage "4. vocoder (Vocos-style, mel magnitude prior) on ground-truth mels: mel L1 + multi-res STFT, energy crops"
 [ -f "$WORK/vocoder/pipeline/model_index.json" ] || \
-  python training/train_vocoder.py --pretrained_model "$WORK/sync/pipeline" --base_pipeline "$WORK/sync/pipeline" \
+  python training/train_vocoder.py --pretrained_model_name_or_path "$WORK/sync/pipeline" \
     --data_dir "$WORK/data/train" --output_dir "$WORK/vocoder" --seed 0 --mel_source ground_truth \
     --vocoder_type vocos --vocoder_config small --crop_sampling energy --train_batch_size 4 --crop_seconds 1.0 \
     --learning_rate 1e-3 --gan_weight 0 --stft_loss_weight 5 \
@@ -86,14 +86,16 @@ stage "4. vocoder (Vocos-style, mel magnitude prior) on ground-truth mels: mel L
 
 stage "5. feature cache (MelVAE posteriors, T5, CLIP, trained Synchformer, stereo mels)"
 [ -f "$WORK/features/index.jsonl" ] && [ -f "$WORK/features/.done" ] || {
-  python training/extract_features.py --pretrained_model "$WORK/vocoder/pipeline" --data_dir "$WORK/data/train" \
+  python training/extract_features.py --pretrained_model_name_or_path "$WORK/vocoder/pipeline" \
+    --data_dir "$WORK/data/train" \
     --output_dir "$WORK/features" --segment_seconds 6 --concat_short --min_seconds 2 --stereo_mel --seed 0
   touch "$WORK/features/.done"
 }
 
 stage "6. transformer: flow matching on the cached features (Algorithm 1)"
 [ -f "$WORK/transformer/pipeline/model_index.json" ] || \
-  python training/train_transformer.py --pretrained_model "$WORK/vocoder/pipeline" --feature_dir "$WORK/features" \
+  python training/train_transformer.py --pretrained_model_name_or_path "$WORK/vocoder/pipeline" \
+    --feature_dir "$WORK/features" \
     --output_dir "$WORK/transformer" --seed 0 --max_train_steps "$TRANSFORMER_STEPS" --train_batch_size 16 \
     --learning_rate 1e-3 --lr_scheduler inverse --lr_inv_gamma 2000 --lr_power 0.5 --lr_warmup 0.99 \
     --text_dropout 0.1 --video_dropout 0.1 --use_ema --ema_decay 0.995 --mixed_precision bf16 \
@@ -101,8 +103,8 @@ stage "6. transformer: flow matching on the cached features (Algorithm 1)"
 
 stage "7. Mono2Stereo on the stereo clips, conditioned on the cached CLIP features"
 [ -f "$WORK/mono2stereo/pipeline/model_index.json" ] || \
-  python training/train_mono2stereo.py --pretrained_model "$WORK/transformer/pipeline" \
-    --base_pipeline "$WORK/transformer/pipeline" --data_dir "$WORK/data/train" --feature_dir "$WORK/features" \
+  python training/train_mono2stereo.py --pretrained_model_name_or_path "$WORK/transformer/pipeline" \
+    --data_dir "$WORK/data/train" --feature_dir "$WORK/features" \
     --output_dir "$WORK/mono2stereo" --seed 0 --max_train_steps "$M2S_STEPS" --train_batch_size 8 \
     --crop_seconds 3 --learning_rate 1e-3 --checkpointing_steps 200 --checkpoints_total_limit 1 \
     --resume_from_checkpoint latest --logging_steps 50

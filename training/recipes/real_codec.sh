@@ -58,7 +58,7 @@ VAE_ARGS=(--data_dir "$WORK/clips/train" --discriminator_config training/recipes
   --gan_upper 0 --checkpointing_steps 250 --checkpoints_total_limit 1 --resume_from_checkpoint latest
   --logging_steps 50)
 stage "3a. MelVAE fine-tune from $BASE, constant LR"
-[ -f "$WORK/vae_ft/vae/config.json" ] || timed vae_a python training/train_vae.py --pretrained_model "$BASE" \
+[ -f "$WORK/vae_ft/vae/config.json" ] || timed vae_a python training/train_vae.py --pretrained_model_name_or_path "$BASE" \
   --output_dir "$WORK/vae_ft" --seed 0 --max_train_steps "$VAE_STEPS" "${VAE_ARGS[@]}"
 stage "3b. MelVAE: cosine LR to 0, half the crops drawn by energy"
 [ -f "$WORK/vae_ft2/vae/config.json" ] || timed vae_b python training/train_vae.py --vae "$WORK/vae_ft/vae" \
@@ -71,7 +71,7 @@ VOCODER_ARGS=(--data_dir "$WORK/clips/train" --mel_source ground_truth --vocoder
   --checkpointing_steps 250 --checkpoints_total_limit 1 --resume_from_checkpoint latest --logging_steps 25)
 stage "4a. Vocos vocoder fine-tune from $BASE, constant LR"
 [ -f "$WORK/vocoder_ft/vocoder/config.json" ] || timed vocoder_a python training/train_vocoder.py \
-  --pretrained_model "$BASE" --output_dir "$WORK/vocoder_ft" --seed 0 --max_train_steps "$VOCODER_STEPS" \
+  --pretrained_model_name_or_path "$BASE" --output_dir "$WORK/vocoder_ft" --seed 0 --max_train_steps "$VOCODER_STEPS" \
   "${VOCODER_ARGS[@]}"
 stage "4b. Vocos vocoder: cosine LR to 0"
 [ -f "$WORK/vocoder_ft2/vocoder/config.json" ] || timed vocoder_b python training/train_vocoder.py \
