@@ -15,6 +15,7 @@ COMMAND_MODULES: list[str] = [
     "convert",
     "assemble",
     "evaluate",
+    "app",
 ]
 
 
