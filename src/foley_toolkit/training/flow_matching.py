@@ -16,6 +16,8 @@ import torch
 from accelerate.logging import get_logger
 from diffusers.training_utils import compute_density_for_timestep_sampling
 
+from ..schedulers import shift_sigmas
+
 logger = get_logger(__name__)
 
 WEIGHTING_SCHEMES = ("logit_normal", "mode", "uniform")
@@ -32,8 +34,9 @@ class FlowMatching:
             `"uniform"` follow diffusers' `compute_density_for_timestep_sampling`.
         logit_mean, logit_std (`float`): Parameters of the logit-normal distribution.
         mode_scale (`float`): Parameter of the `"mode"` distribution.
-        shift (`float`, defaults to 1): Static time shift `shift * s / (1 + (shift - 1) * s)` of the sampled levels,
-            the one `FlowMatchEulerDiscreteScheduler(shift=...)` applies at inference; `> 1` moves mass towards noise.
+        shift (`float`, defaults to 1): Static time shift `shift * s / (1 + (shift - 1) * s)` of the sampled levels
+            (`foley_toolkit.schedulers.shift_sigmas`, the one `FlowMatchEulerDiscreteScheduler(shift=...)` applies at
+            inference); `> 1` moves mass towards noise.
         text_dropout, video_dropout (`float`, defaults to 0.1): Probability that a sample's text (or its CLIP and
             sync features together) is replaced by the transformer's learned empty embedding (classifier-free
             guidance's null condition).
@@ -82,14 +85,6 @@ class FlowMatching:
     # Schedule
     # ------------------------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def shift_sigmas(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
-        """The static time shift of `FlowMatchEulerDiscreteScheduler`: `shift * s / (1 + (shift - 1) * s)`
-        (`sigmas` unchanged when `shift == 1`)."""
-        if shift == 1.0:
-            return sigmas
-        return shift * sigmas / (1 + (shift - 1) * sigmas)
-
     def sample_sigmas(
         self, batch_size: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
     ) -> torch.Tensor:
@@ -105,7 +100,8 @@ class FlowMatching:
             device=sample_device,
             generator=generator,
         )
-        return self.shift_sigmas(sigmas, self.shift).to(device=device, dtype=torch.float32)
+        # the scheduler's static shift, so that training and sampling agree on what `shift` means
+        return shift_sigmas(sigmas, self.shift).to(device=device, dtype=torch.float32)
 
     # ------------------------------------------------------------------------------------------------------------
     # Interpolation and target
