@@ -168,6 +168,12 @@ def test_codec_scripts_accept_the_old_model_flags_as_deprecated_aliases(script, 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the new name does not warn
         module.parse_args(["--output_dir", str(tmp_path), "--pretrained_model_name_or_path", "pipe-a"])
+    # the old pair with one value (what recipes passed) is one argument; two different values are refused
+    with pytest.warns(FutureWarning):
+        args = module.parse_args(["--output_dir", str(tmp_path), "--pretrained_model", "p", "--base_pipeline", "p"])
+    assert args.pretrained_model_name_or_path == "p"
+    with pytest.warns(FutureWarning), pytest.raises(SystemExit):
+        module.parse_args(["--output_dir", str(tmp_path), "--pretrained_model", "p", "--base_pipeline", "q"])
 
 
 @pytest.mark.parametrize("script", ["train_transformer", "train_lora", "extract_features"])

@@ -12,8 +12,9 @@ from .flow_matching import WEIGHTING_SCHEMES
 
 
 class DeprecatedAlias(argparse.Action):
-    """Stores like the default action; an option string listed in `deprecated` also warns (FutureWarning) that
-    the first option string is its new name."""
+    """Stores like the default action; an option string listed in `deprecated` also warns (FutureWarning) that the
+    first option string is its new name. Two different values for the one destination (``--pretrained_model A
+    --base_pipeline B``) are an error: one of them would be silently ignored."""
 
     def __init__(self, option_strings, dest, deprecated: tuple[str, ...] = (), **kwargs):
         super().__init__(option_strings, dest, **kwargs)
@@ -24,11 +25,18 @@ class DeprecatedAlias(argparse.Action):
             warnings.warn(
                 f"`{option_string}` is deprecated: use `{self.option_strings[0]}`.", FutureWarning, stacklevel=2
             )
+        current = getattr(namespace, self.dest, None)
+        if current is not None and current != self.default and current != values:
+            parser.error(
+                f"{option_string} {values!r} conflicts with {current!r} given before: {', '.join(self.option_strings)} "
+                f"are one argument, pass it once ({self.option_strings[0]})."
+            )
         setattr(namespace, self.dest, values)
 
 
-def add_pretrained_model_args(parser: argparse.ArgumentParser, help: str, required: bool = False) -> None:
-    """``--pretrained_model_name_or_path``: the pipeline a script starts from. ``--pretrained_model`` and
+def add_pretrained_model_args(parser: argparse.ArgumentParser, description: str, required: bool = False) -> None:
+    """``--pretrained_model_name_or_path``: the pipeline a script starts from (and, for the scripts that train one
+    component, the pipeline written with it in ``output_dir/pipeline``). ``--pretrained_model`` and
     ``--base_pipeline`` (the names used before; codec scripts took both) are deprecated aliases of it."""
     parser.add_argument(
         "--pretrained_model_name_or_path",
@@ -40,7 +48,7 @@ def add_pretrained_model_args(parser: argparse.ArgumentParser, help: str, requir
         required=required,
         action=DeprecatedAlias,
         deprecated=("--pretrained_model", "--base_pipeline"),
-        help=help + " (`--pretrained_model` and `--base_pipeline` are deprecated spellings.)",
+        help=description + " (`--pretrained_model` and `--base_pipeline` are deprecated spellings.)",
     )
 
 

@@ -48,7 +48,8 @@ def codec_loss_weights(
     The multi-stage stepping schedule of the paper's Algorithm 2, exactly:
 
     - `step <= stage1_end`: `L = L_mse`;
-    - `step <= stage2_end`: `L = L_mse + gamma * L_kl`, `gamma = kl_upper * min(1, (step - stage1_end) / (stage2_end - stage1_end))`;
+    - `step <= stage2_end`: `L = L_mse + gamma * L_kl`,
+      `gamma = kl_upper * min(1, (step - stage1_end) / (stage2_end - stage1_end))`;
     - `step <= stage3_end`: `L = L_mse + kl_upper * L_kl + gamma * (L_g + L_d)`,
       `gamma = gan_upper * min(1, (step - stage2_end) / (stage3_end - stage2_end))`;
     - otherwise: `L = L_mse + kl_upper * L_kl + gan_upper * (L_g + L_d)`, encoder and VAE posterior frozen.
@@ -84,7 +85,8 @@ class Algorithm2Schedule:
     (`codec_loss_weights`) and the stage-4 freezing of the encoder, applied to the model only when it changes.
 
     Args:
-        stage1_end, stage2_end, stage3_end (`int`): Last steps of stages 1-3, `0 <= stage1_end < stage2_end < stage3_end`.
+        stage1_end, stage2_end, stage3_end (`int`): Last steps of stages 1-3,
+            `0 <= stage1_end < stage2_end < stage3_end`.
         kl_upper, gan_upper (`float`): Final KL and GAN weights (>= 0).
 
     Steps count from 1, as in the paper: pass `weights(global_step + 1)` for the step about to run.
