@@ -17,9 +17,12 @@ Metrics (Table 1 column order):
   KL_PANNs   mean over pairs of KL(reference || generated) on the softmax of the 527 AudioSet logits.
   KL_PaSST   the same on PaSST's 527 logits (needs --passt-weights).
   IS         Inception score of the generated clips (softmax of the logits, 10 seeded splits; IS_std alongside).
+  IB-score   mean cosine similarity of the ImageBind embeddings of each source video and its generated audio
+             (av-benchmark; needs --videos and --imagebind-weights with Meta's ImageBind code installed, or any
+             embedder plugged in with --ib-embedder module:factory).
   DeSync     mean |offset| (s) that Synchformer predicts between each video and its generated audio, on the first
              and the last 4.8 s (14 segments) of every clip (needs --videos, --sync-encoder, --sync-head; part of the
-             default metrics when --videos is given). av-benchmark's model: --sync-encoder and --sync-head written
+             default metrics when they are given). av-benchmark's model: --sync-encoder and --sync-head written
              by `foley-toolkit convert synchformer --checkpoint synchformer_state_dict.pth --out ENC --head-out HEAD`
              (16 kHz audio, 21 classes -2..+2 s); a head trained by train_sync_encoder.py also works
              (--sync-offset-step, --desync-window-segments).
@@ -53,6 +56,7 @@ METRICS = {
     "kl_panns": "KL_PANNs",
     "kl_passt": "KL_PaSST",
     "is": "IS",
+    "ib_score": "IB-score",
     "desync": "DeSync",
     "clap": "CLAP",
 }
@@ -92,6 +96,15 @@ def register(subparsers) -> None:
         "--captions", default=None, help="Captions: CSV with name,caption columns or a metadata.jsonl (CLAP score)."
     )
     parser.add_argument("--videos", default=None, help="Folder of the source videos, same names as --pred (DeSync).")
+    parser.add_argument(
+        "--imagebind-weights", default=None, help="imagebind_huge.pth (needs Meta's ImageBind code); adds IB-score."
+    )
+    parser.add_argument(
+        "--ib-embedder",
+        default=None,
+        help="IB-score embedder 'package.module:factory' returning an AudioVisualEmbedder, called with weights= and "
+        "device= (default: foley_toolkit.evaluation.extractors.imagebind:ImageBindEmbedder).",
+    )
     parser.add_argument("--sync-encoder", default=None, help="SynchformerEncoder folder or Hub id (DeSync).")
     parser.add_argument("--sync-head", default=None, help="Trained SynchformerSyncHead folder or Hub id (DeSync).")
     parser.add_argument(
@@ -156,11 +169,12 @@ def resolve_metrics(
     with_vggish: bool = False,
     with_clap: bool = False,
     with_passt: bool = False,
+    with_ib: bool = False,
 ) -> list[str]:
     if not metrics:
         optional = {
             "desync": with_videos, "fd_vgg": with_vggish, "clap": with_clap, "fd_passt": with_passt,
-            "kl_passt": with_passt,
+            "kl_passt": with_passt, "ib_score": with_ib,
         }  # fmt: skip
         return [m for m in METRICS if optional.get(m, True)]
     unknown = [m for m in metrics if m not in METRICS]
@@ -358,10 +372,11 @@ def run(args) -> int:
 
     metrics = resolve_metrics(
         args.metrics,
-        with_videos=args.videos is not None,
+        with_videos=args.videos is not None and args.sync_encoder is not None and args.sync_head is not None,
         with_vggish=args.vggish_weights is not None,
         with_clap=args.clap is not None and args.captions is not None,
         with_passt=args.passt_weights is not None,
+        with_ib=args.videos is not None and (args.imagebind_weights is not None or args.ib_embedder is not None),
     )
     if args.num_workers < 0:
         raise ValueError(f"`--num-workers` must be >= 0, got {args.num_workers}.")
@@ -394,8 +409,10 @@ def run(args) -> int:
     if "clap" in metrics and (args.clap is None or args.captions is None):
         raise ValueError("the CLAP score needs `--clap` (a CLAP model folder or Hub id) and `--captions`.")
     captions = read_captions(args.captions, [name for name, _, _ in pairs]) if "clap" in metrics else None
+    if "ib_score" in metrics and (args.videos is None or (args.imagebind_weights is None and args.ib_embedder is None)):
+        raise ValueError("IB-score needs `--videos` and `--imagebind-weights` (or an embedder from `--ib-embedder`).")
     videos = None
-    if "desync" in metrics:
+    if "desync" in metrics or "ib_score" in metrics:
         videos = find_video_files(args.videos, [name for name, _, _ in pairs])
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     results: dict[str, float] = {}
@@ -447,7 +464,14 @@ def run(args) -> int:
         text = extractor.embed_text([captions[name] for name, _, _ in pairs])
         results["CLAP"] = mean_cosine_similarity(text, torch.stack([o["embedding"] for o in pred_outputs]))
         extractors[extractor.name] = {"cache_key": extractor.cache_key, "model": os.fspath(args.clap)}
-    if videos is not None:
+    if "ib_score" in metrics:
+        from ..evaluation.extractors.imagebind import ib_score, load_embedder
+
+        spec = args.ib_embedder or "foley_toolkit.evaluation.extractors.imagebind:ImageBindEmbedder"
+        embedder = load_embedder(spec, weights=args.imagebind_weights, device=device)
+        results["IB-score"] = ib_score(embedder, [(videos[name], pred_path) for name, pred_path, _ in pairs])
+        extractors["ib_score"] = {"embedder": spec, "name": embedder.name, "weights": args.imagebind_weights}
+    if "desync" in metrics:
         results["DeSync"], scorer = compute_desync(args, pairs, videos, device)
         extractors["synchformer"] = {
             "encoder": os.fspath(args.sync_encoder),
