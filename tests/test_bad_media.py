@@ -11,15 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from foley_toolkit.audio_utils import (
-    SAMPLE_RATE,
-    TRUNCATION_TOLERANCE_SECONDS,
-    TruncatedMediaWarning,
-    load_audio,
-)
+from foley_toolkit.audio_utils import SAMPLE_RATE, load_audio
 from foley_toolkit.data import FoleyClipDataset, probe_duration
 from foley_toolkit.synthetic import generate_clip, write_clip
-from foley_toolkit.video_processor import load_video
+from foley_toolkit.utils.video_io import TRUNCATION_TOLERANCE_SECONDS, TruncatedMediaWarning, load_video
 
 CLIP_SECONDS = 1.6  # 40 frames at 25 fps (`generate_clip` rounds durations to whole frames)
 
@@ -114,3 +109,13 @@ def test_training_data_refuses_a_truncated_clip_instead_of_zero_padding_it(media
     assert dataset[1]["audio"].shape == (1, round(CLIP_SECONDS * SAMPLE_RATE))
     with pytest.raises(ValueError, match=r"truncated\.mp4' is truncated"):
         FoleyClipDataset.from_folder(folder, segment_seconds=None, load_video=True)._item_video(dataset.items[0])
+
+
+def test_media_helpers_still_import_from_audio_utils():
+    from foley_toolkit import audio_utils
+    from foley_toolkit.utils import video_io
+
+    assert audio_utils.TruncatedMediaWarning is video_io.TruncatedMediaWarning
+    assert audio_utils.open_media is video_io.open_media
+    with pytest.raises(AttributeError, match="no_such_name"):
+        audio_utils.no_such_name

@@ -1,12 +1,22 @@
-"""The log-mel front end (BigVGAN-v2 44.1 kHz, 128 bands) against a librosa/numpy reference, sequence lengths and audio I/O."""
+"""The log-mel front end (BigVGAN-v2 44.1 kHz, 128 bands) against a librosa/numpy reference, the length formulas
+(`audio_utils`, the one module that owns them) and audio I/O."""
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
 import torch
 
-from foley_toolkit.audio_utils import load_audio, num_mel_frames, resample, save_audio, sequence_lengths
+from foley_toolkit.audio_utils import (
+    load_audio,
+    num_frames_at_rate,
+    num_mel_frames,
+    num_sync_segments,
+    resample,
+    save_audio,
+    sequence_lengths,
+)
 from foley_toolkit.models.autoencoders.autoencoder_mel_vae import LogMelSpectrogram, slaney_mel_filterbank
 
 
@@ -72,6 +82,7 @@ def test_sequence_lengths():
         "mel_frames": 689,
         "latent_frames": 345,
         "audio_tokens": 345,
+        "output_mel_frames": 690,
         "clip_frames": 64,
         "sync_frames": 200,
         "sync_segments": 24,
@@ -89,6 +100,32 @@ def test_sequence_lengths():
     for bad in (0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="duration"):
             sequence_lengths(bad)
+
+
+def test_length_formulas_take_other_configs():
+    # 29 frames at 25 fps: exact for the rational duration, a float gets the same count through its tolerance.
+    assert num_frames_at_rate(Fraction(29, 25), 25) == 29 == num_frames_at_rate(1.16, 25)
+    assert num_frames_at_rate(Fraction(29, 25) - Fraction(1, 10**9), 25) == 28
+    assert num_sync_segments(15) == 0 and num_sync_segments(16) == 1 and num_sync_segments(200) == 24
+    assert num_sync_segments(200, segment_frames=8, segment_stride=4) == 49
+    # a VAE with hop 256 and 4x downsampling, 30 fps sync frames in 32-frame segments with stride 16 and 16 tokens
+    other = sequence_lengths(
+        2.0, 48000, n_fft=1024, hop_length=256, latent_downsample=4, clip_frame_rate=4, sync_frame_rate=30,
+        sync_segment_frames=32, sync_segment_stride=16, sync_tokens_per_segment=16,
+    )  # fmt: skip
+    assert other == {
+        "num_samples": 96000,
+        "mel_frames": (96000 - 256) // 256 + 1,
+        "latent_frames": math.ceil(375 / 4),
+        "audio_tokens": math.ceil(96000 / 1024),
+        "output_mel_frames": 375,
+        "clip_frames": 8,
+        "sync_frames": 60,
+        "sync_segments": 2,
+        "sync_tokens": 32,
+    }
+    mel = LogMelSpectrogram(48000, 1024, 256)
+    assert mel.num_frames(96000) == other["mel_frames"] == mel(torch.zeros(1, 96000)).shape[-1]
 
 
 def test_resample_keeps_frequency_and_length():

@@ -184,3 +184,34 @@ def test_default_config_is_synchformer_vit_b_16():
     assert 121_000_000 < num_parameters < 123_000_000, num_parameters
     # 8 s of video at 25 fps: 200 frames -> 24 segments -> 192 tokens (24 per second)
     assert model.num_segments(200) * model.tokens_per_segment == 192
+
+
+def test_frame_transform_runs_once_per_chunk_on_the_frames_it_covers():
+    """The encoder is the one place that windows a video: uint8 frames with a `frame_transform` give exactly the
+    features of the transformed video, for any chunking, and each chunk's frames are transformed once."""
+    from foley_toolkit.video_processor import FoleyVideoProcessor
+
+    model = _tiny()
+    processor = FoleyVideoProcessor(sync_image_size=32)
+    generator = torch.Generator().manual_seed(3)
+    frames = torch.randint(0, 256, (2, 56, 3, 224, 224), dtype=torch.uint8, generator=generator)  # 6 segments each
+    seen = []
+
+    def transform(span):
+        seen.append(span.shape[0])
+        return processor.preprocess_sync(span)
+
+    with torch.no_grad():
+        reference = model(processor.preprocess_sync(frames), segment_batch_size=None)
+        for chunk in (None, 1, 4, 7):
+            seen.clear()
+            out = model(frames, segment_batch_size=chunk, frame_transform=transform)
+            # windows overlap by 8 frames, but the frames of one chunk go through the transform once: all at once,
+            # 56 frames per sample; in chunks, the frames two chunks share twice
+            assert seen == {None: [56, 56], 1: [16] * 12, 4: [40, 24, 24, 40], 7: [56, 16, 48]}[chunk]
+            if chunk is None:
+                torch.testing.assert_close(out, reference, rtol=0, atol=0)
+            else:
+                torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-6)
+        with pytest.raises(ValueError, match="frame_transform"):
+            model(frames, frame_transform=lambda span: span)  # uint8 224 px out: not what the encoder takes

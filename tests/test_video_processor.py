@@ -1,4 +1,5 @@
-"""Video decoding / resampling / muxing (foley_toolkit.video_processor) on small generated videos."""
+"""Video decoding / resampling / muxing (foley_toolkit.utils.video_io) and encoder inputs (FoleyVideoProcessor) on
+small generated videos."""
 
 import math
 from fractions import Fraction
@@ -9,13 +10,14 @@ import pytest
 import torch
 
 from foley_toolkit.audio_utils import sequence_lengths
+from foley_toolkit.utils.video_io import load_video, write_video_with_audio
 from foley_toolkit.video_processor import (
     CLIP_MEAN,
     CLIP_STD,
-    load_video,
+    FoleyVideoProcessor,
+    fit_frames,
     preprocess_clip_frames,
     preprocess_sync_frames,
-    write_video_with_audio,
 )
 
 
@@ -372,3 +374,42 @@ def test_late_start_time_seeks_to_the_same_frames(tmp_path):
     assert _read_index(seeked.sync_frames[0]) == math.floor(7.3 * 24)
     tail = load_video(path, start_time=9.5)  # to the end: the full duration is still measured
     assert tail.duration == pytest.approx(0.5)
+
+
+def test_video_processor_fits_tracks_to_the_duration_and_normalises():
+    """`FoleyVideoProcessor.preprocess`: each track cut (or its last frame repeated) to the duration's counts, with
+    one CLIP frame and one Synchformer segment at least; CLIP pixels resized to the encoder's resolution."""
+    frames = np.stack([_index_frame(i) for i in range(40)])  # 1.6 s at 25 fps
+    video = load_video(frames, fps=25)
+    processor = FoleyVideoProcessor(clip_image_size=32, sync_image_size=48, sync_segment_frames=16)
+    clip, sync = processor.preprocess([video, video], num_clip_frames=5, num_sync_frames=30)
+    assert clip.shape == (2, 5, 3, 32, 32) and clip.dtype == torch.float32
+    assert sync.shape == (2, 30, 3, 224, 224) and sync.dtype == torch.uint8
+    assert [_read_index(f) for f in sync[0]] == list(range(30))
+    torch.testing.assert_close(clip[1], preprocess_clip_frames(video.clip_frames[:5], image_size=32))
+    # too short for the requested counts: the last frame repeats; fewer than a segment: one segment
+    clip, sync = processor.preprocess([video], num_clip_frames=0, num_sync_frames=3)
+    assert clip.shape[1] == 1 and sync.shape[1] == 16
+    clip, sync = processor.preprocess([video], num_clip_frames=20, num_sync_frames=45)
+    assert clip.shape[1] == 20 and [_read_index(f) for f in sync[0, 38:]] == [38, 39, 39, 39, 39, 39, 39]
+    # sync pixels for the encoder: the 224 px crop in [-1, 1], resized to the encoder's 48 px
+    pixels = processor.preprocess_sync(sync[0, :4])
+    assert pixels.shape == (4, 3, 48, 48) and pixels.min() >= -1 and pixels.max() <= 1
+    full = preprocess_sync_frames(sync[0, :4])
+    torch.testing.assert_close(pixels.mean(dim=(-1, -2)), full.mean(dim=(-1, -2)), atol=2e-3, rtol=0)
+    assert FoleyVideoProcessor().preprocess_sync(sync[0, :4]).equal(full)
+    assert torch.equal(fit_frames(sync[0, :2], 3), sync[0, [0, 1, 1]])
+    with pytest.raises(ValueError, match="videos"):
+        processor.preprocess([], 1, 16)
+    with pytest.raises(ValueError, match="clip_image_size"):
+        FoleyVideoProcessor(clip_image_size=0)
+
+
+def test_load_video_at_other_frame_rates():
+    frames = np.stack([_index_frame(i) for i in range(50)])  # 2 s at 25 fps
+    video = load_video(frames, fps=25, clip_frame_rate=5, sync_frame_rate=12.5)
+    assert video.clip_frames.shape[0] == 10 and video.sync_frames.shape[0] == 25
+    assert [_read_index(f) for f in video.sync_frames[:4]] == [0, 2, 4, 6]  # every other source frame
+    assert [_read_index(f) for f in video.clip_frames[:3]] == [0, 5, 10]
+    with pytest.raises(ValueError, match="rates must be positive"):
+        load_video(frames, fps=25, sync_frame_rate=0)

@@ -1,7 +1,13 @@
-"""Audio I/O, resampling and the one place that turns a duration into sequence lengths.
+"""Audio I/O, resampling, and the one module that turns a duration into sequence lengths.
 
-Kling-Foley works at 44.1 kHz. The numbers below are the fixed audio representation of DESIGN.md section 3: a
-BigVGAN-v2 log-mel front end (n_fft 2048, hop 512, 128 bands) and a MelVAE that halves the mel frame rate.
+Kling-Foley works at 44.1 kHz with a fixed audio representation: a BigVGAN-v2 log-mel front end (n_fft 2048, hop 512,
+128 bands) and a MelVAE that halves the mel frame rate (one latent frame per 1024 samples, 43.07 Hz). The video side
+samples CLIP frames at 8 fps and Synchformer frames at 25 fps, cut into 16-frame segments with stride 8 that yield 8
+tokens each.
+
+Every length formula of the project lives here (`num_frames_at_rate`, `num_mel_frames`, `num_sync_segments`,
+`sequence_lengths`); models and the pipeline call them with the numbers of their own configs. The constants below are
+the defaults of those configs.
 """
 
 from __future__ import annotations
@@ -9,7 +15,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import warnings
 from fractions import Fraction
 
 import numpy as np
@@ -29,65 +34,39 @@ SYNC_SEGMENT_FRAMES = 16
 SYNC_SEGMENT_STRIDE = 8
 SYNC_TOKENS_PER_SEGMENT = 8
 
-# Frame counts are floor(duration * rate); a small tolerance keeps 4.6 s * 25 fps = 114.99999999999999 at 115.
+# Frame counts of float durations are floor(duration * rate); a small tolerance keeps 4.6 s * 25 fps =
+# 114.99999999999999 at 115.
 _FRAME_EPS = 1e-6
 
-# Decoded media may end this much earlier than its container claims without being called truncated: AAC priming and
-# padding (1024-2048 samples, under 50 ms at 44.1 kHz) and edit lists move an intact file's end by a few tens of ms.
-TRUNCATION_TOLERANCE_SECONDS = 0.1
-TRUNCATION_ACTIONS = ("warn", "raise", "ignore")
+# Media container helpers live in `foley_toolkit.utils.video_io` (they open and check any FFmpeg input, audio
+# included); importing them from here keeps working.
+_VIDEO_IO_NAMES = (
+    "TRUNCATION_ACTIONS",
+    "TRUNCATION_TOLERANCE_SECONDS",
+    "TruncatedMediaWarning",
+    "check_decoded_duration",
+    "claimed_stream_seconds",
+    "is_image_container",
+    "media_label",
+    "open_media",
+)
 
 
-class TruncatedMediaWarning(UserWarning):
-    """Decoding a file gave less media than its container's index claims (a truncated or damaged file).
+def __getattr__(name: str):
+    if name in _VIDEO_IO_NAMES:
+        from .utils import video_io
 
-    Turn it into an error everywhere with ``warnings.filterwarnings("error", category=TruncatedMediaWarning)``, or
-    per call with ``on_truncated="raise"``."""
-
-
-def media_label(source) -> str:
-    """How error messages name a media source: the path, or what kind of in-memory object it is."""
-    if isinstance(source, (str, os.PathLike)):
-        return repr(os.fspath(source))
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return f"<{len(source)} bytes>"
-    return f"<{type(source).__name__}>"
+        return getattr(video_io, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def check_decoded_duration(
-    decoded: float,
-    claimed: float | None,
-    label: str,
-    what: str,
-    on_truncated: str = "warn",
-    tolerance: float = TRUNCATION_TOLERANCE_SECONDS,
-) -> None:
-    r"""
-    Warns or raises when `decoded` seconds of media fall short of the `claimed` seconds of its container index by more
-    than `tolerance` (a truncated file: its header promises the full length, its data stops early).
-
-    Args:
-        decoded (`float`): Seconds actually decoded.
-        claimed (`float`, *optional*): Seconds the container says the stream lasts; None (unknown) checks nothing.
-        label (`str`): The file, as named in the message.
-        what (`str`): "audio" or "video".
-        on_truncated (`str`, defaults to `"warn"`): ``"warn"`` (`TruncatedMediaWarning`), ``"raise"`` (`ValueError`)
-            or ``"ignore"``.
-        tolerance (`float`, defaults to `TRUNCATION_TOLERANCE_SECONDS`): Allowed shortfall in seconds.
-    """
-    if on_truncated not in TRUNCATION_ACTIONS:
-        raise ValueError(f"`on_truncated` must be one of {TRUNCATION_ACTIONS}, got {on_truncated!r}.")
-    if claimed is None or not math.isfinite(claimed) or on_truncated == "ignore":
-        return
-    if claimed - decoded <= tolerance:
-        return
-    message = (
-        f"{label} is truncated or damaged: its {what} decodes to {decoded:.3f} s but the container claims "
-        f"{claimed:.3f} s (more than {tolerance:.3g} s missing)."
-    )
-    if on_truncated == "raise":
-        raise ValueError(message)
-    warnings.warn(message, TruncatedMediaWarning, stacklevel=4)  # the caller of load_audio / load_video
+def num_frames_at_rate(duration: float | Fraction, frame_rate: float | int | Fraction) -> int:
+    """Frames of a `frame_rate` track that start within `duration` seconds: `floor(duration * frame_rate)`. Exact for
+    a `Fraction` duration (29/25 s at 25 fps is 29 frames); a float duration gets a 1e-6 tolerance against round-off
+    (4.6 s at 25 fps is 115, not 114)."""
+    if isinstance(duration, Fraction):
+        return math.floor(duration * Fraction(frame_rate))
+    return int(math.floor(duration * frame_rate + _FRAME_EPS))
 
 
 def num_mel_frames(num_samples: int, n_fft: int = N_FFT, hop_length: int = HOP_LENGTH) -> int:
@@ -96,42 +75,74 @@ def num_mel_frames(num_samples: int, n_fft: int = N_FFT, hop_length: int = HOP_L
     return (num_samples + (n_fft - hop_length) - n_fft) // hop_length + 1
 
 
-def sequence_lengths(duration: float, sample_rate: int = SAMPLE_RATE) -> dict[str, int]:
+def num_sync_segments(
+    num_frames: int, segment_frames: int = SYNC_SEGMENT_FRAMES, segment_stride: int = SYNC_SEGMENT_STRIDE
+) -> int:
+    """Synchformer segments of `segment_frames` frames, `segment_stride` apart, that fit in `num_frames` frames:
+    `(num_frames - segment_frames) // segment_stride + 1`, 0 when fewer than `segment_frames`."""
+    return 0 if num_frames < segment_frames else (num_frames - segment_frames) // segment_stride + 1
+
+
+def sequence_lengths(
+    duration: float,
+    sample_rate: int = SAMPLE_RATE,
+    *,
+    n_fft: int = N_FFT,
+    hop_length: int = HOP_LENGTH,
+    latent_downsample: int = LATENT_DOWNSAMPLE,
+    clip_frame_rate: float = CLIP_FRAME_RATE,
+    sync_frame_rate: float = SYNC_FRAME_RATE,
+    sync_segment_frames: int = SYNC_SEGMENT_FRAMES,
+    sync_segment_stride: int = SYNC_SEGMENT_STRIDE,
+    sync_tokens_per_segment: int = SYNC_TOKENS_PER_SEGMENT,
+) -> dict[str, int]:
     r"""
-    Every sequence length of a clip of `duration` seconds, computed in one place.
+    Every sequence length of a clip of `duration` seconds, computed in one place. The defaults are Kling-Foley's;
+    `KlingFoleyPipeline` passes the numbers of its components' configs (the VAE's sample rate, FFT size, hop and
+    downsampling, the video processor's frame rates, the sync encoder's segment size, stride and tokens).
 
     Args:
         duration (`float`): Clip length in seconds (> 0).
         sample_rate (`int`, defaults to 44100): Waveform sample rate.
+        n_fft, hop_length (`int`, defaults to 2048, 512): Mel front end.
+        latent_downsample (`int`, defaults to 2): Mel frames per latent frame.
+        clip_frame_rate, sync_frame_rate (`float`, defaults to 8, 25): Frame rates of the CLIP and Synchformer tracks.
+        sync_segment_frames, sync_segment_stride, sync_tokens_per_segment (`int`, defaults to 16, 8, 8): Synchformer
+            segments.
 
     Returns:
-        `dict[str, int]` with
-        - `num_samples`: `round(duration * sample_rate)` (352,800 for 8 s),
-        - `mel_frames`: frames of the log-mel front end (689 for 8 s),
-        - `latent_frames`: `ceil(mel_frames / 2)`, what `MelVAE.encode` returns for that waveform (345 for 8 s),
-        - `audio_tokens`: `ceil(num_samples / 1024)`, the latent length whose decode covers every sample (the
-          transformer's audio sequence length; equals `latent_frames` unless `num_samples % 1024` is in
-          `(0, 512)`, e.g. 44 against 43 for 1 s),
-        - `clip_frames`: CLIP frames at 8 fps, `int(duration * 8)`,
-        - `sync_frames`: Synchformer frames at 25 fps, `int(duration * 25)`,
-        - `sync_segments`: 16-frame segments with stride 8, `(sync_frames - 16) // 8 + 1` (0 if fewer than 16 frames),
-        - `sync_tokens`: `sync_segments * 8`.
+        `dict[str, int]` with (numbers for 8 s at the defaults)
+        - `num_samples`: `round(duration * sample_rate)` (352,800),
+        - `mel_frames`: frames of the log-mel front end, `num_mel_frames(num_samples)` (689),
+        - `latent_frames`: `ceil(mel_frames / latent_downsample)`, what `MelVAE.encode` returns for that waveform
+          (345),
+        - `audio_tokens`: `ceil(num_samples / (hop_length * latent_downsample))`, the latent length whose decode
+          covers every sample (the transformer's audio sequence length; equals `latent_frames` unless
+          `num_samples % 1024` is in `(0, 512)`, e.g. 44 against 43 for 1 s),
+        - `output_mel_frames`: `ceil(num_samples / hop_length)`, the decoded mel frames that cover every sample (690),
+        - `clip_frames`: CLIP frames, `num_frames_at_rate(duration, clip_frame_rate)` (64),
+        - `sync_frames`: Synchformer frames, `num_frames_at_rate(duration, sync_frame_rate)` (200),
+        - `sync_segments`: `num_sync_segments(sync_frames)` (24; 0 if fewer than 16 frames),
+        - `sync_tokens`: `sync_segments * sync_tokens_per_segment` (192).
     """
-    if not isinstance(duration, (int, float)) or not math.isfinite(duration) or duration <= 0:
+    if isinstance(duration, bool) or not isinstance(duration, (int, float, Fraction)) or not math.isfinite(duration):
+        raise ValueError(f"`duration` must be a positive number of seconds, got {duration!r}.")
+    if duration <= 0:
         raise ValueError(f"`duration` must be a positive number of seconds, got {duration!r}.")
     num_samples = int(round(duration * sample_rate))
-    mel_frames = max(num_mel_frames(num_samples), 0)
-    sync_frames = int(math.floor(duration * SYNC_FRAME_RATE + _FRAME_EPS))
-    sync_segments = max((sync_frames - SYNC_SEGMENT_FRAMES) // SYNC_SEGMENT_STRIDE + 1, 0)
+    mel_frames = max(num_mel_frames(num_samples, n_fft, hop_length), 0)
+    sync_frames = num_frames_at_rate(duration, sync_frame_rate)
+    sync_segments = num_sync_segments(sync_frames, sync_segment_frames, sync_segment_stride)
     return {
         "num_samples": num_samples,
         "mel_frames": mel_frames,
-        "latent_frames": math.ceil(mel_frames / LATENT_DOWNSAMPLE),
-        "audio_tokens": math.ceil(num_samples / SAMPLES_PER_LATENT_FRAME),
-        "clip_frames": int(math.floor(duration * CLIP_FRAME_RATE + _FRAME_EPS)),
+        "latent_frames": math.ceil(mel_frames / latent_downsample),
+        "audio_tokens": math.ceil(num_samples / (hop_length * latent_downsample)),
+        "output_mel_frames": math.ceil(num_samples / hop_length),
+        "clip_frames": num_frames_at_rate(duration, clip_frame_rate),
         "sync_frames": sync_frames,
         "sync_segments": sync_segments,
-        "sync_tokens": sync_segments * SYNC_TOKENS_PER_SEGMENT,
+        "sync_tokens": sync_segments * sync_tokens_per_segment,
     }
 
 
@@ -170,49 +181,10 @@ def _read_with_soundfile(source) -> tuple[np.ndarray, int]:
     return data.T, int(sr)
 
 
-def is_image_container(container) -> bool:
-    """Whether FFmpeg opened a still image (png, jpeg, webp, ... whatever its file name says) rather than a media
-    container: its demuxer is an image pipe (``png_pipe``, ``jpeg_pipe``, ...) or the ``image2`` sequence reader."""
-    names = container.format.name.split(",")
-    return any(name.endswith("_pipe") or name in ("image2", "image2pipe") for name in names)
-
-
-def open_media(source, label: str, kind: str):
-    """`av.open(source)` for reading a `kind` (``"video"`` or ``"audio"``) stream, with the errors a user can act on:
-    a ValueError naming `label` when FFmpeg cannot open it, when it is a still image (which FFmpeg would read as a
-    1/25 s "video"), or when it has no `kind` stream. Returns the open container (close it, or use ``with``)."""
-    import av
-
-    try:
-        container = av.open(source, mode="r")
-    except (av.FFmpegError, UnicodeDecodeError) as error:
-        raise ValueError(f"{label} could not be opened as {'a video' if kind == 'video' else 'audio'}: {error}") from error
-    reason = None
-    if is_image_container(container):
-        what = "a video" if kind == "video" else "audio or video"
-        reason = f"is an image ({container.format.name}), not {what}: it has no {kind} stream."
-    elif not (container.streams.video if kind == "video" else container.streams.audio):
-        reason = f"has no {kind} stream."
-    if reason is not None:
-        container.close()
-        raise ValueError(f"{label} {reason}")
-    return container
-
-
-def claimed_stream_seconds(container, stream) -> float | None:
-    """Seconds `stream` lasts according to the container index (per-stream duration, else the container's when it holds
-    only this stream); None when the container does not say."""
-    if stream.duration is not None and stream.time_base is not None:
-        return float(stream.duration * stream.time_base)
-    if container.duration is not None and len(container.streams) == 1:
-        import av
-
-        return container.duration / av.time_base
-    return None
-
-
 def _read_with_pyav(source, label: str, on_truncated: str = "warn") -> tuple[np.ndarray, int]:
     import av
+
+    from .utils.video_io import check_decoded_duration, claimed_stream_seconds, open_media
 
     with open_media(source, label, "audio") as container:
         stream = container.streams.audio[0]
@@ -274,6 +246,8 @@ def load_audio(
         ValueError: `path` is an image, has no audio stream, cannot be decoded, or (``on_truncated="raise"``) is
             truncated.
     """
+    from .utils.video_io import TRUNCATION_ACTIONS, media_label
+
     if on_truncated not in TRUNCATION_ACTIONS:
         raise ValueError(f"`on_truncated` must be one of {TRUNCATION_ACTIONS}, got {on_truncated!r}.")
     if isinstance(path, (bytes, bytearray, memoryview)):

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .audio_utils import SAMPLE_RATE, load_audio, resample, sequence_lengths
+from .audio_utils import SAMPLE_RATE, SYNC_SEGMENT_FRAMES, load_audio, resample, sequence_lengths
 
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".m4a", ".aac", ".opus", ".aif", ".aiff"}
 VIDEO_EXTENSIONS = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".gif"}
@@ -330,7 +330,7 @@ def probe_duration(media: str | bytes, is_video: bool) -> float:
             return float(sf.info(media).duration)
         except Exception:  # not a libsndfile format: ask FFmpeg
             pass
-    from .audio_utils import media_label, open_media
+    from .utils.video_io import media_label, open_media
 
     label = media_label(media)
     source = io.BytesIO(media) if isinstance(media, bytes) else media
@@ -542,13 +542,6 @@ def _temporal_augmentation(
 # ------------------------------------------------------------------------------------------------
 
 
-def _fit_frames(frames: torch.Tensor, num_frames: int) -> torch.Tensor:
-    """Trim, or pad by repeating the last frame, to exactly `num_frames` frames."""
-    if frames.shape[0] >= num_frames:
-        return frames[:num_frames]
-    return torch.cat([frames, frames[-1:].expand(num_frames - frames.shape[0], *frames.shape[1:])])
-
-
 def _fit_samples(audio: torch.Tensor, num_samples: int) -> torch.Tensor:
     if audio.shape[-1] >= num_samples:
         return audio[..., :num_samples]
@@ -755,19 +748,21 @@ class FoleyClipDataset(torch.utils.data.Dataset):
         return out
 
     def _item_video(self, item: ClipItem) -> tuple[torch.Tensor, torch.Tensor]:
-        from .video_processor import load_video
+        from .utils.video_io import load_video
+        from .video_processor import fit_frames
 
         clips, syncs = [], []
         for piece in item.pieces:
             source = self.sources[piece.source_index]
             video = load_video(source.video, start_time=piece.start, max_duration=piece.duration, on_truncated="raise")
             lengths = sequence_lengths(piece.duration)
-            clips.append(_fit_frames(video.clip_frames, max(1, lengths["clip_frames"])))
-            syncs.append(_fit_frames(video.sync_frames, max(1, lengths["sync_frames"])))
+            clips.append(fit_frames(video.clip_frames, max(1, lengths["clip_frames"])))
+            syncs.append(fit_frames(video.sync_frames, max(1, lengths["sync_frames"])))
         lengths = sequence_lengths(item.duration)
-        # Pieces are laid out back to back ("sequence"/"concat"); fix rounding to the item's frame counts.
-        clip_frames = _fit_frames(torch.cat(clips), max(1, lengths["clip_frames"]))
-        sync_frames = _fit_frames(torch.cat(syncs), max(16, lengths["sync_frames"]))
+        # Pieces are laid out back to back ("sequence"/"concat"); fix rounding to the item's frame counts, with at
+        # least one CLIP frame and one full Synchformer segment.
+        clip_frames = fit_frames(torch.cat(clips), max(1, lengths["clip_frames"]))
+        sync_frames = fit_frames(torch.cat(syncs), max(SYNC_SEGMENT_FRAMES, lengths["sync_frames"]))
         return clip_frames, sync_frames
 
     def __getitem__(self, index: int) -> dict[str, Any]:

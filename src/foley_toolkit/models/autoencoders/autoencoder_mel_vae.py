@@ -20,6 +20,7 @@ from diffusers.models.autoencoders.vae import AutoencoderMixin, DecoderOutput, D
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.utils.accelerate_utils import apply_forward_hook
 
+from ...audio_utils import num_mel_frames
 from ..adapters import AttentionFreeModelMixin, FoleyPeftAdapterMixin
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -143,8 +144,8 @@ class LogMelSpectrogram(nn.Module):
         return self.padding + 1
 
     def num_frames(self, num_samples: int) -> int:
-        """Frames produced for `num_samples` samples: `(num_samples + (n_fft - hop) - n_fft) // hop + 1`."""
-        return (num_samples + 2 * self.padding - self.n_fft) // self.hop_length + 1
+        """Frames produced for `num_samples` samples (`audio_utils.num_mel_frames` with this FFT size and hop)."""
+        return num_mel_frames(num_samples, self.n_fft, self.hop_length)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         r"""

@@ -29,7 +29,7 @@ blocks.i.temporal_norm/temporal_attn``, ``blocks.i.norm1/attn -> blocks.i.spatia
 ff.net.0.proj,ff.net.2,attn}``.
 """
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -38,6 +38,8 @@ from diffusers import ModelMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.attention import AttentionMixin, AttentionModuleMixin, FeedForward
 from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+from ...audio_utils import num_sync_segments
 
 
 def _trunc_normal_(tensor: torch.Tensor, std: float = 0.02) -> torch.Tensor:
@@ -388,9 +390,9 @@ class SynchformerEncoder(ModelMixin, AttentionMixin, ConfigMixin):
             _trunc_normal_(parameter)
 
     def num_segments(self, num_frames: int) -> int:
-        """Segments for `num_frames` frames at 25 fps: `(num_frames - 16) // 8 + 1` (0 if shorter than 16)."""
-        segment_frames, stride = self.config.segment_frames, self.config.segment_stride
-        return 0 if num_frames < segment_frames else (num_frames - segment_frames) // stride + 1
+        """Segments for `num_frames` frames: `audio_utils.num_sync_segments` with this encoder's `segment_frames`
+        and `segment_stride` (`(num_frames - 16) // 8 + 1`, 0 if shorter than 16)."""
+        return num_sync_segments(num_frames, self.config.segment_frames, self.config.segment_stride)
 
     def encode_segments(self, segments: torch.Tensor) -> torch.Tensor:
         """`(segments, channels, segment_frames, height, width)` -> `(segments, tokens_per_segment, hidden_size)`."""
@@ -415,13 +417,26 @@ class SynchformerEncoder(ModelMixin, AttentionMixin, ConfigMixin):
         pooled = self.spatial_pool(patches)
         return pooled.view(-1, num_frames, pooled.shape[-1])
 
-    def forward(self, frames: torch.Tensor, segment_batch_size: Optional[int] = 32) -> torch.Tensor:
+    def forward(
+        self,
+        frames: torch.Tensor,
+        segment_batch_size: Optional[int] = 32,
+        frame_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    ) -> torch.Tensor:
         r"""
+        Cut the video into segments (`segment_frames` frames, `segment_stride` apart) and encode them. This is the one
+        place that windows a video into Synchformer segments.
+
         Args:
-            frames (`torch.Tensor`): `(batch, frames, 3, 224, 224)` float, 25 fps, normalised to [-1, 1]
-                (`foley_toolkit.video_processor.preprocess_sync_frames`); at least `segment_frames` (16) frames.
+            frames (`torch.Tensor`): `(batch, frames, 3, image_size, image_size)` float, 25 fps, normalised to
+                [-1, 1] (`FoleyVideoProcessor.preprocess_sync`); or, with `frame_transform`, whatever it takes (e.g.
+                uint8 224 px frames). At least `segment_frames` (16) frames.
             segment_batch_size (`int`, *optional*, defaults to 32): segments encoded per chunk, bounding memory
                 for long videos (the result does not depend on it); None encodes all segments at once.
+            frame_transform (`Callable`, *optional*): applied to the frames of each chunk (the contiguous frames its
+                segments cover, `(frames, ...)`) before encoding, e.g. `FoleyVideoProcessor.preprocess_sync`, so a
+                long video is held in float one chunk at a time; must return `(frames, 3, image_size, image_size)`
+                float.
 
         Returns:
             `torch.Tensor` of shape `(batch, segments * 8, hidden_size)` with
@@ -432,19 +447,18 @@ class SynchformerEncoder(ModelMixin, AttentionMixin, ConfigMixin):
         if not isinstance(frames, torch.Tensor):
             raise ValueError(f"`frames` must be a torch.Tensor, got {type(frames).__name__}.")
         expected = (config.in_channels, config.image_size, config.image_size)
-        if frames.ndim != 5 or tuple(frames.shape[2:]) != expected:
+        if frames.ndim != 5 or (frame_transform is None and tuple(frames.shape[2:]) != expected):
             raise ValueError(
                 f"`frames` must have shape (batch, frames, {', '.join(map(str, expected))}), "
                 f"got {tuple(frames.shape)}."
             )
-        if not frames.is_floating_point():
+        if frame_transform is None and not frames.is_floating_point():
             raise ValueError(
                 f"`frames` must be float frames normalised to [-1, 1] (see `preprocess_sync_frames`), "
                 f"got {frames.dtype}."
             )
         batch, num_frames = frames.shape[:2]
-        num_segments = self.num_segments(num_frames)
-        if num_segments == 0:
+        if num_frames < config.segment_frames:
             raise ValueError(
                 f"`frames` has {num_frames} frames; Synchformer needs at least {config.segment_frames} "
                 f"({config.segment_frames / 25:.2f} s at 25 fps). `load_video` pads short clips by repeating "
@@ -453,18 +467,31 @@ class SynchformerEncoder(ModelMixin, AttentionMixin, ConfigMixin):
         if segment_batch_size is not None and segment_batch_size <= 0:
             raise ValueError(f"`segment_batch_size` must be a positive integer or None, got {segment_batch_size}.")
 
-        frames = frames.to(dtype=self.dtype)
+        stride, length = config.segment_stride, config.segment_frames
+        # `unfold` is the windowing: a view (batch, segments, channels, height, width, segment_frames), no copy
+        num_segments = frames.unfold(1, length, stride).shape[1]
         total = batch * num_segments
         chunk = total if segment_batch_size is None else segment_batch_size
         outputs = []
         for first in range(0, total, chunk):
-            # copy only this chunk's (overlapping) windows: (n, channels, segment_frames, height, width)
+            last = min(first + chunk, total)
+            # this chunk's (overlapping) windows, cut sample by sample from the frames they cover (transformed once)
             windows = []
-            for index in range(first, min(first + chunk, total)):
-                sample, segment = divmod(index, num_segments)
-                start = segment * config.segment_stride
-                windows.append(frames[sample, start : start + config.segment_frames])
-            segments = torch.stack(windows).transpose(1, 2)
+            for sample in range(first // num_segments, (last - 1) // num_segments + 1):
+                begin = max(first, sample * num_segments) - sample * num_segments
+                end = min(last, (sample + 1) * num_segments) - sample * num_segments
+                span = frames[sample, begin * stride : (end - 1) * stride + length]
+                if frame_transform is not None:
+                    span = frame_transform(span)
+                    if tuple(span.shape[1:]) != expected or not span.is_floating_point():
+                        raise ValueError(
+                            f"`frame_transform` must return float frames of shape (frames, "
+                            f"{', '.join(map(str, expected))}), got {span.dtype} {tuple(span.shape)}."
+                        )
+                span = span.to(dtype=self.dtype)
+                # (segments, segment_frames, channels, height, width)
+                windows.append(span.unfold(0, length, stride).permute(0, 4, 1, 2, 3))
+            segments = torch.cat(windows).transpose(1, 2)  # (n, channels, segment_frames, height, width)
             outputs.append(self.encode_segments(segments))
         tokens = torch.cat(outputs, dim=0)  # (batch * segments, 8, hidden)
         return tokens.reshape(batch, num_segments * self.tokens_per_segment, tokens.shape[-1])

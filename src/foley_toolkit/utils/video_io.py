@@ -1,0 +1,890 @@
+"""Video input and output for Kling-Foley: opening and checking media, decoding with timestamp resampling, muxing.
+
+The counterpart of diffusers' `loading_utils` / `export_utils` for video; `foley_toolkit.video_processor` turns
+the decoded frames into encoder inputs.
+
+Kling-Foley conditions on two frame streams cut from the same video:
+
+* **CLIP frames** at 8 fps for the MetaCLIP vision encoder (semantics),
+* **sync frames** at 25 fps, 224 px centre crops, for the Synchformer encoder (timing).
+
+`load_video` decodes a file (path or bytes) or takes decoded frames (numpy / torch) and produces both
+streams in **one** decoding pass, whatever the source frame rate (12, 24, 25, 29.97, 60 fps or variable):
+every target frame is chosen by its timestamp, never by counting source frames.
+
+Conventions (documented choices):
+
+* **Timestamps.** Time 0 is the start of the video stream (normally its first frame). Frame ``i`` of a track at
+  ``rate`` fps is the source frame on screen at ``start_time + i / rate``: the last source frame whose
+  presentation time is ``<= start_time + i / rate`` (exact rational arithmetic on the container's pts).
+* **Duration.** The video's duration is measured from its frames: last frame's presentation time plus its
+  display duration (the container's frame duration, else the last frame interval, else ``1 / average_rate``),
+  minus ``start_time``. It is never cut silently; ``duration=`` (exact cut) and ``max_duration=`` (cap) cut
+  explicitly. A late ``start_time`` seeks to the keyframe before it instead of decoding from the start.
+* **Frame counts.** ``floor(duration * 8)`` CLIP frames and ``floor(duration * 25)`` sync frames, computed on
+  the exact rational duration, so a 29-frame 25 fps clip gives 29 sync frames (``int(1.16 * 25)`` in floating
+  point gives 28).
+* **Short clips.** Synchformer needs one full 16-frame segment (0.64 s): a shorter clip's sync track is
+  padded to 16 frames (the timestamp rule continues up to the clip's end, then the video's last frame is
+  repeated); clips shorter than 1/8 s get one CLIP frame. Padding is the only case where a track is longer
+  than ``floor(duration * rate)``.
+* **Sizes.** Sync frames: resize the short side to 224 px (bicubic, aspect kept), then centre crop 224x224,
+  as Synchformer was trained. CLIP frames: resized directly to 224x224 (bicubic, aspect not kept, whole field
+  of view, as MMAudio feeds its CLIP encoder); this keeps them small in memory (147 KB each) and ready for
+  `FoleyVideoProcessor`. All inputs (files, bytes, arrays, tensors) go through the same RGB resampler
+  (FFmpeg's swscale, bicubic), so a file and its decoded frames give identical outputs.
+* Display-rotation metadata (phone videos) is not applied: frames come in their stored orientation.
+* **Bad files.** A still image (png, jpeg, ... whatever its extension) is refused with a ValueError naming the file,
+  not read as a one-frame video. A file whose frames end more than ``TRUNCATION_TOLERANCE_SECONDS`` (plus one frame)
+  before the duration its container index claims (a truncated download of an mp4 whose index is at the front) gives
+  a `TruncatedMediaWarning` (``on_truncated="raise"``: a ValueError) instead of a silently shorter clip; damaged
+  packets are skipped.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Iterator, List, Optional, Tuple, Union
+
+import av
+import numpy as np
+import torch
+
+from ..audio_utils import CLIP_FRAME_RATE, SYNC_FRAME_RATE, SYNC_SEGMENT_FRAMES, num_frames_at_rate
+from ..audio_utils import SAMPLE_RATE as AUDIO_OUTPUT_SAMPLE_RATE
+
+
+# Decoded media may end this much earlier than its container claims without being called truncated: AAC priming and
+# padding (1024-2048 samples, under 50 ms at 44.1 kHz) and edit lists move an intact file's end by a few tens of ms.
+TRUNCATION_TOLERANCE_SECONDS = 0.1
+TRUNCATION_ACTIONS = ("warn", "raise", "ignore")
+
+
+class TruncatedMediaWarning(UserWarning):
+    """Decoding a file gave less media than its container's index claims (a truncated or damaged file).
+
+    Turn it into an error everywhere with ``warnings.filterwarnings("error", category=TruncatedMediaWarning)``, or
+    per call with ``on_truncated="raise"``."""
+
+
+def media_label(source) -> str:
+    """How error messages name a media source: the path, or what kind of in-memory object it is."""
+    if isinstance(source, (str, os.PathLike)):
+        return repr(os.fspath(source))
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<{len(source)} bytes>"
+    return f"<{type(source).__name__}>"
+
+
+def check_decoded_duration(
+    decoded: float,
+    claimed: float | None,
+    label: str,
+    what: str,
+    on_truncated: str = "warn",
+    tolerance: float = TRUNCATION_TOLERANCE_SECONDS,
+) -> None:
+    r"""
+    Warns or raises when `decoded` seconds of media fall short of the `claimed` seconds of its container index by more
+    than `tolerance` (a truncated file: its header promises the full length, its data stops early).
+
+    Args:
+        decoded (`float`): Seconds actually decoded.
+        claimed (`float`, *optional*): Seconds the container says the stream lasts; None (unknown) checks nothing.
+        label (`str`): The file, as named in the message.
+        what (`str`): "audio" or "video".
+        on_truncated (`str`, defaults to `"warn"`): ``"warn"`` (`TruncatedMediaWarning`), ``"raise"`` (`ValueError`)
+            or ``"ignore"``.
+        tolerance (`float`, defaults to `TRUNCATION_TOLERANCE_SECONDS`): Allowed shortfall in seconds.
+    """
+    if on_truncated not in TRUNCATION_ACTIONS:
+        raise ValueError(f"`on_truncated` must be one of {TRUNCATION_ACTIONS}, got {on_truncated!r}.")
+    if claimed is None or not math.isfinite(claimed) or on_truncated == "ignore":
+        return
+    if claimed - decoded <= tolerance:
+        return
+    message = (
+        f"{label} is truncated or damaged: its {what} decodes to {decoded:.3f} s but the container claims "
+        f"{claimed:.3f} s (more than {tolerance:.3g} s missing)."
+    )
+    if on_truncated == "raise":
+        raise ValueError(message)
+    warnings.warn(message, TruncatedMediaWarning, stacklevel=4)  # the caller of load_audio / load_video
+
+
+def is_image_container(container) -> bool:
+    """Whether FFmpeg opened a still image (png, jpeg, webp, ... whatever its file name says) rather than a media
+    container: its demuxer is an image pipe (``png_pipe``, ``jpeg_pipe``, ...) or the ``image2`` sequence reader."""
+    names = container.format.name.split(",")
+    return any(name.endswith("_pipe") or name in ("image2", "image2pipe") for name in names)
+
+
+def open_media(source, label: str, kind: str):
+    """`av.open(source)` for reading a `kind` (``"video"`` or ``"audio"``) stream, with the errors a user can act on:
+    a ValueError naming `label` when FFmpeg cannot open it, when it is a still image (which FFmpeg would read as a
+    1/25 s "video"), or when it has no `kind` stream. Returns the open container (close it, or use ``with``)."""
+    import av
+
+    try:
+        container = av.open(source, mode="r")
+    except (av.FFmpegError, UnicodeDecodeError) as error:
+        what = "a video" if kind == "video" else "audio"
+        raise ValueError(f"{label} could not be opened as {what}: {error}") from error
+    reason = None
+    if is_image_container(container):
+        what = "a video" if kind == "video" else "audio or video"
+        reason = f"is an image ({container.format.name}), not {what}: it has no {kind} stream."
+    elif not (container.streams.video if kind == "video" else container.streams.audio):
+        reason = f"has no {kind} stream."
+    if reason is not None:
+        container.close()
+        raise ValueError(f"{label} {reason}")
+    return container
+
+
+def claimed_stream_seconds(container, stream) -> float | None:
+    """Seconds `stream` lasts according to the container index (per-stream duration, else the container's when it holds
+    only this stream); None when the container does not say."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None and len(container.streams) == 1:
+        import av
+
+        return container.duration / av.time_base
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Video frames
+# ----------------------------------------------------------------------------------------------------------
+
+CLIP_IMAGE_SIZE = 224
+SYNC_IMAGE_SIZE = 224
+
+_VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv")
+
+VideoLike = Union[str, os.PathLike, bytes, bytearray, memoryview, io.IOBase, np.ndarray, torch.Tensor]
+
+
+@dataclass
+class VideoInput:
+    """Decoded, resampled video ready for the conditioning encoders.
+
+    Args:
+        clip_frames (`torch.Tensor`): uint8 `(frames_8fps, 3, 224, 224)`, RGB, 8 fps, whole frame resized to
+            224x224.
+        sync_frames (`torch.Tensor`): uint8 `(frames_25fps, 3, 224, 224)`, RGB, 25 fps, 224 px centre crop;
+            at least 16 frames (short clips padded with their last frame).
+        duration (`float`): seconds covered by the two tracks (the video's duration unless cut explicitly).
+        fps (`float`): frame rate of the source (average rate for variable-frame-rate videos).
+    """
+
+    clip_frames: torch.Tensor
+    sync_frames: torch.Tensor
+    duration: float
+    fps: float
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Resampling helpers
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _to_fraction(value: float, name: str) -> Fraction:
+    if isinstance(value, Fraction):
+        return value
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise ValueError(f"`{name}` must be a finite number of seconds, got {value!r}.")
+    # 29.97 -> 2997/100 and 30000/1001 -> 30000/1001: floats that stand for simple rationals become them
+    return Fraction(value).limit_denominator(1_000_000)
+
+
+def _resize_rgb(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Bicubic resize of a `(height, width, 3)` uint8 RGB image with FFmpeg's swscale (area-aware filter)."""
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+    return frame.reformat(width=width, height=height, interpolation="BICUBIC").to_ndarray()
+
+
+# Frames are assembled with numpy: small torch copies and `torch.stack` of uint8 frames go through intra-op
+# threading and were 30-60x slower than numpy on a busy 2-core machine.
+
+
+def _clip_view(rgb: np.ndarray) -> np.ndarray:
+    """`(H, W, 3)` uint8 -> `(3, 224, 224)` uint8, whole frame resized (aspect not kept)."""
+    resized = _resize_rgb(rgb, CLIP_IMAGE_SIZE, CLIP_IMAGE_SIZE)
+    return np.ascontiguousarray(resized.transpose(2, 0, 1))
+
+
+def _sync_view(rgb: np.ndarray) -> np.ndarray:
+    """`(H, W, 3)` uint8 -> `(3, 224, 224)` uint8: short side to 224 (aspect kept), then centre crop."""
+    height, width = rgb.shape[:2]
+    scale = SYNC_IMAGE_SIZE / min(height, width)
+    new_height = max(SYNC_IMAGE_SIZE, round(height * scale))
+    new_width = max(SYNC_IMAGE_SIZE, round(width * scale))
+    resized = _resize_rgb(rgb, new_width, new_height)
+    top = (new_height - SYNC_IMAGE_SIZE) // 2
+    left = (new_width - SYNC_IMAGE_SIZE) // 2
+    crop = resized[top : top + SYNC_IMAGE_SIZE, left : left + SYNC_IMAGE_SIZE]
+    return np.ascontiguousarray(crop.transpose(2, 0, 1))
+
+
+class _SourceFrame:
+    """One source frame; its RGB pixels and the two resized views are computed only if some target uses it."""
+
+    def __init__(self, time: Fraction, pixels):
+        self.time = time
+        self._pixels = pixels  # av.VideoFrame or (H, W, 3) uint8 ndarray
+        self._clip: Optional[np.ndarray] = None
+        self._sync: Optional[np.ndarray] = None
+
+    def _rgb(self) -> np.ndarray:
+        if isinstance(self._pixels, av.VideoFrame):
+            self._pixels = self._pixels.to_ndarray(format="rgb24")
+        return self._pixels
+
+    def clip(self) -> np.ndarray:
+        if self._clip is None:
+            self._clip = _clip_view(self._rgb())
+        return self._clip
+
+    def sync(self) -> np.ndarray:
+        if self._sync is None:
+            self._sync = _sync_view(self._rgb())
+        return self._sync
+
+
+class _TwoRateSampler:
+    """Streams source frames once and fills the 8 fps and 25 fps tracks by timestamp.
+
+    Target ``i`` of a track (time ``start + i / rate``) receives the last source frame with time ``<=`` it;
+    targets before the first source frame receive the first frame. A source frame's targets are known once
+    the next frame (or the end of the stream) arrives, so only one frame is held back.
+    """
+
+    def __init__(
+        self,
+        start: Fraction,
+        end: Optional[Fraction],
+        rates: Tuple[Fraction, Fraction] = (Fraction(CLIP_FRAME_RATE), Fraction(SYNC_FRAME_RATE)),
+    ):
+        self.start = start
+        self.clip_rate, self.sync_rate = rates
+        self.end = end  # exclusive; None = until the stream ends
+        self.clip: List[np.ndarray] = []
+        self.sync: List[np.ndarray] = []
+        self.pending: Optional[_SourceFrame] = None
+        self.num_source_frames = 0
+
+    def _target_time(self, index: int, rate: Fraction) -> Fraction:
+        return self.start + index / rate
+
+    def _assign(self, frame: _SourceFrame, until: Optional[Fraction]) -> None:
+        # give `frame` to every unassigned target with time < until (None: no bound yet, caller truncates)
+        for track, rate, view in ((self.clip, self.clip_rate, frame.clip), (self.sync, self.sync_rate, frame.sync)):
+            while True:
+                t = self._target_time(len(track), rate)
+                if (until is not None and t >= until) or (self.end is not None and t >= self.end):
+                    break
+                track.append(view())
+
+    def push(self, frame: _SourceFrame) -> bool:
+        """Adds the next source frame (increasing time). Returns False once no later frame can matter."""
+        if self.pending is not None:
+            if frame.time <= self.pending.time:  # duplicate / non-monotonic timestamp: keep the first one
+                return True
+            self._assign(self.pending, until=frame.time)
+        self.pending = frame
+        self.num_source_frames += 1
+        return self.end is None or frame.time < self.end
+
+    def finish(self, stop: Fraction) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Fills targets up to `stop` (exclusive) with the last frame and stacks `(T, 3, 224, 224)` tracks."""
+        if self.pending is None:
+            raise RuntimeError("no frames were pushed")
+        self._assign(self.pending, until=stop)
+        # exact floor on the rational duration (a float `int(d * rate)` loses frames at exact multiples); at least
+        # one CLIP frame and one full Synchformer segment
+        num_clip, num_sync = (
+            max(least, num_frames_at_rate(stop - self.start, rate))
+            for rate, least in ((self.clip_rate, 1), (self.sync_rate, SYNC_SEGMENT_FRAMES))
+        )
+        clip, sync = self.clip[:num_clip], self.sync[:num_sync]
+        # short clips: repeat the last frame
+        clip = clip + [clip[-1] if clip else self.pending.clip()] * (num_clip - len(clip))
+        sync = sync + [sync[-1] if sync else self.pending.sync()] * (num_sync - len(sync))
+        return torch.from_numpy(np.stack(clip)), torch.from_numpy(np.stack(sync))
+
+
+def _cut_bounds(
+    video_duration: Fraction, start_time: Fraction, duration: Optional[Fraction], max_duration: Optional[Fraction]
+) -> Fraction:
+    """Returns the exclusive end time of the output given the video's full duration (from time 0)."""
+    available = video_duration - start_time
+    if available <= 0:
+        raise ValueError(
+            f"`start_time`={float(start_time)} s is at or after the end of the video ({float(video_duration):.3f} s)."
+        )
+    if duration is not None:
+        if duration > available:
+            raise ValueError(
+                f"`duration`={float(duration)} s is longer than the video after `start_time` "
+                f"({float(available):.3f} s); a video is never padded to a longer duration."
+            )
+        available = duration
+    if max_duration is not None:
+        available = min(available, max_duration)
+    return start_time + available
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _frames_to_thwc_uint8(frames, name: str) -> np.ndarray:
+    """numpy/torch `(T, H, W, 3)` or `(T, 3, H, W)`, uint8 or float in [0, 1] -> `(T, H, W, 3)` uint8 numpy."""
+    if isinstance(frames, torch.Tensor):
+        frames = frames.detach().cpu()
+        if frames.dtype == torch.bfloat16:
+            frames = frames.float()
+        frames = frames.numpy()
+    frames = np.asarray(frames)
+    if frames.ndim != 4:
+        raise ValueError(
+            f"`{name}` frames must be 4-D (frames, height, width, 3) or (frames, 3, height, width), "
+            f"got shape {tuple(frames.shape)}."
+        )
+    if frames.shape[-1] == 3:
+        pass
+    elif frames.shape[1] == 3:
+        frames = frames.transpose(0, 2, 3, 1)
+    else:
+        raise ValueError(f"`{name}` frames must have 3 RGB channels first or last, got shape {tuple(frames.shape)}.")
+    if frames.shape[0] == 0 or frames.shape[1] == 0 or frames.shape[2] == 0:
+        raise ValueError(f"`{name}` has no frames (shape {tuple(frames.shape)}).")
+    if frames.dtype == np.uint8:
+        return frames
+    if np.issubdtype(frames.dtype, np.floating):
+        if not np.isfinite(frames).all():
+            raise ValueError(f"`{name}` contains NaN or infinite values.")
+        # float frames are RGB in [0, 1]
+        return (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    raise ValueError(f"`{name}` must be uint8 or float in [0, 1], got dtype {frames.dtype}.")
+
+
+def _open_input(video, name: str = "video"):
+    """Opens a path / bytes / file object with PyAV, with errors that name the argument and the file; refuses still
+    images and containers without a video stream."""
+    label = f"`{name}` {media_label(video)}"
+    if isinstance(video, (str, os.PathLike)):
+        path = os.fspath(video)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"`{name}`: no such video file: {path!r}.")
+        source = path
+    elif isinstance(video, (bytes, bytearray, memoryview)):
+        if len(video) == 0:
+            raise ValueError(f"`{name}` is empty bytes, not a video.")
+        source = io.BytesIO(bytes(video))
+    elif hasattr(video, "read"):
+        source = video
+    else:
+        raise ValueError(
+            f"`{name}` must be a path, bytes, a file object, a numpy array or a torch tensor, "
+            f"got {type(video).__name__}."
+        )
+    container = open_media(source, label, "video")
+    return container
+
+
+def _decode_frames(container, stream) -> Iterator[Optional[av.VideoFrame]]:
+    """Frames of `stream` in presentation order; None for each packet the decoder rejects."""
+    for packet in container.demux(stream):
+        try:
+            frames = packet.decode()  # the final empty packet flushes the decoder
+        except av.InvalidDataError:
+            yield None
+            continue
+        yield from frames
+
+
+def _frames_after_seek(container, stream, time: Fraction) -> Optional[Iterator[Optional[av.VideoFrame]]]:
+    """Frames from the keyframe at or before `time` (seconds on the stream's clock), so that a late `start_time`
+    does not decode everything before it. None (and the container back at its start) when the seek is not exact
+    enough: a first frame after `time`, or no timestamps."""
+    try:
+        container.seek(math.floor(time / stream.time_base), stream=stream, backward=True, any_frame=False)
+    except av.FFmpegError:
+        return None  # not seekable: nothing was read yet, decode from the start
+    frames = _decode_frames(container, stream)
+    for frame in frames:
+        if frame is None:
+            continue
+        if frame.pts is not None and frame.time_base is not None and frame.pts * frame.time_base <= time:
+            return itertools.chain([frame], frames)
+        break
+    container.seek(stream.start_time, stream=stream, backward=True, any_frame=False)
+    return None
+
+
+def _decode(
+    container,
+    name: str,
+    start_time: Fraction,
+    duration,
+    max_duration,
+    label: str = "",
+    on_truncated: str = "warn",
+    rates: Tuple[Fraction, Fraction] = (Fraction(CLIP_FRAME_RATE), Fraction(SYNC_FRAME_RATE)),
+) -> VideoInput:
+    label = label or f"`{name}`"
+    stream = container.streams.video[0]
+    claimed = claimed_stream_seconds(container, stream)
+    stream.thread_type = "AUTO"  # frame + slice threads; decoding dominates the cost of long videos
+    rate = stream.average_rate or stream.guessed_rate or None
+    rate = Fraction(rate) if rate else None
+
+    # when the cut is known up front, stop decoding after it
+    end = None
+    if duration is not None:
+        end = start_time + duration
+    if max_duration is not None:
+        end = min(end, start_time + max_duration) if end is not None else start_time + max_duration
+    sampler = _TwoRateSampler(start=start_time, end=end, rates=rates)
+
+    # time 0 = the stream's start (its first frame's timestamp); the first decoded frame's time without one
+    first_time = None
+    if stream.start_time is not None and stream.time_base is not None:
+        first_time = stream.start_time * stream.time_base
+    last_time = previous_time = None
+    last_frame_duration = None
+    skipped_packets = 0
+    stopped_at_cut = False
+    try:
+        frames = None
+        if start_time > 0 and first_time is not None:
+            frames = _frames_after_seek(container, stream, first_time + start_time)
+        if frames is None:
+            frames = _decode_frames(container, stream)
+        index = 0
+        for frame in frames:
+            if frame is None:  # a corrupt packet: skipped, as FFmpeg's command line does
+                skipped_packets += 1
+                continue
+            if frame.pts is not None and frame.time_base is not None:
+                absolute = frame.pts * frame.time_base  # exact rational seconds
+                if first_time is None:
+                    first_time = absolute
+                time = absolute - first_time
+            elif rate:  # no timestamps (some raw streams): frames are evenly spaced
+                time = Fraction(index) / rate
+            else:
+                raise ValueError(f"`{name}`: frames carry no timestamps and the stream has no frame rate.")
+            index += 1
+            if last_time is not None and time <= last_time:
+                continue
+            previous_time, last_time = last_time, time
+            if frame.duration and frame.time_base is not None:
+                last_frame_duration = frame.duration * frame.time_base
+            else:
+                last_frame_duration = None
+            if not sampler.push(_SourceFrame(time, frame)):
+                stopped_at_cut = True
+                break
+    except av.FFmpegError as error:
+        raise ValueError(f"{label} could not be decoded as a video: {error}") from error
+    finally:
+        container.close()
+
+    if last_time is None:
+        detail = f" ({skipped_packets} corrupt packets)" if skipped_packets else ""
+        raise ValueError(f"{label} contains no decodable video frames{detail}.")
+    if not last_frame_duration:
+        if previous_time is not None:
+            last_frame_duration = last_time - previous_time
+        elif rate:
+            last_frame_duration = 1 / rate
+        else:
+            raise ValueError(f"`{name}` has a single frame and no frame rate: its duration is unknown.")
+    # when decoding stopped early at the cut, `video_duration` is a lower bound that still covers the cut
+    video_duration = last_time + last_frame_duration
+    if not stopped_at_cut:
+        # the stream ended: it must reach the container's claimed duration (one frame of slack for timestamp rounding)
+        check_decoded_duration(
+            float(video_duration), claimed, label, "video", on_truncated,
+            tolerance=TRUNCATION_TOLERANCE_SECONDS + float(last_frame_duration),
+        )  # fmt: skip
+    stop = _cut_bounds(video_duration, start_time, duration, max_duration)
+    clip, sync = sampler.finish(stop)
+    if rate is None:
+        rate = Fraction(sampler.num_source_frames) / video_duration
+    return VideoInput(clip_frames=clip, sync_frames=sync, duration=float(stop - start_time), fps=float(rate))
+
+
+def _from_frames(frames, fps, name: str, start_time: Fraction, duration, max_duration, rates) -> VideoInput:
+    if fps is None:
+        raise ValueError(f"`fps` is required when `{name}` is an array of frames (frames per second of `{name}`).")
+    fps_value = _to_fraction(fps, "fps")
+    if fps_value <= 0:
+        raise ValueError(f"`fps` must be positive, got {fps!r}.")
+    frames = _frames_to_thwc_uint8(frames, name)
+    num_frames = frames.shape[0]
+    video_duration = Fraction(num_frames) / fps_value
+    stop = _cut_bounds(video_duration, start_time, duration, max_duration)
+    sampler = _TwoRateSampler(start=start_time, end=stop, rates=rates)
+    for index in range(num_frames):
+        if not sampler.push(_SourceFrame(Fraction(index) / fps_value, frames[index])):
+            break
+    clip, sync = sampler.finish(stop)
+    return VideoInput(clip_frames=clip, sync_frames=sync, duration=float(stop - start_time), fps=float(fps_value))
+
+
+def load_video(
+    video: VideoLike,
+    fps: Optional[float] = None,
+    *,
+    start_time: float = 0.0,
+    duration: Optional[float] = None,
+    max_duration: Optional[float] = None,
+    on_truncated: str = "warn",
+    clip_frame_rate: float = CLIP_FRAME_RATE,
+    sync_frame_rate: float = SYNC_FRAME_RATE,
+) -> VideoInput:
+    """Decodes a video and resamples it by timestamps to 8 fps CLIP frames and 25 fps sync frames (one pass).
+
+    Args:
+        video: a path, the bytes of a video file, a binary file object, a numpy array `(frames, height, width, 3)`
+            or a torch tensor `(frames, 3, height, width)` / `(frames, height, width, 3)`; arrays are uint8 RGB or
+            float RGB in [0, 1].
+        fps (`float`, *optional*): frame rate of `video` when it is an array (required then); must be None for
+            files, whose timestamps come from the container.
+        start_time (`float`): seconds to skip at the start.
+        duration (`float`, *optional*): cut the output to exactly this many seconds (ValueError if the video is
+            shorter).
+        max_duration (`float`, *optional*): cut the output to at most this many seconds.
+        on_truncated (`str`, defaults to `"warn"`): what to do when a file's frames end more than
+            `TRUNCATION_TOLERANCE_SECONDS` plus one frame before the duration its container index claims (a truncated
+            file; checked when decoding reaches the end of the stream): ``"warn"`` (`TruncatedMediaWarning`),
+            ``"raise"`` (ValueError) or ``"ignore"``.
+        clip_frame_rate, sync_frame_rate (`float`, defaults to 8 and 25): rates of the two tracks.
+
+    Returns:
+        `VideoInput` with `clip_frames` uint8 `(max(1, floor(d*8)), 3, 224, 224)`, `sync_frames` uint8
+        `(max(16, floor(d*25)), 3, 224, 224)` (`audio_utils.num_frames_at_rate`), `duration` d in seconds and the
+        source `fps`.
+
+    Raises:
+        FileNotFoundError: `video` is a path that does not exist.
+        ValueError: `video` is not a video (e.g. a still image), has no video stream or no frames; `fps` missing for
+            arrays; bad cuts; a truncated file with ``on_truncated="raise"``.
+    """
+    if on_truncated not in TRUNCATION_ACTIONS:
+        raise ValueError(f"`on_truncated` must be one of {TRUNCATION_ACTIONS}, got {on_truncated!r}.")
+    start = _to_fraction(start_time, "start_time")
+    if start < 0:
+        raise ValueError(f"`start_time` must be >= 0, got {start_time!r}.")
+    cut = None if duration is None else _to_fraction(duration, "duration")
+    cap = None if max_duration is None else _to_fraction(max_duration, "max_duration")
+    for arg_name, value in (("duration", cut), ("max_duration", cap)):
+        if value is not None and value <= 0:
+            raise ValueError(f"`{arg_name}` must be positive, got {float(value)}.")
+    rates = (_to_fraction(clip_frame_rate, "clip_frame_rate"), _to_fraction(sync_frame_rate, "sync_frame_rate"))
+    if min(rates) <= 0:
+        raise ValueError(f"Frame rates must be positive, got {clip_frame_rate!r} and {sync_frame_rate!r}.")
+
+    if isinstance(video, (np.ndarray, torch.Tensor)):
+        return _from_frames(video, fps, "video", start, cut, cap, rates)
+    if fps is not None:
+        raise ValueError(
+            "`fps` is only for arrays of frames; a video file's timestamps come from its container "
+            f"(got fps={fps!r} with a {type(video).__name__})."
+        )
+    container = _open_input(video, "video")
+    return _decode(container, "video", start, cut, cap, f"`video` {media_label(video)}", on_truncated, rates)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Writing: the source video stream (copied) + generated audio (AAC)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _audio_to_channels_first(audio, name: str = "audio") -> np.ndarray:
+    """1-D `(samples,)` or `(channels, samples)` float in [-1, 1] -> float32 `(2, samples)` (mono duplicated)."""
+    if isinstance(audio, torch.Tensor):
+        audio = audio.detach().cpu().float().numpy()
+    audio = np.asarray(audio)
+    if not np.issubdtype(audio.dtype, np.floating):
+        raise ValueError(f"`{name}` must be float samples in [-1, 1], got dtype {audio.dtype}.")
+    if audio.ndim == 1:
+        audio = audio[None]
+    if audio.ndim != 2 or audio.shape[0] not in (1, 2):
+        raise ValueError(
+            f"`{name}` must be (samples,) or (channels, samples) with 1 or 2 channels, got shape {audio.shape}."
+        )
+    if audio.shape[1] == 0:
+        raise ValueError(f"`{name}` has no samples.")
+    if not np.isfinite(audio).all():
+        raise ValueError(f"`{name}` contains NaN or infinite values.")
+    if audio.shape[0] == 1:
+        audio = np.repeat(audio, 2, axis=0)
+    return np.ascontiguousarray(np.clip(audio, -1.0, 1.0), dtype=np.float32)
+
+
+def _encode_audio_packets(
+    output, audio: np.ndarray, sample_rate: int, duration: Fraction, start: Fraction, bit_rate: int
+) -> Tuple["av.audio.stream.AudioStream", list]:
+    """Pads/trims `audio` (2, N) to `duration`, encodes AAC stereo 44.1 kHz; returns its packets."""
+    num_samples = round(duration * sample_rate)
+    if audio.shape[1] < num_samples:
+        audio = np.pad(audio, ((0, 0), (0, num_samples - audio.shape[1])))
+    audio = np.ascontiguousarray(audio[:, :num_samples])
+
+    stream = output.add_stream("aac", rate=AUDIO_OUTPUT_SAMPLE_RATE)
+    stream.layout = "stereo"
+    stream.bit_rate = bit_rate
+    # PyAV resamples (any rate -> 44.1 kHz) and re-chunks to the AAC frame size inside `encode`
+    start_samples = round(start * sample_rate)
+    packets = []
+    chunk = sample_rate  # one second per frame handed to the encoder
+    for offset in range(0, num_samples, chunk):
+        frame = av.AudioFrame.from_ndarray(audio[:, offset : offset + chunk], format="fltp", layout="stereo")
+        frame.sample_rate = sample_rate
+        frame.time_base = Fraction(1, sample_rate)
+        frame.pts = start_samples + offset
+        packets.extend(stream.encode(frame))
+    packets.extend(stream.encode(None))
+    return stream, packets
+
+
+def _packet_time(packet) -> Fraction:
+    ts = packet.dts if packet.dts is not None else packet.pts
+    return (ts or 0) * packet.time_base
+
+
+def _video_stream_extent(path_or_bytes, name: str) -> Tuple[Fraction, Fraction, int]:
+    """(first presentation time, duration, packet count) of the first video stream, from packets only."""
+    container = _open_input(path_or_bytes, name)
+    try:
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate
+        first = last_end = None
+        count = 0
+        for packet in container.demux(stream):
+            if packet.pts is None:
+                continue
+            count += 1
+            start = packet.pts * packet.time_base
+            if packet.duration:
+                length = packet.duration * packet.time_base
+            else:
+                length = 1 / Fraction(rate) if rate else Fraction(0)
+            first = start if first is None else min(first, start)
+            last_end = start + length if last_end is None else max(last_end, start + length)
+    finally:
+        container.close()
+    if count == 0:
+        raise ValueError(f"`{name}` contains no video packets.")
+    return first, last_end - first, count
+
+
+def _pick_video_encoder() -> str:
+    return "libx264" if "libx264" in av.codecs_available else "mpeg4"
+
+
+def _add_encoded_video_stream(output, width: int, height: int, rate: Fraction):
+    stream = output.add_stream(_pick_video_encoder(), rate=rate)
+    # yuv420p needs even sizes: drop at most one row / column
+    stream.width, stream.height = width - width % 2, height - height % 2
+    stream.pix_fmt = "yuv420p"
+    if stream.codec_context.name == "libx264":
+        stream.options = {"crf": "18", "preset": "veryfast"}
+    return stream
+
+
+def _mux_interleaved(output, video_packets: Iterator, audio_packets: list) -> None:
+    """Muxes video packets (a stream, in order) and buffered audio packets ordered by decode time."""
+    audio_index = 0
+    for packet in video_packets:
+        time = _packet_time(packet)
+        while audio_index < len(audio_packets) and _packet_time(audio_packets[audio_index]) <= time:
+            output.mux(audio_packets[audio_index])
+            audio_index += 1
+        output.mux(packet)
+    for packet in audio_packets[audio_index:]:
+        output.mux(packet)
+
+
+def _check_out_path(out_path) -> str:
+    out_path = os.fspath(out_path)
+    if not out_path.lower().endswith(_VIDEO_SUFFIXES):
+        raise ValueError(f"`out_path` must end with one of {_VIDEO_SUFFIXES}, got {out_path!r}.")
+    parent = os.path.dirname(os.path.abspath(out_path))
+    os.makedirs(parent, exist_ok=True)
+    return out_path
+
+
+def _write_copied(source, audio, sample_rate, out_path, bit_rate) -> bool:
+    """Remuxes the source video stream packet by packet. Returns False if the container cannot hold its codec."""
+    first, duration, _ = _video_stream_extent(source, "video")
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        source = bytes(source)
+    container = _open_input(source, "video")
+    try:
+        in_stream = container.streams.video[0]
+        with av.open(out_path, mode="w") as output:
+            if in_stream.codec_context.name not in output.supported_codecs:
+                return False
+            out_stream = output.add_stream_from_template(in_stream)
+            _, audio_packets = _encode_audio_packets(output, audio, sample_rate, duration, first, bit_rate)
+
+            def video_packets():
+                for packet in container.demux(in_stream):
+                    if packet.dts is None and packet.pts is None:  # demuxer flush packet
+                        continue
+                    packet.stream = out_stream
+                    yield packet
+
+            _mux_interleaved(output, video_packets(), audio_packets)
+    except av.FFmpegError:
+        # e.g. a codec tag the output container refuses: fall back to re-encoding
+        return False
+    finally:
+        container.close()
+    return True
+
+
+def _write_reencoded(
+    frames_iter: Iterator[av.VideoFrame],
+    size: Tuple[int, int],
+    rate: Fraction,
+    time_base: Fraction,
+    duration: Fraction,
+    first: Fraction,
+    audio: np.ndarray,
+    sample_rate: int,
+    out_path: str,
+    bit_rate: int,
+) -> None:
+    """Encodes `frames_iter` (timestamps in `time_base`, kept as they are) with H.264 next to the AAC audio."""
+    with av.open(out_path, mode="w") as output:
+        stream = _add_encoded_video_stream(output, size[0], size[1], rate)
+        # encode in the frames' own time base: variable frame rates keep their exact timestamps
+        stream.time_base = stream.codec_context.time_base = time_base
+        _, audio_packets = _encode_audio_packets(output, audio, sample_rate, duration, first, bit_rate)
+
+        def video_packets():
+            for frame in frames_iter:
+                yield from stream.encode(frame)
+            yield from stream.encode(None)
+
+        _mux_interleaved(output, video_packets(), audio_packets)
+
+
+def write_video_with_audio(
+    video: VideoLike,
+    audio: Union[np.ndarray, torch.Tensor],
+    sample_rate: int,
+    out_path: Union[str, os.PathLike],
+    fps: Optional[float] = None,
+    audio_bit_rate: int = 192_000,
+) -> str:
+    """Writes `video` with `audio` as its soundtrack (.mp4, .mov or .mkv).
+
+    The video stream of a source file is copied packet by packet (no re-encoding, identical pictures and
+    timestamps) when the output container supports its codec; otherwise, and for frame arrays, it is encoded
+    with H.264 (libx264, crf 18, yuv420p; odd sizes lose one row/column). The audio is encoded as AAC,
+    stereo, 44.1 kHz (resampled if `sample_rate` differs; mono duplicated to both channels), padded with
+    silence or trimmed to the video's duration and aligned with its first frame. Other streams of the source
+    (its original audio, subtitles) are dropped.
+
+    Args:
+        video: path / bytes of the source video, or frames `(frames, height, width, 3)` / `(frames, 3, height,
+            width)` (uint8, or float in [0, 1]) together with `fps`.
+        audio: float samples in [-1, 1], `(samples,)` or `(channels, samples)` with 1 or 2 channels.
+        sample_rate (`int`): sample rate of `audio`.
+        out_path: output file, `.mp4`, `.mov` or `.mkv`.
+        fps (`float`, *optional*): frame rate, only (and required) for frame arrays.
+
+    Returns:
+        `out_path` as a string.
+    """
+    if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+        raise ValueError(f"`sample_rate` must be a positive integer, got {sample_rate!r}.")
+    sample_rate = int(sample_rate)
+    audio = _audio_to_channels_first(audio, "audio")
+    out_path = _check_out_path(out_path)
+
+    if isinstance(video, (np.ndarray, torch.Tensor)):
+        if fps is None:
+            raise ValueError("`fps` is required when `video` is an array of frames.")
+        rate = _to_fraction(fps, "fps")
+        if rate <= 0:
+            raise ValueError(f"`fps` must be positive, got {fps!r}.")
+        frames = _frames_to_thwc_uint8(video, "video")
+        height, width = frames.shape[1:3]
+        if height < 2 or width < 2:
+            raise ValueError(f"`video` frames must be at least 2x2 pixels, got {width}x{height}.")
+        frames = frames[:, : height - height % 2, : width - width % 2]
+
+        def frame_iter():
+            for index, pixels in enumerate(frames):
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format="rgb24")
+                frame.pts = index
+                frame.time_base = 1 / rate
+                yield frame
+
+        duration = Fraction(len(frames)) / rate
+        _write_reencoded(
+            frame_iter(), (width, height), rate, 1 / rate, duration, Fraction(0),
+            audio, sample_rate, out_path, audio_bit_rate,
+        )
+        return out_path
+
+    if fps is not None:
+        raise ValueError("`fps` is only for arrays of frames; a video file keeps its own timestamps.")
+    if hasattr(video, "read"):  # a file object is read twice below (extent, then packets)
+        video = video.read()
+    if _write_copied(video, audio, sample_rate, out_path, audio_bit_rate):
+        return out_path
+
+    # the output container cannot hold the source codec: decode and re-encode the pictures, keeping timestamps
+    first, duration, _ = _video_stream_extent(video, "video")
+    container = _open_input(bytes(video) if isinstance(video, (bytearray, memoryview)) else video, "video")
+    try:
+        in_stream = container.streams.video[0]
+        rate = Fraction(in_stream.average_rate or in_stream.guessed_rate or 25)
+        width, height = in_stream.codec_context.width, in_stream.codec_context.height
+
+        def frame_iter():
+            for frame in container.decode(in_stream):
+                out = frame.reformat(format="yuv420p", width=width - width % 2, height=height - height % 2)
+                out.pts, out.time_base = frame.pts, frame.time_base
+                yield out
+
+        _write_reencoded(
+            frame_iter(), (width, height), rate, in_stream.time_base, duration, first,
+            audio, sample_rate, out_path, audio_bit_rate,
+        )
+    finally:
+        container.close()
+    return out_path
+
+
+__all__ = [
+    "TRUNCATION_ACTIONS",
+    "TRUNCATION_TOLERANCE_SECONDS",
+    "TruncatedMediaWarning",
+    "VideoInput",
+    "check_decoded_duration",
+    "claimed_stream_seconds",
+    "is_image_container",
+    "load_video",
+    "media_label",
+    "open_media",
+    "write_video_with_audio",
+]
