@@ -8,11 +8,11 @@ import inspect
 import json
 import math
 import os
+from functools import partial
 from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import FlowMatchEulerDiscreteScheduler, MMAudioVocoder
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
@@ -20,7 +20,7 @@ from diffusers.utils import logging, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPVisionModelWithProjection, T5EncoderModel, T5Tokenizer, T5TokenizerFast
 
-from ...audio_utils import HOP_LENGTH, SAMPLE_RATE, SYNC_SEGMENT_FRAMES, sequence_lengths
+from ...audio_utils import HOP_LENGTH, SAMPLE_RATE, sequence_lengths
 from ...models.autoencoders.autoencoder_mel_vae import MelVAE
 from ...models.encoders.synchformer import SynchformerEncoder
 from ...models.mono2stereo import Mono2Stereo
@@ -28,13 +28,8 @@ from ...models.transformers.transformer_foley_mmdit import FoleyMMDiTConditions,
 from ...models.vocoder import vocoder_hop_length
 from ...models.vocoder_vocos import VocosVocoder
 from ...schedulers import retrieve_kling_foley_timesteps
-from ...video_processor import (
-    SYNC_IMAGE_SIZE,
-    VideoInput,
-    load_video,
-    preprocess_clip_frames,
-    preprocess_sync_frames,
-)
+from ...utils.video_io import VideoInput, load_video
+from ...video_processor import FoleyVideoProcessor
 from .lora import KlingFoleyLoraLoaderMixin
 from .pipeline_output import KlingFoleyPipelineOutput
 
@@ -47,7 +42,7 @@ EXAMPLE_DOC_STRING = """
         >>> import soundfile as sf
         >>> import torch
         >>> from foley_toolkit import KlingFoleyPipeline
-        >>> from foley_toolkit.video_processor import write_video_with_audio
+        >>> from foley_toolkit.utils.video_io import write_video_with_audio
 
         >>> pipe = KlingFoleyPipeline.from_pretrained("path/or/hub-id")
         >>> generator = torch.Generator().manual_seed(0)
@@ -164,6 +159,15 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
             vae=vae,
             vocoder=vocoder,
             mono2stereo=mono2stereo,
+        )
+        # As diffusers pipelines derive `vae_scale_factor` once: mel frames per latent frame (the VAE's downsampling).
+        self.vae_scale_factor = vae.samples_per_latent_frame // vae.config.hop_length if vae is not None else 2
+        # As diffusers pipelines build their `image_processor` from the VAE: frame sizes and the shortest sync track
+        # come from the encoders' configs.
+        self.video_processor = FoleyVideoProcessor(
+            clip_image_size=int(getattr(getattr(vision_encoder, "config", None), "image_size", 224)),
+            sync_image_size=int(getattr(getattr(sync_encoder, "config", None), "image_size", 224)),
+            sync_segment_frames=int(getattr(getattr(sync_encoder, "config", None), "segment_frames", 16)),
         )
         self._check_vocoder_hop()
 
@@ -579,23 +583,18 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
             shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
             raise ValueError(f"`{mask_name}` must have shape {tuple(embeds.shape[:2])} (as `{name}`), got {shape}.")
 
-    @staticmethod
-    def _fit_frames(frames: torch.Tensor, num_frames: int) -> torch.Tensor:
-        """Cut `frames` (T, ...) to `num_frames`, repeating the last frame if the decoder returned a few less."""
-        if frames.shape[0] >= num_frames:
-            return frames[:num_frames]
-        pad = frames[-1:].expand(num_frames - frames.shape[0], *frames.shape[1:])
-        return torch.cat([frames, pad], dim=0)
-
     def load_videos(
         self,
         video: VideoLike | list[VideoLike],
         video_fps: float | None = None,
-        max_duration: float | None = None,
+        duration: float | None = None,
     ) -> list[VideoInput]:
-        """Decode each video with `video_processor.load_video` (at most `max_duration` seconds of it), with errors
-        that name the `video` argument."""
+        """Decode each video once with `load_video`, at most `duration` seconds of it (without `duration`, at most
+        `max_duration_seconds` plus the tolerance, enough to tell a too long video), at the video processor's frame
+        rates, with errors that name the `video` argument."""
         videos = list(video) if isinstance(video, (list, tuple)) else [video]
+        max_duration = self.max_duration_seconds + self.duration_tolerance_seconds if duration is None else duration
+        config = self.video_processor.config
         loaded = []
         for index, item in enumerate(videos):
             name = "`video`" if len(videos) == 1 else f"`video[{index}]`"
@@ -605,7 +604,13 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
             if isinstance(item, (str, os.PathLike)) and not os.path.isfile(item):
                 raise FileNotFoundError(f"{name}: no video file at {os.fspath(item)!r}.")
             try:
-                clip = load_video(item, fps=video_fps, max_duration=max_duration)
+                clip = load_video(
+                    item,
+                    fps=video_fps,
+                    max_duration=max_duration,
+                    clip_frame_rate=config.clip_frame_rate,
+                    sync_frame_rate=config.sync_frame_rate,
+                )
             except (FileNotFoundError, ValueError) as error:
                 # `load_video` names its argument `video`; in a batch, say which one.
                 if len(videos) == 1:
@@ -640,6 +645,27 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
             )
         return min(float(duration), shortest)
 
+    def sequence_lengths(self, duration: float) -> dict[str, int]:
+        r"""
+        Every sequence length of `duration` seconds for this pipeline's components ([`audio_utils.sequence_lengths`]
+        with the VAE's sample rate, FFT size, hop and downsampling, the video processor's frame rates and the sync
+        encoder's segment frames, stride and tokens per segment).
+        """
+        kwargs = {}
+        if self.vae is not None:
+            vae_config = self.vae.config
+            kwargs.update(n_fft=vae_config.n_fft, hop_length=vae_config.hop_length)
+            kwargs["latent_downsample"] = self.vae_scale_factor
+        if self.sync_encoder is not None:
+            sync_config = self.sync_encoder.config
+            kwargs.update(
+                sync_segment_frames=sync_config.segment_frames, sync_segment_stride=sync_config.segment_stride
+            )
+            kwargs["sync_tokens_per_segment"] = self.sync_encoder.tokens_per_segment
+        video_config = self.video_processor.config
+        kwargs.update(clip_frame_rate=video_config.clip_frame_rate, sync_frame_rate=video_config.sync_frame_rate)
+        return sequence_lengths(duration, self.sample_rate, **kwargs)
+
     @torch.no_grad()
     def encode_video(
         self,
@@ -663,62 +689,39 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
                 Frame rate of array/tensor videos.
 
         Returns:
-            `(clip_features, sync_features, duration)`: CLIP image embeddings at 8 fps of shape
+            `(clip_features, sync_features, duration)`: CLIP image embeddings of shape
             `(batch, clip_frames, clip_dim)`, Synchformer tokens of shape `(batch, sync_tokens, sync_dim)`, and the
-            duration in seconds they cover; frame counts follow `audio_utils.sequence_lengths(duration)`.
+            duration in seconds they cover; frame counts follow `sequence_lengths(duration)`.
         """
-        device = device or self._execution_device
-        # Decode a little past `duration` only: enough to tell whether the video is shorter than asked.
-        max_duration = (self.max_duration_seconds if duration is None else duration) + 1.0
-        clips = self.load_videos(video, video_fps=video_fps, max_duration=max_duration)
+        clips = self.load_videos(video, video_fps=video_fps, duration=duration)
         duration = self._resolve_video_duration(clips, duration)
-        lengths = sequence_lengths(duration)
-        # Very short clips still get one CLIP frame and one Synchformer segment (repeating the last frame).
-        num_clip_frames = max(int(lengths["clip_frames"]), 1)
-        num_sync_frames = max(int(lengths["sync_frames"]), SYNC_SEGMENT_FRAMES)
-
-        # CLIP: the frames of all clips in batches of `vision_batch_size` (frames are independent images),
-        # normalised batch by batch so that long videos never hold all frames in float.
-        image_size = getattr(self.vision_encoder.config, "image_size", 224)
-        frames = torch.cat([self._fit_frames(clip.clip_frames, num_clip_frames) for clip in clips])
-        self._onload(self.vision_encoder)
-        image_embeds = [
-            self.vision_encoder(
-                pixel_values=preprocess_clip_frames(chunk, image_size=image_size, dtype=self.vision_encoder.dtype,
-                                                    device=device)  # fmt: skip
-            ).image_embeds
-            for chunk in frames.split(self.vision_batch_size)
-        ]
-        clip_features = torch.cat(image_embeds).view(len(clips), num_clip_frames, -1)
-
-        # Synchformer at 25 fps, clip by clip.
-        sync_features = torch.stack(
-            [self._encode_sync_frames(self._fit_frames(clip.sync_frames, num_sync_frames), device) for clip in clips]
-        )
+        clip_features, sync_features = self._encode_video_frames(clips, self.sequence_lengths(duration), device)
         return clip_features, sync_features, duration
 
-    def _encode_sync_frames(self, frames: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """uint8 frames `(frames, 3, H, W)` at 25 fps -> Synchformer tokens `(segments * 8, sync_dim)`.
-
-        Segments (16 frames, stride 8) are encoded `sync_segment_batch_size` at a time from the frames they cover,
-        which equals encoding the whole clip at once but keeps only a window of frames in float.
-        """
-        config = self.sync_encoder.config
-        segment_frames, stride = config.segment_frames, config.segment_stride
-        image_size = getattr(config, "image_size", SYNC_IMAGE_SIZE)
-        num_segments = self.sync_encoder.num_segments(frames.shape[0])
+    def _encode_video_frames(
+        self, clips: list[VideoInput], lengths: dict[str, int], device: torch.device | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoded videos -> `(clip_features, sync_features)` for the frame counts of `lengths`."""
+        device = device or self._execution_device
+        # Very short clips still get one CLIP frame and one Synchformer segment (the processor repeats the last frame).
+        clip_pixel_values, sync_frames = self.video_processor.preprocess(
+            clips, lengths["clip_frames"], lengths["sync_frames"], dtype=self.vision_encoder.dtype, device=device
+        )
+        # CLIP: the frames of all clips in batches of `vision_batch_size` (frames are independent images).
+        self._onload(self.vision_encoder)
+        image_embeds = [
+            self.vision_encoder(pixel_values=chunk).image_embeds
+            for chunk in clip_pixel_values.flatten(0, 1).split(self.vision_batch_size)
+        ]
+        clip_features = torch.cat(image_embeds).view(len(clips), clip_pixel_values.shape[1], -1)
+        # Synchformer at 25 fps: the encoder windows the segments and normalises its uint8 frames chunk by chunk.
         self._onload(self.sync_encoder)
-        features = []
-        for first in range(0, num_segments, self.sync_segment_batch_size):
-            count = min(self.sync_segment_batch_size, num_segments - first)
-            window = frames[first * stride : first * stride + (count - 1) * stride + segment_frames]
-            # Preprocess and resize in float32, then cast: the antialiased resize has no CPU kernel for bf16/fp16.
-            window = preprocess_sync_frames(window, dtype=torch.float32, device=device)
-            if window.shape[-1] != image_size:
-                # Encoders configured for another resolution (tiny test models) see the same 224 px crop, resized.
-                window = F.interpolate(window, size=(image_size, image_size), mode="bilinear", antialias=True)
-            features.append(self.sync_encoder(window.to(self.sync_encoder.dtype).unsqueeze(0))[0])
-        return torch.cat(features)
+        sync_features = self.sync_encoder(
+            sync_frames,
+            segment_batch_size=self.sync_segment_batch_size,
+            frame_transform=partial(self.video_processor.preprocess_sync, dtype=torch.float32, device=device),
+        )
+        return clip_features, sync_features
 
     # ------------------------------------------------------------------------------------------------------------
     # Checks
@@ -930,7 +933,7 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
         if waveform.shape[-1] < num_samples:
             raise RuntimeError(
                 f"The vocoder produced {waveform.shape[-1]} samples for {num_samples} requested; its upsampling "
-                f"factor must be {HOP_LENGTH} and the VAE's temporal upsampling 2."
+                f"factor must be the VAE's hop length ({self.vae.config.hop_length})."
             )
         return self.remove_dc(waveform[..., :num_samples].float())
 
@@ -1084,20 +1087,22 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
         device = self._execution_device
         do_cfg = self.do_classifier_free_guidance
 
-        # 2. Encode the video once per clip: the same features serve every step.
+        # 2. Decode each video once, exactly as long as needed, then encode it once: the same features serve every
+        # step. All lengths of the generation come from one `sequence_lengths` of the components' configs.
         clip_features = sync_features = None
         if video is not None:
-            clip_features, sync_features, duration = self.encode_video(
-                video, device=device, duration=duration, video_fps=video_fps
-            )
+            clips = self.load_videos(video, video_fps=video_fps, duration=duration)
+            duration = self._resolve_video_duration(clips, duration)
+        lengths = self.sequence_lengths(float(duration))
+        if video is not None:
+            clip_features, sync_features = self._encode_video_frames(clips, lengths, device)
             if clip_features.shape[0] == 1 and batch_size > 1:
                 clip_features = clip_features.expand(batch_size, -1, -1)
                 sync_features = sync_features.expand(batch_size, -1, -1)
         duration = float(duration)
-        lengths = sequence_lengths(duration)
-        num_samples = int(lengths["num_samples"])
-        # Enough latent frames to cover every sample: each decodes to 2 mel frames x 512 samples.
-        latent_frames = int(lengths["audio_tokens"])
+        num_samples = lengths["num_samples"]
+        # Enough latent frames to cover every sample (each decodes to 2 mel frames x 512 samples).
+        latent_frames = lengths["audio_tokens"]
 
         # 3. Encode the prompts
         if prompt is not None:
@@ -1207,7 +1212,7 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
         else:
             mel = self.decode_latents(latents, clip_features)
             if output_type == "mel":
-                audios = mel[..., : math.ceil(num_samples / HOP_LENGTH)].float()
+                audios = mel[..., : lengths["output_mel_frames"]].float()
             else:
                 audios = self.mel_to_waveform(mel, num_samples)
         if output_type in ("np", "mel"):
