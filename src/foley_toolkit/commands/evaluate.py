@@ -2,7 +2,8 @@
 audio against a folder of reference audio, with av-benchmark's conventions.
 
     foley-toolkit evaluate --pred DIR --ref DIR --panns-weights Cnn14_16k_mAP=0.438.pth [--metrics ...] [--json OUT]
-        [--videos DIR --sync-encoder DIR --sync-head DIR --sync-offset-step 0.12]
+        [--passt-weights PT] [--vggish-weights PTH] [--clap DIR --captions CSV]
+        [--videos DIR --sync-encoder DIR --sync-head DIR] [--imagebind-weights PTH | --ib-embedder MODULE:FACTORY]
 
 Files are paired by their path relative to the folder, without the extension (``pred/a/b.wav`` <-> ``ref/a/b.flac``);
 every generated clip needs its reference and the other way round. Each clip is mixed to mono, its DC offset removed,
@@ -32,6 +33,7 @@ Metrics (Table 1 column order):
 PANNs weights: the public 16 kHz checkpoint ``Cnn14_16k_mAP=0.438.pth`` (zenodo.org/record/3987831, the one
 av-benchmark uses), a folder written by `convert_panns_checkpoint`, or a Hub repository id with such a folder.
 Embeddings are cached under `--cache-dir` by file content and extractor, so a second run only reads them.
+Formulas, their sources and the commands that fetch every public extractor: docs/evaluation.md.
 """
 
 from __future__ import annotations

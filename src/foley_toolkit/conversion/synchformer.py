@@ -29,6 +29,10 @@ The architecture is read from the tensor shapes (width, depth, patch and tubelet
 only the number of heads is not stored in a state dict: it defaults to ``hidden_size // 64`` (12 for ViT-B).
 
 Checkpoints are read with ``torch.load(weights_only=True)`` (or safetensors), never with a full unpickler.
+
+`convert_synchformer_offset_classifier` converts the other half of the same checkpoint -- the audio branch
+(``afeat_extractor.*``: AST + frequency pooling), ``vproj`` / ``aproj`` and the offset classifier (``transformer.*``) --
+into a [`SynchformerOffsetClassifier`] (``foley-toolkit convert synchformer ... --head-out DIR``), what DeSync runs.
 """
 
 import os
