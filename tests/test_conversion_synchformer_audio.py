@@ -329,7 +329,7 @@ def test_refuses_missing_unexpected_and_misshapen_keys(tmp_path, original):
     with pytest.raises(ValueError) as error:
         convert_synchformer_offset_classifier(path, num_attention_heads=HEADS, audio_num_attention_heads=AST_HEADS)
     message = str(error.value)
-    assert "missing keys layers.1.attn.to_q.weight" in message
+    assert "missing keys transformer.blocks.1.attn.query.weight (-> layers.1.attn.to_q.weight)" in message
     assert "unexpected keys transformer.extra_head.weight" in message
     assert "aproj.weight (-> audio_proj.weight): checkpoint (32, 33) vs model (32, 32)" in message
     converted_keys, _, unexpected = convert_offset_classifier_state_dict(extract_offset_classifier_state_dict(original))
@@ -351,3 +351,39 @@ def test_wrong_window_lengths_are_refused(converted):
         model(torch.zeros(1, SEGMENTS * 8, VDIM), torch.zeros(1, model.window_samples - 1))
     with pytest.raises(ValueError, match="fixed window"):
         model.classify(torch.zeros(1, 3 * 8, VDIM), torch.zeros(1, SEGMENTS, T_PATCHES, DIM))
+
+
+def test_set_attention_backend_runs_that_backend(converted, monkeypatch):
+    """Every attention of the classifier (AST layers, frequency pooling, classifier layers) goes through diffusers'
+    dispatcher: the backend set on the model is the one that runs, with the same logits."""
+    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+
+    model, _ = converted
+    g = torch.Generator().manual_seed(4)
+    spec = torch.randn(1, SEGMENTS, MELS, SPEC_T, generator=g)
+    visual = torch.randn(1, SEGMENTS * 8, VDIM, generator=g)
+    with torch.no_grad():
+        reference = model.classify(visual, model.encode_audio(spec))
+    active = _AttentionBackendRegistry._active_backend
+    calls = []
+    original = _AttentionBackendRegistry._backends[AttentionBackendName("_native_math")]
+
+    def wrapper(**kwargs):
+        calls.append(tuple(kwargs["query"].shape))
+        return original(**kwargs)
+
+    monkeypatch.setitem(_AttentionBackendRegistry._backends, AttentionBackendName("_native_math"), wrapper)
+    try:
+        model.set_attention_backend("_native_math")
+        with torch.no_grad():
+            logits = model.classify(visual, model.encode_audio(spec))
+    finally:
+        model.reset_attention_backend()
+        _AttentionBackendRegistry.set_active_backend(active)
+    # (batch, length, heads, head_dim): AST layers over every segment, the pooling over every (segment, time patch)
+    # group of frequency tokens, then the classifier over [OFF; visual; MOD; audio].
+    expected = [(SEGMENTS, 2 + F_PATCHES * T_PATCHES, AST_HEADS, DIM // AST_HEADS)] * AST_LAYERS
+    expected += [(SEGMENTS * T_PATCHES, 1 + F_PATCHES, AST_HEADS, DIM // AST_HEADS)]
+    expected += [(1, 2 + SEGMENTS * (8 + T_PATCHES), HEADS, DIM // HEADS)] * LAYERS
+    assert calls == expected
+    torch.testing.assert_close(logits, reference, atol=1e-5, rtol=1e-5)

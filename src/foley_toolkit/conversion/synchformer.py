@@ -515,6 +515,20 @@ def offset_classifier_config_from_state_dict(
     }
 
 
+def offset_classifier_original_key(key: str) -> str:
+    """The original checkpoint key a [`SynchformerOffsetClassifier`] key comes from (for "missing key" messages): the
+    renaming rules read backwards."""
+    for pattern, template in _OFFSET_RULES + _OFFSET_QKV_RULES:
+        target = re.escape(template).replace(r"\{part\}", "to_[qkv]")
+        target = re.sub(r"\\\{\d\\\}", "(.+?)", target)
+        match = re.fullmatch(target, key)
+        if match:
+            groups = iter(match.groups())
+            # the original pattern with each (group) replaced by the matched text, `\.` unescaped
+            return re.sub(r"\([^)]*\)", lambda _: next(groups), pattern).replace("\\.", ".")
+    return key
+
+
 def _original_shape(original_key: str, tensor: torch.Tensor) -> torch.Size:
     # a third of a fused `in_proj_*` is reported with the fused tensor's shape (what the user's file holds)
     fused = original_key.endswith(("in_proj_weight", "in_proj_bias"))
@@ -578,7 +592,7 @@ def convert_synchformer_offset_classifier(
 
     raise_key_problems(
         f"Synchformer checkpoint {path!r} does not match SynchformerOffsetClassifier({config})",
-        missing=[key for key in expected if key not in converted],
+        missing=[f"{offset_classifier_original_key(key)} (-> {key})" for key in expected if key not in converted],
         unexpected=unexpected + [name(key) for key in converted if key not in expected],
         mismatched=[
             f"{name(key)}: checkpoint {tuple(_original_shape(origin[key], converted[key]))} "
