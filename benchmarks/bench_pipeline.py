@@ -5,8 +5,9 @@ warm up and then `--repeats` times, and times each stage of the real call with f
 and wrappers around the pipeline's own methods (no copy of the pipeline):
 
 - `video_decode`: `pipe.load_videos` (PyAV decode and resampling to 8 / 25 fps),
-- `frame_preprocess`: CLIP / Synchformer frame normalisation and resizing,
-- `clip_vision`, `synchformer`, `text_t5`: the encoders' forwards,
+- `frame_preprocess`: `pipe.video_processor.preprocess` (tracks fitted to the duration, CLIP normalisation and resizing),
+- `clip_vision`, `synchformer`, `text_t5`: the encoders' forwards (Synchformer's includes its chunk-by-chunk frame
+  normalisation),
 - `conditions`: `transformer.prepare_conditions` (once per call),
 - `flow_steps`: every transformer forward (`num_inference_steps` calls, batch 2 with guidance),
 - `vae_decode`, `mono2stereo`, `vocoder`: the decoders,
@@ -40,7 +41,6 @@ from collections import defaultdict
 import torch
 
 from foley_toolkit import KlingFoleyPipeline
-from foley_toolkit.pipelines.kling_foley import pipeline_kling_foley
 from foley_toolkit.models.vocoder import bigvgan_v2_44khz_128band_512x_config, build_vocoder
 
 
@@ -157,9 +157,9 @@ class StageTimer:
 
 def instrument(pipe: KlingFoleyPipeline, timer: StageTimer) -> None:
     timer.method("video_decode", pipe, "load_videos")
-    # The pipeline module's own references to the frame preprocessing functions (normalise, resize, crop).
-    timer.method("frame_preprocess", pipeline_kling_foley, "preprocess_clip_frames")
-    timer.method("frame_preprocess", pipeline_kling_foley, "preprocess_sync_frames")
+    # Fitting both tracks to the duration and the CLIP pixels; the sync frames are normalised chunk by chunk inside
+    # the sync encoder's forward (`frame_transform`), so that cost is part of `synchformer`.
+    timer.method("frame_preprocess", pipe.video_processor, "preprocess")
     timer.module("clip_vision", pipe.vision_encoder)
     timer.module("synchformer", pipe.sync_encoder)
     timer.module("text_t5", pipe.text_encoder)

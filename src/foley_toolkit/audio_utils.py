@@ -5,9 +5,9 @@ Kling-Foley works at 44.1 kHz with a fixed audio representation: a BigVGAN-v2 lo
 samples CLIP frames at 8 fps and Synchformer frames at 25 fps, cut into 16-frame segments with stride 8 that yield 8
 tokens each.
 
-Every length formula of the project lives here (`num_frames_at_rate`, `num_mel_frames`, `num_sync_segments`,
-`sequence_lengths`); models and the pipeline call them with the numbers of their own configs. The constants below are
-the defaults of those configs.
+Every length formula of the project lives here (`seconds_to_samples`, `num_frames_at_rate`, `num_mel_frames`,
+`num_sync_segments`, `sequence_lengths`); models and the pipeline call them with the numbers of their own configs.
+The constants below are the defaults of those configs.
 """
 
 from __future__ import annotations
@@ -67,6 +67,11 @@ def num_frames_at_rate(duration: float | Fraction, frame_rate: float | int | Fra
     if isinstance(duration, Fraction):
         return math.floor(duration * Fraction(frame_rate))
     return int(math.floor(duration * frame_rate + _FRAME_EPS))
+
+
+def seconds_to_samples(seconds: float | Fraction, sample_rate: int = SAMPLE_RATE) -> int:
+    """Samples in (or sample index at) `seconds`: `round(seconds * sample_rate)`."""
+    return int(round(seconds * sample_rate))
 
 
 def num_mel_frames(num_samples: int, n_fft: int = N_FFT, hop_length: int = HOP_LENGTH) -> int:
@@ -129,7 +134,7 @@ def sequence_lengths(
         raise ValueError(f"`duration` must be a positive number of seconds, got {duration!r}.")
     if duration <= 0:
         raise ValueError(f"`duration` must be a positive number of seconds, got {duration!r}.")
-    num_samples = int(round(duration * sample_rate))
+    num_samples = seconds_to_samples(duration, sample_rate)
     mel_frames = max(num_mel_frames(num_samples, n_fft, hop_length), 0)
     sync_frames = num_frames_at_rate(duration, sync_frame_rate)
     sync_segments = num_sync_segments(sync_frames, sync_segment_frames, sync_segment_stride)

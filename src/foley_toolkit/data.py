@@ -48,7 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .audio_utils import SAMPLE_RATE, SYNC_SEGMENT_FRAMES, load_audio, resample, sequence_lengths
+from .audio_utils import SAMPLE_RATE, SYNC_SEGMENT_FRAMES, load_audio, resample, seconds_to_samples, sequence_lengths
 
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".m4a", ".aac", ".opus", ".aif", ".aiff"}
 VIDEO_EXTENSIONS = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".gif"}
@@ -735,10 +735,10 @@ class FoleyClipDataset(torch.utils.data.Dataset):
         out = torch.zeros(channels, num_samples)
         for piece in item.pieces:
             waveform = self._source_audio(piece.source_index)
-            start = int(round(piece.start * self.sample_rate))
-            length = int(round(piece.duration * self.sample_rate))
+            start = seconds_to_samples(piece.start, self.sample_rate)
+            length = seconds_to_samples(piece.duration, self.sample_rate)
             chunk = _fit_samples(waveform[:, start : start + length], length)
-            offset = int(round(piece.offset * self.sample_rate))
+            offset = seconds_to_samples(piece.offset, self.sample_rate)
             length = min(length, num_samples - offset)
             out[:, offset : offset + length] += chunk[:, :length]
         if item.kind == "overlay":

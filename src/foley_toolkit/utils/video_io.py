@@ -21,13 +21,12 @@ Conventions (documented choices):
   display duration (the container's frame duration, else the last frame interval, else ``1 / average_rate``),
   minus ``start_time``. It is never cut silently; ``duration=`` (exact cut) and ``max_duration=`` (cap) cut
   explicitly. A late ``start_time`` seeks to the keyframe before it instead of decoding from the start.
-* **Frame counts.** ``floor(duration * 8)`` CLIP frames and ``floor(duration * 25)`` sync frames, computed on
-  the exact rational duration, so a 29-frame 25 fps clip gives 29 sync frames (``int(1.16 * 25)`` in floating
-  point gives 28).
+* **Frame counts.** `audio_utils.num_frames_at_rate` of the duration at 8 and 25 fps, computed on the exact rational
+  duration, so a 29-frame 25 fps clip gives 29 sync frames (a float product would give 28).
 * **Short clips.** Synchformer needs one full 16-frame segment (0.64 s): a shorter clip's sync track is
   padded to 16 frames (the timestamp rule continues up to the clip's end, then the video's last frame is
-  repeated); clips shorter than 1/8 s get one CLIP frame. Padding is the only case where a track is longer
-  than ``floor(duration * rate)``.
+  repeated); clips shorter than 1/8 s get one CLIP frame. Padding is the only case where a track holds more
+  frames than the duration's count.
 * **Sizes.** Sync frames: resize the short side to 224 px (bicubic, aspect kept), then centre crop 224x224,
   as Synchformer was trained. CLIP frames: resized directly to 224x224 (bicubic, aspect not kept, whole field
   of view, as MMAudio feeds its CLIP encoder); this keeps them small in memory (147 KB each) and ready for
@@ -56,7 +55,7 @@ import av
 import numpy as np
 import torch
 
-from ..audio_utils import CLIP_FRAME_RATE, SYNC_FRAME_RATE, SYNC_SEGMENT_FRAMES, num_frames_at_rate
+from ..audio_utils import CLIP_FRAME_RATE, SYNC_FRAME_RATE, SYNC_SEGMENT_FRAMES, num_frames_at_rate, seconds_to_samples
 from ..audio_utils import SAMPLE_RATE as AUDIO_OUTPUT_SAMPLE_RATE
 
 
@@ -212,7 +211,7 @@ def _resize_rgb(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 # Frames are assembled with numpy: small torch copies and `torch.stack` of uint8 frames go through intra-op
-# threading and were 30-60x slower than numpy on a busy 2-core machine.
+# threading, which costs many times the copy itself when cores are busy.
 
 
 def _clip_view(rgb: np.ndarray) -> np.ndarray:
@@ -574,9 +573,9 @@ def load_video(
         clip_frame_rate, sync_frame_rate (`float`, defaults to 8 and 25): rates of the two tracks.
 
     Returns:
-        `VideoInput` with `clip_frames` uint8 `(max(1, floor(d*8)), 3, 224, 224)`, `sync_frames` uint8
-        `(max(16, floor(d*25)), 3, 224, 224)` (`audio_utils.num_frames_at_rate`), `duration` d in seconds and the
-        source `fps`.
+        `VideoInput` with `clip_frames` uint8 `(clip_frames, 3, 224, 224)` and `sync_frames` uint8
+        `(sync_frames, 3, 224, 224)` (`audio_utils.num_frames_at_rate` of the duration at each rate, at least 1 and
+        16), `duration` in seconds and the source `fps`.
 
     Raises:
         FileNotFoundError: `video` is a path that does not exist.
@@ -639,7 +638,7 @@ def _encode_audio_packets(
     output, audio: np.ndarray, sample_rate: int, duration: Fraction, start: Fraction, bit_rate: int
 ) -> Tuple["av.audio.stream.AudioStream", list]:
     """Pads/trims `audio` (2, N) to `duration`, encodes AAC stereo 44.1 kHz; returns its packets."""
-    num_samples = round(duration * sample_rate)
+    num_samples = seconds_to_samples(duration, sample_rate)
     if audio.shape[1] < num_samples:
         audio = np.pad(audio, ((0, 0), (0, num_samples - audio.shape[1])))
     audio = np.ascontiguousarray(audio[:, :num_samples])
@@ -648,7 +647,7 @@ def _encode_audio_packets(
     stream.layout = "stereo"
     stream.bit_rate = bit_rate
     # PyAV resamples (any rate -> 44.1 kHz) and re-chunks to the AAC frame size inside `encode`
-    start_samples = round(start * sample_rate)
+    start_samples = seconds_to_samples(start, sample_rate)
     packets = []
     chunk = sample_rate  # one second per frame handed to the encoder
     for offset in range(0, num_samples, chunk):

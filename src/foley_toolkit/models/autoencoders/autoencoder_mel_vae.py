@@ -154,7 +154,7 @@ class LogMelSpectrogram(nn.Module):
 
         Returns:
             `torch.Tensor` of shape `(..., num_mels, frames)`, float32 natural-log mel magnitudes, with
-            `frames = (num_samples - hop_length) // hop_length + 1` for the default settings.
+            `frames = self.num_frames(num_samples)`.
         """
         num_samples = waveform.shape[-1]
         if num_samples < self.min_num_samples:

@@ -4,7 +4,7 @@ Kling-Foley's "align encoder" is Synchformer (Iashin et al., 2024). Its visual b
 MotionFormer (``divided_224_16x4``) feature extractor:
 
 * the video (25 fps, 224 px centre crops, normalised to [-1, 1]) is cut into 16-frame segments (0.64 s) with a
-  stride of 8 frames: ``segments = (frames - 16) // 8 + 1``;
+  stride of 8 frames (`audio_utils.num_sync_segments`);
 * each segment becomes tubelet tokens (Conv3d, kernel = stride = (2, 16, 16)): 8 time steps x 14 x 14 patches,
   plus one CLS token; positions = a spatial table (CLS + 196 patches) + a temporal table (8 steps);
 * 12 pre-LN blocks of divided space-time attention: temporal attention (each patch attends to the same patch in
@@ -391,7 +391,7 @@ class SynchformerEncoder(ModelMixin, AttentionMixin, ConfigMixin):
 
     def num_segments(self, num_frames: int) -> int:
         """Segments for `num_frames` frames: `audio_utils.num_sync_segments` with this encoder's `segment_frames`
-        and `segment_stride` (`(num_frames - 16) // 8 + 1`, 0 if shorter than 16)."""
+        and `segment_stride` (0 if shorter than one segment)."""
         return num_sync_segments(num_frames, self.config.segment_frames, self.config.segment_stride)
 
     def encode_segments(self, segments: torch.Tensor) -> torch.Tensor:
@@ -439,9 +439,8 @@ class SynchformerEncoder(ModelMixin, AttentionMixin, ConfigMixin):
                 float.
 
         Returns:
-            `torch.Tensor` of shape `(batch, segments * 8, hidden_size)` with
-            `segments = (frames - 16) // 8 + 1`; segment `s` gives tokens `8 s ... 8 s + 7`. Trailing frames that do
-            not fill a segment are not used.
+            `torch.Tensor` of shape `(batch, segments * 8, hidden_size)` with `segments = num_segments(frames)`;
+            segment `s` gives tokens `8 s ... 8 s + 7`. Trailing frames that do not fill a segment are not used.
         """
         config = self.config
         if not isinstance(frames, torch.Tensor):
