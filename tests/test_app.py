@@ -19,7 +19,7 @@ from utils import assert_cli_error, make_test_video
 gr = pytest.importorskip("gradio", reason="the app needs gradio: pip install 'foley-toolkit[app]'")
 pytest.importorskip("matplotlib", reason="the app's spectrogram needs matplotlib")
 
-from foley_toolkit.commands.app import DEMO_VIDEO, FoleyApp, build_app  # noqa: E402
+from foley_toolkit.commands.app import DEMO_VIDEO, FoleyApp, build_app
 
 
 SAMPLE_RATE = 44100
@@ -127,7 +127,9 @@ def test_app_in_a_browser(pipe, tmp_path):
     demo = build_app(pipe, output_dir=tmp_path / "results")
     port = _free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, share=False, quiet=True)
-    shots = tempfile.mkdtemp(prefix="foley-app-screenshots-")
+    # Screenshots for a human (CI keeps them as artifacts): $FOLEY_APP_SCREENSHOT_DIR, else a new temp folder.
+    shots = os.environ.get("FOLEY_APP_SCREENSHOT_DIR") or tempfile.mkdtemp(prefix="foley-app-screenshots-")
+    os.makedirs(shots, exist_ok=True)
     try:
         assert demo.server_name == "127.0.0.1"
         with playwright_api.sync_playwright() as playwright:

@@ -50,7 +50,9 @@ def log_mel_db(audio: np.ndarray | torch.Tensor, sample_rate: int = SAMPLE_RATE)
     if waveform.ndim == 1:
         waveform = waveform[None]
     if waveform.ndim != 2 or waveform.shape[-1] == 0:
-        raise ValueError(f"`audio` must be (channels, samples) or (samples,) with samples > 0, got {tuple(waveform.shape)}.")
+        raise ValueError(
+            f"`audio` must be (channels, samples) or (samples,) with samples > 0, got {tuple(waveform.shape)}."
+        )
     if sample_rate not in _MEL_TRANSFORMS:
         _MEL_TRANSFORMS[sample_rate] = LogMelSpectrogram(sample_rate=sample_rate)
     transform = _MEL_TRANSFORMS[sample_rate]

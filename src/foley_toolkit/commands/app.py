@@ -33,7 +33,9 @@ def register(subparsers) -> None:
         "its generated sound, the .wav and the spectrogram. Requests run one at a time. Needs foley-toolkit[app].",
     )
     parser.add_argument("--model", required=True, help="pipeline directory (save_pretrained) or Hub repo id")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
+    )
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     parser.add_argument(
         "--max-seconds",
@@ -98,7 +100,8 @@ class FoleyApp:
             container.close()
         if seconds is not None and seconds > self.max_seconds:
             raise ValueError(
-                f"The video {name!r} is {seconds:.1f} s long; this app accepts videos of at most {self.max_seconds:g} s."
+                f"The video {name!r} is {seconds:.1f} s long; "
+                f"this app accepts videos of at most {self.max_seconds:g} s."
             )
         return seconds
 
@@ -237,7 +240,10 @@ def build_app(
     if examples is None:
         examples = [str(DEMO_VIDEO)] if DEMO_VIDEO.is_file() else []
 
-    def on_generate(video, prompt, negative_prompt, steps, guidance, seed, duration, progress=gr.Progress()):
+    # Gradio finds the progress bar by a `gr.Progress()` default argument (hence the call in the signature).
+    def on_generate(
+        video, prompt, negative_prompt, steps, guidance, seed, duration, progress=gr.Progress()  # noqa: B008
+    ):
         try:
             result = app.generate(video, prompt, negative_prompt, steps, guidance, seed, duration, progress)
         except (ValueError, FileNotFoundError) as error:
