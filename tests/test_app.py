@@ -27,7 +27,7 @@ SAMPLE_RATE = 44100
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    # Tiny models: on a shared 2-core machine, thread hand-offs cost more than the work.
+    # Tiny models: thread hand-offs cost more than the work.
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
