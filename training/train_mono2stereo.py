@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 from pathlib import Path
 
 import torch
 from accelerate.logging import get_logger
 
+from foley_toolkit.audio_utils import CLIP_FRAME_RATE, num_frames_at_rate
 from foley_toolkit.training import (
     BadItemCollate,
     add_audio_data_args,
@@ -86,7 +86,7 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
 class StereoCropDataset(torch.utils.data.Dataset):
     """Stereo crops of a `FoleyClipDataset` plus, when cached, the CLIP features of the crop's time span."""
 
-    def __init__(self, clips, feature_dir: str | None, clip_frame_rate: int = 8):
+    def __init__(self, clips, feature_dir: str | None, clip_frame_rate: float = CLIP_FRAME_RATE):
         self.clips = clips
         self.clip_frame_rate = clip_frame_rate
         self.feature_files: dict[str, Path] = {}
@@ -117,8 +117,8 @@ class StereoCropDataset(torch.utils.data.Dataset):
         if path is not None:
             with safe_open(str(path), framework="pt") as f:
                 features = f.get_tensor("clip_features").float()
-            start = int(math.floor(example["crop_start"] * self.clip_frame_rate))
-            length = max(1, int(self.clips.crop_seconds * self.clip_frame_rate))
+            start = num_frames_at_rate(example["crop_start"], self.clip_frame_rate)
+            length = max(1, num_frames_at_rate(self.clips.crop_seconds, self.clip_frame_rate))
             window = features[start : start + length]
             if window.shape[0] == 0:
                 window = features[-1:]

@@ -305,7 +305,7 @@ def main(args: argparse.Namespace) -> dict:
             if vae is not None:
                 latents = vae.encode(target_mel).latent_dist.mode()
                 input_mel = vae.decode(latents).sample[..., : target_mel.shape[-1]]
-        waveform = vocoder(input_mel).sample[:, 0]  # (batch, frames * 512)
+        waveform = vocoder(input_mel).sample[:, 0]  # (batch, mel frames * hop length)
         length = min(waveform.shape[-1], audio.shape[-1])
         waveform, reference = waveform[..., :length], audio[..., :length]
         with torch.no_grad():
