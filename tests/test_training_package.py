@@ -192,3 +192,20 @@ def test_recipes_use_the_new_flag_name():
     for recipe in sorted((TRAINING_DIR / "recipes").glob("*.sh")):
         text = recipe.read_text()
         assert "--base_pipeline" not in text and "--pretrained_model " not in text, recipe.name
+
+
+def test_training_utils_still_exports_the_old_names_from_the_package():
+    import foley_toolkit.training as training
+    import foley_toolkit.training_utils as training_utils
+
+    old_names = [
+        "CodecLossWeights", "codec_loss_weights", "set_codec_encoder_trainable", "mel_mse_loss", "margin_kl_loss",
+        "hinge_discriminator_loss", "generator_adversarial_loss", "least_squares_discriminator_loss",
+        "least_squares_generator_loss", "r1_gradient_penalty", "feature_matching_loss", "mono2stereo_loss",
+        "latent_statistics", "sample_flow_matching_sigmas", "flow_matching_inputs", "masked_mse_loss",
+        "condition_dropout_masks", "InverseLRLambda", "get_inverse_lr_scheduler", "pad_sequences",
+        "multi_resolution_stft_loss", "TEMPORARY_MARKER", "replace_path", "atomic_output", "atomic_write_text",
+        "atomic_save_pretrained", "non_finite_tensors",
+    ]  # fmt: skip
+    for name in old_names:
+        assert getattr(training_utils, name) is getattr(training, name), name
