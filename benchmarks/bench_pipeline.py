@@ -5,7 +5,7 @@ warm up and then `--repeats` times, and times each stage of the real call with f
 and wrappers around the pipeline's own methods (no copy of the pipeline):
 
 - `video_decode`: `pipe.load_videos` (PyAV decode and resampling to 8 / 25 fps),
-- `frame_preprocess`: `pipe.video_processor.preprocess` (tracks fitted to the duration, CLIP normalisation and resizing),
+- `frame_preprocess`: `pipe.video_processor.preprocess` (tracks fitted to the duration, CLIP normalisation, resize),
 - `clip_vision`, `synchformer`, `text_t5`: the encoders' forwards (Synchformer's includes its chunk-by-chunk frame
   normalisation),
 - `conditions`: `transformer.prepare_conditions` (once per call),
