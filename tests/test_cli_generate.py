@@ -119,18 +119,17 @@ def test_generate_writes_out_atomically(model_dir, video, tmp_path, monkeypatch)
     file, and a successful run leaves exactly --out (with a normal file mode)."""
     import os
 
-    import foley_toolkit.audio_utils as audio_utils
+    from foley_toolkit.pipelines.kling_foley.long_form import StreamingAudioWriter
 
     out_dir = tmp_path / "out"
     arguments = ["generate", "--model", model_dir, "--video", video, "--steps", "1", "--out"]
 
-    def crash_half_way(path, audio, sample_rate, subtype=None):
-        with open(path, "wb") as handle:
-            handle.write(b"RIFF partial")
-        assert not (out_dir / "clip.wav").exists()  # the final name is not written to directly
+    def crash_half_way(writer, block):  # the audio is streamed to the file: fail on its first block
+        assert os.path.isfile(writer.path)  # the temporary file exists...
+        assert not (out_dir / "clip.wav").exists()  # ...and the final name is not written to directly
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(audio_utils, "save_audio", crash_half_way)
+    monkeypatch.setattr(StreamingAudioWriter, "write", crash_half_way)
     with pytest.raises(OSError, match="No space left"):
         main([*arguments, str(out_dir / "clip.wav")])
     assert sorted(os.listdir(out_dir)) == []

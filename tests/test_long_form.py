@@ -130,7 +130,8 @@ def test_window_joiner_fades_only_inside_the_crossfade():
 
 def _tiny_vocos(num_layers=2, kernel_size=5):
     torch.manual_seed(0)
-    return VocosVocoder(num_mels=128, dim=16, intermediate_dim=32, num_layers=num_layers, kernel_size=kernel_size).eval()
+    vocoder = VocosVocoder(num_mels=128, dim=16, intermediate_dim=32, num_layers=num_layers, kernel_size=kernel_size)
+    return vocoder.eval()
 
 
 def _stream(processor, signal, block):
@@ -179,7 +180,8 @@ def test_chunked_dc_removal_equals_whole_clip_dc_removal(pipe):
     chunked = _stream(OverlapProcessor(pipe.remove_dc, 2 * rate, rate // 2), signal, 12_345)
     assert chunked.shape == whole.shape
     torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-5)
-    assert chunked.mean(dim=-1).abs().max() < 0.01 * signal.mean(dim=-1).abs().min()  # the offset was there, and is gone
+    # The offset was there, and is gone.
+    assert chunked.mean(dim=-1).abs().max() < 0.01 * signal.mean(dim=-1).abs().min()
 
 
 def test_streaming_writer_writes_blocks_in_order(tmp_path):
@@ -194,3 +196,107 @@ def test_streaming_writer_writes_blocks_in_order(tmp_path):
     audio, rate = sf.read(path, dtype="float32", always_2d=True)
     assert rate == 44_100 and writer.frames_written == 1022 and writer.max_block_samples == 1000
     np.testing.assert_array_equal(audio.T, np.clip(np.concatenate(blocks, axis=1), -1, 1))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The windowed pipeline
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory):
+    from utils import make_test_video
+
+    return make_test_video(tmp_path_factory.mktemp("long") / "clip.mp4", duration=3.3, fps=10)
+
+
+def _call(pipe, **kwargs):
+    kwargs.setdefault("num_inference_steps", 1)
+    return pipe(generator=torch.Generator().manual_seed(0), prompt="a knock", **kwargs).audios
+
+
+def test_windowed_and_unwindowed_outputs_have_the_same_length(pipe, long_video, monkeypatch):
+    from foley_toolkit.pipelines.kling_foley import long_form
+
+    calls = []
+    original = long_form.generate_long_form
+    monkeypatch.setattr(long_form, "generate_long_form", lambda *a, **k: calls.append(a[1]) or original(*a, **k))
+    for output_type in ("np", "mel", "latent"):
+        whole = _call(pipe, video=long_video, output_type=output_type, window_seconds=None)
+        windowed = _call(pipe, video=long_video, output_type=output_type, window_seconds=1.0)
+        assert windowed.shape == whole.shape, output_type
+        assert np.isfinite(windowed).all() and not np.allclose(windowed, whole, atol=1e-4)  # really windowed
+    assert len(calls) == 3 and all(plan.num_windows == 4 for plan in calls)  # 3.3 s in 1 s windows, 1/4 s overlap
+    # Text-to-audio at an odd length, two waveforms per prompt.
+    whole = _call(pipe, duration=2.71, window_seconds=None, num_waveforms_per_prompt=2)
+    windowed = _call(pipe, duration=2.71, window_seconds=0.8, num_waveforms_per_prompt=2)
+    assert windowed.shape == whole.shape == (2, 2, round(2.71 * 44_100))
+    assert np.abs(windowed).max() > 1e-3  # not silence
+
+
+def test_a_clip_one_window_long_gives_the_same_audio_both_ways(pipe, long_video):
+    windowed = _call(pipe, video=long_video, duration=1.5, window_seconds=1.5)
+    whole = _call(pipe, video=long_video, duration=1.5, window_seconds=None)
+    np.testing.assert_array_equal(windowed, whole)
+
+
+def test_streamed_blocks_are_the_returned_audio(pipe, long_video):
+    for output_type in ("mel", "np"):
+        blocks = []
+        kwargs = {"video": long_video, "num_inference_steps": 1, "window_seconds": 1.0, "output_type": output_type}
+        output = pipe(**kwargs, callback_on_output_block=blocks.append, generator=torch.Generator().manual_seed(0))
+        returned = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).audios
+        assert output.audios is None and len(blocks) >= (2 if output_type == "mel" else 1)  # mel: one per join
+        np.testing.assert_array_equal(np.concatenate(blocks, axis=-1), returned)
+
+
+def test_step_callback_counts_steps_over_all_windows(pipe, long_video):
+    seen = []
+
+    def callback(p, step, t, kwargs):
+        seen.append((step, p.num_timesteps))
+        return {}
+
+    _call(pipe, video=long_video, window_seconds=1.0, callback_on_step_end=callback, num_inference_steps=2)
+    assert [s for s, _ in seen] == list(range(4 * 2)) and {n for _, n in seen} == {4 * 2}  # 4 windows x 2 steps
+
+
+@pytest.mark.parametrize("value", [0, -1.0, "long", float("nan"), True])
+def test_bad_window_seconds_is_named(pipe, value):
+    with pytest.raises(ValueError, match="window_seconds"):
+        pipe(prompt="rain", duration=1.0, num_inference_steps=1, window_seconds=value)
+
+
+def test_cli_streams_a_90_second_video_in_bounded_blocks(pipe_dir, tmp_path, monkeypatch):
+    """90 s through `foley-toolkit generate` with 6 s windows: the audio reaches the file in blocks of at most a few
+    seconds, the video is decoded a window at a time, and the file has exactly the video's length."""
+    from utils import make_test_video
+
+    from foley_toolkit.cli import main
+    from foley_toolkit.pipelines.kling_foley import long_form
+
+    video = make_test_video(tmp_path / "long.mp4", duration=90.0, fps=4, size=(32, 32))
+    writes, decoded = [], []
+    original_write, original_load = long_form.StreamingAudioWriter.write, long_form.load_video
+
+    def write(writer, block):
+        writes.append(block.shape[-1])
+        original_write(writer, block)
+
+    def load_video(video, **kwargs):
+        decoded.append(kwargs["max_duration"])
+        return original_load(video, **kwargs)
+
+    monkeypatch.setattr(long_form.StreamingAudioWriter, "write", write)
+    monkeypatch.setattr(long_form, "load_video", load_video)
+    out = tmp_path / "long.wav"
+    code = main(["generate", "--model", str(pipe_dir), "--video", video, "--steps", "1", "--guidance", "1",
+                 "--window-seconds", "6", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    info = sf.info(str(out))
+    assert info.frames == 90 * 44_100 and info.channels == 2
+    assert len(writes) >= 15 and max(writes) <= 5 * 44_100  # DC-removal chunks of 5 s: never the whole 90 s
+    # One window of video at a time (a window is a whole number of latent frames: 6 s rounded up to 1024 samples).
+    assert len(decoded) >= 90 / 6 and max(decoded) <= 6.0 + 1024 / 44_100
+    audio, _ = sf.read(str(out), dtype="float32")
+    assert np.abs(audio).max() > 1e-3 and np.abs(audio.mean(axis=0)).max() < 1e-3  # sound, no DC offset

@@ -42,6 +42,13 @@ def register(subparsers) -> None:
     parser.add_argument("--lora", default=None, help="optional LoRA directory / repo to load before generating")
     parser.add_argument("--out", required=True, help="output file: .wav, .flac, or .mp4/.mov/.mkv (needs --video)")
     parser.add_argument(
+        "--window-seconds",
+        default="auto",
+        help="past this length, generate in overlapping windows of it (long videos, flat memory; a .wav/.flac --out "
+        "is written as the audio is produced); 'auto' (default): the length the transformer was trained on, 'none': "
+        "one pass over the whole clip",
+    )
+    parser.add_argument(
         "--plot", default=None, help="also write the spectrogram of the result to this .png (needs matplotlib)"
     )
     parser.set_defaults(func=run)
@@ -62,6 +69,8 @@ def _check_args(args) -> str | None:
         return f"--video {args.video!r}: no such file"
     if args.steps < 1:
         return f"--steps must be >= 1, got {args.steps}"
+    if _window_seconds(args.window_seconds) is False:
+        return f"--window-seconds must be a positive number of seconds, 'auto' or 'none', got {args.window_seconds!r}"
     if args.plot is not None:
         # Checked before generating: a typo in --plot must not cost a whole generation.
         from ..plotting import matplotlib_available
@@ -76,6 +85,19 @@ def _check_args(args) -> str | None:
     return None
 
 
+def _window_seconds(value: str) -> float | str | None | bool:
+    """`--window-seconds` as the pipeline's `window_seconds`: 'auto', None ('none'), or seconds; False if invalid."""
+    if value.lower() == "auto":
+        return "auto"
+    if value.lower() in ("none", "off"):
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return False
+    return seconds if seconds > 0 and seconds != float("inf") else False
+
+
 def run(args) -> int:
     error = _check_args(args)
     if error is not None:
@@ -84,7 +106,7 @@ def run(args) -> int:
 
     import torch
 
-    from ..audio_utils import save_audio
+    from ..audio_utils import load_audio
     from ..pipelines.kling_foley import KlingFoleyPipeline
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -100,42 +122,73 @@ def run(args) -> int:
         print(f"foley-toolkit generate: error: cannot load {what}: {type(error).__name__}: {reason}", file=sys.stderr)
         return 2
 
+    from ..training_utils import atomic_output
+
+    kwargs = dict(
+        video=args.video,
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        duration=args.duration,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        generator=torch.Generator(device="cpu").manual_seed(args.seed),
+        output_type="np",
+        window_seconds=_window_seconds(args.window_seconds),
+    )
     start = time.perf_counter()
     try:
-        output = pipe(
-            video=args.video,
-            prompt=args.prompt,
-            negative_prompt=args.negative_prompt,
-            duration=args.duration,
-            num_inference_steps=args.steps,
-            guidance_scale=args.guidance,
-            generator=torch.Generator(device="cpu").manual_seed(args.seed),
-            output_type="np",
-        )
+        with atomic_output(args.out) as partial_path:
+            if os.path.splitext(args.out)[1].lower() in AUDIO_EXTENSIONS:
+                # Written block by block as the pipeline produces it: the whole waveform is never in memory.
+                channels, sample_rate, audio = _generate_streaming(pipe, kwargs, partial_path)
+            else:
+                from ..video_processor import write_video_with_audio
+
+                output = pipe(**kwargs)
+                audio, sample_rate = output.audios[0], output.sample_rate  # (channels, samples)
+                channels = audio.shape[0]
+                write_video_with_audio(args.video, audio, sample_rate, partial_path)
     except (ValueError, FileNotFoundError) as error:  # bad input (not a video, duration too long, ...)
         print(f"foley-toolkit generate: error: {error}", file=sys.stderr)
         return 2
-    audio = output.audios[0]  # (channels, samples)
     elapsed = time.perf_counter() - start
-
-    from ..training_utils import atomic_output
-
-    with atomic_output(args.out) as partial_path:
-        if os.path.splitext(args.out)[1].lower() in AUDIO_EXTENSIONS:
-            save_audio(partial_path, audio, output.sample_rate)
-        else:
-            from ..video_processor import write_video_with_audio
-
-            write_video_with_audio(args.video, audio, output.sample_rate, partial_path)
-    seconds = audio.shape[-1] / output.sample_rate
+    seconds = audio.shape[-1] / sample_rate if audio is not None else _written_seconds(args.out)
     print(
-        f"wrote {args.out}: {audio.shape[0]} channel(s), {seconds:.2f} s at {output.sample_rate} Hz "
+        f"wrote {args.out}: {channels} channel(s), {seconds:.2f} s at {sample_rate} Hz "
         f"(generated in {elapsed:.1f} s)"
     )
     if args.plot is not None:
+        if audio is None:  # streamed to disk: the picture needs the whole clip, read it back
+            audio = load_audio(args.out, sample_rate=sample_rate, mono=False)
         from ..plotting import save_spectrogram
 
         with atomic_output(args.plot) as partial_path:
-            save_spectrogram(audio, partial_path, output.sample_rate, title=os.path.basename(args.out))
+            save_spectrogram(audio, partial_path, sample_rate, title=os.path.basename(args.out))
         print(f"wrote {args.plot}: spectrogram")
     return 0
+
+
+def _generate_streaming(pipe, kwargs: dict, path: str):
+    """Run `pipe(**kwargs)` writing each finished audio block of the (single) output to `path` as it comes.
+    Returns `(channels, sample_rate, None)`."""
+    from ..pipelines.kling_foley.long_form import StreamingAudioWriter
+
+    state = {}
+
+    def write(block):  # (1, channels, samples)
+        if "writer" not in state:
+            state["writer"] = StreamingAudioWriter(path, pipe.sample_rate, channels=block.shape[1])
+        state["writer"].write(block[0])
+
+    try:
+        pipe(**kwargs, callback_on_output_block=write)
+    finally:
+        if "writer" in state:
+            state["writer"].close()
+    return state["writer"].channels, pipe.sample_rate, None
+
+
+def _written_seconds(path: str) -> float:
+    import soundfile as sf
+
+    return sf.info(path).duration

@@ -8,12 +8,12 @@ clip longer than one window is generated in overlapping windows of the trained l
 1. **Windows** ([`plan_windows`]): windows of `W` latent frames start every `W - overlap` frames; the last one is
    moved back to end exactly on the clip's last frame (every window has the trained length, and the last overlap is
    longer instead of the last window shorter).
-2. **Conditioning on the previous window** ([`denoise_window`]): window `k` starts from the clip's noise at its
-   frames. At every step, before the transformer sees it, the overlap with window `k - 1` is replaced by the
-   previous window's finished latents re-noised to the step's noise level with that same noise,
-   `(1 - sigma) * x0_prev + sigma * noise` (latent-prefix inpainting, as in RePaint without resampling). The model
-   thus continues the previous window's sound instead of starting a new one; the rest of the window is generated
-   as usual. Windows depend on each other, so they run one after the other; what is batched is everything
+2. **Conditioning on the previous window** ([`KlingFoleyPipeline.denoise`] with `known=`): window `k` starts
+   from the clip's noise at its frames. At every step, before the transformer sees it, the overlap with window
+   `k - 1` is replaced by the previous window's finished latents re-noised to the step's noise level with that same
+   noise, `(1 - sigma) * x0_prev + sigma * noise` (latent-prefix inpainting, as in RePaint without resampling). The
+   model thus continues the previous window's sound instead of starting a new one; the rest of the window is
+   generated as usual. Windows depend on each other, so they run one after the other; what is batched is everything
    inside a window (guidance pair, clips, waveforms per prompt).
 3. **Each window is conditioned like a training clip**: its own stretch of video is decoded and encoded
    ([`encode_window_video`]), with `seconds_start = 0` and `seconds_total` = its length, so the video features,
@@ -31,19 +31,21 @@ clip longer than one window is generated in overlapping windows of the trained l
 6. **Streaming output** ([`StreamingAudioWriter`]): audio blocks go to disk as they are produced; nothing holds the
    whole waveform.
 
-Memory is then bounded by one window (transformer, VAE, Mono2Stereo), one vocoder chunk and the per-clip latents
-(`latent_channels x 43 frames` per second: 2.6 MB for 300 s of a 40-channel VAE).
+Memory is then bounded by one window (video frames, encoders, transformer, VAE, Mono2Stereo), one vocoder chunk and
+the clip's initial noise (`latent_channels x 43` floats per second: 2 MB for 300 s of a 40-channel VAE).
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+
+from ...utils.video_io import VideoInput, _video_stream_extent, load_video
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -284,14 +286,14 @@ class OverlapProcessor:
 @torch.no_grad()
 def vocoder_receptive_radius(vocoder: torch.nn.Module, num_mels: int | None = None, probe_frames: int = 129) -> int:
     r"""
-    Mel frames on each side of a frame that can change the vocoder's samples for that frame, found by gradients:
-    the mel frames with a non-zero gradient of one frame's samples are exactly those it depends on (a property of
-    the network's structure, so one random probe finds it). Cached on the module.
+    Mel frames on each side of a mel frame whose samples it can change: the vocoder runs on a random mel, and again
+    with the middle frame changed; the samples that differ (bit for bit: samples computed without that frame are
+    computed identically) span `2 * radius + 1` frames. Cached on the module.
 
     Args:
         vocoder (`torch.nn.Module`): Mel -> waveform, `vocoder(mel).sample` of shape `(batch, 1, frames * hop)`.
         num_mels (`int`, *optional*): Mel bands; read from the vocoder's config by default.
-        probe_frames (`int`, defaults to 129): First probe length (doubled until the dependency fits inside it).
+        probe_frames (`int`, defaults to 129): First probe length (doubled until the change fits inside it).
     """
     cached = getattr(vocoder, "_foley_receptive_radius", None)
     if cached is not None:
@@ -304,15 +306,14 @@ def vocoder_receptive_radius(vocoder: torch.nn.Module, num_mels: int | None = No
     while True:
         centre = frames // 2
         # Around the mel front end's typical level (log-magnitudes near -5), where nothing clips.
-        mel = (torch.randn(1, num_mels, frames, generator=generator) * 0.5 - 5.0).to(parameter.device, parameter.dtype)
-        with torch.enable_grad():
-            mel.requires_grad_(True)
-            samples = vocoder(mel).sample
-            hop = samples.shape[-1] // frames
-            (gradient,) = torch.autograd.grad(samples[..., centre * hop : (centre + 1) * hop].sum(), mel)
-        depends = torch.nonzero(gradient.abs().sum(dim=(0, 1)) > 0).flatten()
+        mel = torch.randn(1, num_mels, frames, generator=generator) * 0.5 - 5.0
+        changed = mel.clone()
+        changed[..., centre] += 2.0
+        samples = vocoder(torch.cat([mel, changed]).to(parameter.device, parameter.dtype)).sample.float()
+        difference = (samples[0] - samples[1]).abs().reshape(frames, -1).amax(dim=-1)
+        depends = torch.nonzero(difference > 0).flatten()
         if depends.numel() == 0:
-            raise RuntimeError(f"{type(vocoder).__name__}: its samples do not depend on the mel (zero gradient).")
+            raise RuntimeError(f"{type(vocoder).__name__}: its samples do not depend on the mel.")
         radius = int(max(centre - int(depends.min()), int(depends.max()) - centre))
         if radius < centre - 1:
             break
@@ -384,8 +385,6 @@ def probe_video_duration(video, video_fps: float | None = None) -> float:
     Seconds of a video without decoding its frames: a decoded [`VideoInput`]'s duration, `frames / video_fps` for
     arrays, and the first video stream's packet extent for files and bytes.
     """
-    from ...video_processor import VideoInput, _video_stream_extent
-
     if isinstance(video, VideoInput):
         return float(video.duration)
     if isinstance(video, (np.ndarray, torch.Tensor)):
@@ -403,17 +402,25 @@ def probe_video_duration(video, video_fps: float | None = None) -> float:
     return float(extent)
 
 
-def slice_video_input(video, start: float, seconds: float):
+def resolve_video_duration(pipe, video, duration: float | None, video_fps: float | None = None) -> float:
+    r"""The duration to generate for videos too long to decode whole: their lengths from the container
+    ([`probe_video_duration`]), checked as [`KlingFoleyPipeline`] checks decoded videos (a `duration` longer than a
+    video, videos of different lengths without `duration`, longer than `max_duration_seconds`)."""
+    from types import SimpleNamespace
+
+    videos = list(video) if isinstance(video, (list, tuple)) else [video]
+    probed = [SimpleNamespace(duration=probe_video_duration(item, video_fps)) for item in videos]
+    return pipe._resolve_video_duration(probed, duration)
+
+
+def slice_video_input(video, start: float, seconds: float, clip_frame_rate: float, sync_frame_rate: float):
     r"""The frames of a decoded [`VideoInput`] (8 fps CLIP, 25 fps sync) from `start` for `seconds`: the nearest
     frames at or before each time (decoded arrays have no timestamps finer than their frame rate)."""
-    from ...audio_utils import CLIP_FRAME_RATE, SYNC_FRAME_RATE
-    from ...video_processor import VideoInput
-
-    def cut(frames: torch.Tensor, rate: int) -> torch.Tensor:
+    def cut(frames: torch.Tensor, rate: float) -> torch.Tensor:
         first = min(int(math.floor(start * rate + 1e-6)), frames.shape[0] - 1)
         return frames[first : first + max(int(math.ceil(seconds * rate - 1e-6)), 1)]
 
-    return VideoInput(cut(video.clip_frames, CLIP_FRAME_RATE), cut(video.sync_frames, SYNC_FRAME_RATE),
+    return VideoInput(cut(video.clip_frames, clip_frame_rate), cut(video.sync_frames, sync_frame_rate),
                       min(float(seconds), float(video.duration) - start), video.fps)  # fmt: skip
 
 
@@ -425,76 +432,29 @@ def encode_window_video(pipe, videos: Sequence, start: float, seconds: float, vi
     Returns:
         `(clip_features, sync_features, seconds)` as [`KlingFoleyPipeline.encode_video`] returns them.
     """
-    from ...video_processor import VideoInput, load_video
-
+    rates = pipe.video_processor.config
     clips = []
     for index, video in enumerate(videos):
         if isinstance(video, VideoInput):
-            clips.append(slice_video_input(video, start, seconds))
+            clips.append(slice_video_input(video, start, seconds, rates.clip_frame_rate, rates.sync_frame_rate))
             continue
         try:
             fps = video_fps if isinstance(video, (np.ndarray, torch.Tensor)) else None
-            clips.append(load_video(video, fps=fps, start_time=start, max_duration=seconds))
+            clip = load_video(
+                video,
+                fps=fps,
+                start_time=start,
+                max_duration=seconds,
+                clip_frame_rate=rates.clip_frame_rate,
+                sync_frame_rate=rates.sync_frame_rate,
+            )
+            clips.append(clip)
         except (FileNotFoundError, ValueError) as error:
             name = "`video`" if len(videos) == 1 else f"`video[{index}]`"
             raise type(error)(f"{name} at {start:.3f} s: {error}") from error
-    shortest = min(float(clip.duration) for clip in clips)
-    return pipe.encode_video(clips, duration=min(float(seconds), shortest))
-
-
-def denoise_window(
-    pipe,
-    latents: torch.Tensor,
-    conditions,
-    timesteps: torch.Tensor,
-    known: torch.Tensor | None = None,
-    step_kwargs: dict | None = None,
-    on_step: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-) -> torch.Tensor:
-    r"""
-    Run the flow-matching steps on one window, its first frames held to known latents.
-
-    Args:
-        pipe ([`KlingFoleyPipeline`]): Its transformer, scheduler (already set to `timesteps`) and guidance scale.
-        latents (`torch.Tensor`): The window's initial noise `(batch, channels, frames)` (sigma = 1), float32.
-        conditions ([`FoleyMMDiTConditions`]): The window's conditions (`[uncond, cond]` with guidance).
-        timesteps (`torch.Tensor`): The scheduler's timesteps (`sigma * num_train_timesteps`).
-        known (`torch.Tensor`, *optional*): Finished latents `(batch, channels, overlap)` of the window's first
-            `overlap` frames (the previous window's tail). Before every step they replace those frames, re-noised to
-            the step's sigma with the window's own noise there: `(1 - sigma) * known + sigma * noise`.
-        step_kwargs (`dict`, *optional*): Extra `scheduler.step` arguments (a `generator`).
-        on_step (`Callable`, *optional*): `on_step(i, t, latents, velocity)` after each step; returns the latents.
-
-    Returns:
-        `torch.Tensor`: the window's final latents, float32, the shape of `latents`.
-    """
-    overlap = 0 if known is None else known.shape[-1]
-    noise = latents[..., :overlap].clone()
-    num_train_timesteps = float(pipe.scheduler.config.num_train_timesteps)
-    transformer_dtype = pipe.transformer.dtype
-    do_cfg = pipe.do_classifier_free_guidance
-    for i, t in enumerate(timesteps):
-        if pipe.interrupt:
-            continue
-        if overlap:
-            sigma = float(t) / num_train_timesteps
-            latents = torch.cat([(1.0 - sigma) * known + sigma * noise, latents[..., overlap:]], dim=-1)
-        model_input = torch.cat([latents] * 2) if do_cfg else latents
-        timestep = t.expand(model_input.shape[0]).to(model_input.dtype)
-        velocity = pipe.transformer(
-            model_input.to(transformer_dtype),
-            timestep,
-            conditions=conditions,
-            attention_kwargs=pipe.attention_kwargs,
-            return_dict=False,
-        )[0]
-        if do_cfg:
-            velocity_uncond, velocity_cond = velocity.chunk(2)
-            velocity = velocity_uncond + pipe.guidance_scale * (velocity_cond - velocity_uncond)
-        latents = pipe.scheduler.step(velocity.to(latents.dtype), t, latents, return_dict=False, **(step_kwargs or {}))[0]
-        if on_step is not None:
-            latents = on_step(i, t, latents, velocity)
-    return latents
+    seconds = min(float(seconds), min(float(clip.duration) for clip in clips))
+    clip_features, sync_features = pipe._encode_video_frames(clips, pipe.sequence_lengths(seconds))
+    return clip_features, sync_features, seconds
 
 
 @dataclass
@@ -509,10 +469,32 @@ class LongFormSettings:
             half a second is where the 10 Hz Butterworth's forward-backward response has decayed below 1e-8.
     """
 
-    overlap_seconds: float = 2.0
+    overlap_seconds: float = 1.5
     vocoder_chunk_frames: int = 512
     dc_chunk_seconds: float = 5.0
     dc_context_seconds: float = 0.5
+
+
+def plan_for_duration(
+    pipe, duration: float, window_seconds: float | None, settings: LongFormSettings | None = None
+) -> WindowPlan:
+    r"""
+    The windows the pipeline uses for `duration` seconds: `window_seconds` long (`None`: one window over the whole
+    clip), overlapping by `settings.overlap_seconds` but at most a quarter window, with the decoder's edge frames
+    ([`decoder_edge_frames`]) kept out of the cross-fade (fewer when the overlap is short, keeping >= 1 frame).
+    """
+    settings = settings or LongFormSettings()
+    total = int(pipe.sequence_lengths(duration)["audio_tokens"])
+    if window_seconds is None:
+        return WindowPlan(total, total, (0,), 0)
+    window = int(pipe.sequence_lengths(window_seconds)["audio_tokens"])
+    if window < 2:
+        raise ValueError(f"`window_seconds`={window_seconds} is shorter than two latent frames.")
+    overlap_seconds = min(settings.overlap_seconds, window_seconds / 4)
+    overlap = round(overlap_seconds * pipe.sample_rate / pipe.vae.samples_per_latent_frame)
+    overlap = min(max(overlap, 1), window - 1)
+    edge = min(decoder_edge_frames(pipe), (overlap - 1) // 2)
+    return plan_windows(total, window, overlap, edge)
 
 
 def decoder_edge_frames(pipe) -> int:
@@ -532,7 +514,7 @@ def iter_long_form(
     window_conditions: Callable[[int], tuple],
     noise: torch.Tensor,
     num_inference_steps: int,
-    num_samples: int,
+    lengths: dict[str, int],
     output_type: str = "np",
     generator=None,
     sigmas=None,
@@ -552,9 +534,10 @@ def iter_long_form(
         noise (`torch.Tensor`): Initial noise of the whole clip `(batch, channels, total_frames)`; each window starts
             from its frames, so the overlap's re-noising uses the noise both windows share.
         num_inference_steps, generator, sigmas, timesteps: As in `__call__` (one schedule per window).
-        num_samples (`int`): Samples of the output (the stream is cut to this many).
+        lengths (`dict`): `pipe.sequence_lengths(duration)`: the stream is cut to its `num_samples` samples
+            (`output_mel_frames` mel frames).
         output_type (`str`): `"np"`/`"pt"`: waveform blocks `(batch, channels, n)`; `"mel"`: mel blocks
-            `(batch, channels, 128, n)` cut to `ceil(num_samples / hop)` frames; `"latent"`: latent blocks joined with
+            `(batch, channels, 128, n)`; `"latent"`: latent blocks joined with
             the same weights (cross-fade of the latents).
         callback_on_step_end (`Callable`, *optional*): Called after every step of every window as
             `callback(pipe, step, t, callback_kwargs)` with the step counted over all windows (`pipe.num_timesteps`
@@ -564,18 +547,21 @@ def iter_long_form(
     Yields:
         `torch.Tensor` blocks along the last axis, float32; concatenated, they are the clip's output.
     """
-    import inspect
+    # A generator runs its body when iterated, outside the caller's `torch.no_grad()`: turn autograd off here.
+    with torch.no_grad():
+        yield from _iter_long_form(
+            pipe, plan, window_conditions, noise, num_inference_steps, lengths, output_type, generator, sigmas,
+            timesteps, callback_on_step_end, callback_on_step_end_tensor_inputs, settings or LongFormSettings(),
+        )  # fmt: skip
 
-    from ...audio_utils import HOP_LENGTH
 
-    settings = settings or LongFormSettings()
-    step_kwargs = {}
-    if "generator" in inspect.signature(pipe.scheduler.step).parameters:
-        step_kwargs["generator"] = generator
-
+def _iter_long_form(
+    pipe, plan, window_conditions, noise, num_inference_steps, lengths, output_type, generator, sigmas, timesteps,
+    callback_on_step_end, callback_on_step_end_tensor_inputs, settings,
+) -> Iterator[torch.Tensor]:  # fmt: skip
     latent_output = output_type == "latent"
     joiner = WindowJoiner(plan, frames_per_latent=1 if latent_output else 2)
-    stages = _output_stages(pipe, output_type, num_samples, settings)
+    stages = _output_stages(pipe, output_type, lengths["num_samples"], lengths["output_mel_frames"], settings)
     previous: tuple[int, torch.Tensor] | None = None
     steps_done = 0
     with pipe.progress_bar(total=plan.num_windows * num_inference_steps) as progress_bar:
@@ -592,17 +578,16 @@ def iter_long_form(
                 previous_start, previous_latents = previous
                 known = previous_latents[..., start - previous_start :]
 
-            def on_step(i, t, latents, velocity, offset=steps_done):
-                if callback_on_step_end is not None:
-                    callback_kwargs = {"latents": latents, "velocity": velocity}
-                    callback_kwargs = {k: callback_kwargs[k] for k in callback_on_step_end_tensor_inputs}
-                    outputs = callback_on_step_end(pipe, offset + i, t, callback_kwargs)
-                    latents = outputs.pop("latents", latents)
-                progress_bar.update()
-                return latents
-
-            latents = denoise_window(
-                pipe, noise[..., start:end].clone(), conditions, window_timesteps, known, step_kwargs, on_step
+            latents = pipe.denoise(
+                noise[..., start:end].clone(),
+                conditions,
+                window_timesteps,
+                generator,
+                known=known,
+                callback_on_step_end=callback_on_step_end,
+                callback_on_step_end_tensor_inputs=list(callback_on_step_end_tensor_inputs),
+                step_offset=steps_done,
+                progress_bar=progress_bar,
             )
             steps_done += len(window_timesteps)
             previous = (start, latents)
@@ -629,14 +614,12 @@ class _Truncate:
         return []
 
 
-def _output_stages(pipe, output_type: str, num_samples: int, settings: LongFormSettings) -> list:
+def _output_stages(pipe, output_type: str, num_samples: int, mel_frames: int, settings: LongFormSettings) -> list:
     """The streaming stages after the window join: vocoder, cut to length, DC removal (for waveforms)."""
-    from ...audio_utils import HOP_LENGTH
-
     if output_type == "latent":
         return []
     if output_type == "mel":
-        return [_Truncate(math.ceil(num_samples / HOP_LENGTH))]
+        return [_Truncate(mel_frames)]
     vocoder = pipe.vocoder
 
     def vocode(mel: torch.Tensor) -> torch.Tensor:
@@ -644,7 +627,7 @@ def _output_stages(pipe, output_type: str, num_samples: int, settings: LongFormS
         return vocoder(mel.flatten(0, 1).to(vocoder.dtype)).sample.view(batch, channels, -1).float()
 
     radius = vocoder_receptive_radius(vocoder)
-    hop = int(pipe.vae.config.hop_length) if pipe.vae is not None else HOP_LENGTH
+    hop = int(pipe.vae.config.hop_length)
     rate = pipe.sample_rate
     return [
         OverlapProcessor(vocode, settings.vocoder_chunk_frames, radius, scale=hop),
@@ -667,3 +650,85 @@ def _finish_stages(stages: list) -> Iterator[torch.Tensor]:
     for index, stage in enumerate(stages):
         for output in stage.finish():
             yield from _run_stages(stages, output, index + 1)
+
+
+def generate_long_form(
+    pipe,
+    plan: WindowPlan,
+    videos: Sequence | None,
+    video_fps: float | None,
+    duration: float,
+    batch_size: int,
+    num_waveforms_per_prompt: int,
+    text: tuple,
+    num_inference_steps: int,
+    generator=None,
+    latents: torch.Tensor | None = None,
+    output_type: str = "np",
+    sigmas=None,
+    timesteps=None,
+    callback_on_step_end: Callable | None = None,
+    callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+    device: torch.device | None = None,
+    settings: LongFormSettings | None = None,
+) -> Iterator[torch.Tensor]:
+    r"""
+    The windowed branch of [`KlingFoleyPipeline.__call__`]: yields the output of a clip longer than one window,
+    block by block (see [`iter_long_form`]). Each window's video is decoded and encoded on its own
+    ([`encode_window_video`]) and conditioned as a clip of the window's length; the text is encoded once.
+
+    Args:
+        pipe ([`KlingFoleyPipeline`]): With `_guidance_scale`, `_attention_kwargs` and `_interrupt` set.
+        plan ([`WindowPlan`]): From [`plan_for_duration`].
+        videos (`list`, *optional*): The videos as given to `__call__` (paths, bytes, arrays, `VideoInput`s).
+        video_fps (`float`, *optional*): Frame rate of array videos.
+        duration (`float`): Seconds to generate (at most the shortest video).
+        batch_size (`int`), num_waveforms_per_prompt (`int`): As in `__call__`.
+        text (`tuple`): `(prompt_embeds, prompt_mask, negative_embeds, negative_mask)` from `encode_prompt` (trimmed),
+            already repeated `num_waveforms_per_prompt` times.
+        latents (`torch.Tensor`, *optional*): Initial noise of the whole clip `(batch, channels, total_frames)`.
+        Other arguments: as in `__call__`.
+    """
+    device = device or pipe._execution_device
+    videos = None if videos is None else list(videos) if isinstance(videos, (list, tuple)) else [videos]
+    total_batch = batch_size * num_waveforms_per_prompt
+    noise = pipe.prepare_latents(
+        total_batch, pipe.transformer.config.in_channels, plan.total_frames, torch.float32, device, generator, latents
+    )
+    seconds_per_frame = pipe.vae.samples_per_latent_frame / pipe.sample_rate
+    transformer_dtype = pipe.transformer.dtype
+
+    def window_conditions(index: int):
+        start, end = plan.window(index)
+        seconds = (end - start) * seconds_per_frame
+        clip_features = sync_features = None
+        if videos is not None:
+            start_seconds = start * seconds_per_frame
+            seconds = min(seconds, duration - start_seconds)
+            clip_features, sync_features, seconds = encode_window_video(pipe, videos, start_seconds, seconds, video_fps)
+            if clip_features.shape[0] == 1 and batch_size > 1:
+                clip_features = clip_features.expand(batch_size, -1, -1)
+                sync_features = sync_features.expand(batch_size, -1, -1)
+            clip_features = clip_features.repeat_interleave(num_waveforms_per_prompt, dim=0)
+            sync_features = sync_features.repeat_interleave(num_waveforms_per_prompt, dim=0)
+        conditions = pipe.prepare_transformer_conditions(
+            end - start, total_batch, seconds, *text, clip_features, sync_features,
+            pipe.do_classifier_free_guidance, device, transformer_dtype,
+        )  # fmt: skip
+        return conditions, clip_features
+
+    return iter_long_form(
+        pipe,
+        plan,
+        window_conditions,
+        noise,
+        num_inference_steps,
+        pipe.sequence_lengths(duration),
+        output_type=output_type,
+        generator=generator,
+        sigmas=sigmas,
+        timesteps=timesteps,
+        callback_on_step_end=callback_on_step_end,
+        callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+        settings=settings,
+    )

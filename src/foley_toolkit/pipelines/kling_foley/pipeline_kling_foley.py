@@ -30,6 +30,7 @@ from ...models.vocoder_vocos import VocosVocoder
 from ...schedulers import retrieve_kling_foley_timesteps
 from ...utils.video_io import VideoInput, load_video
 from ...video_processor import FoleyVideoProcessor
+from . import long_form
 from .lora import KlingFoleyLoraLoaderMixin
 from .pipeline_output import KlingFoleyPipelineOutput
 
@@ -135,6 +136,12 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
     vision_batch_size: int = 64
     sync_segment_batch_size: int = 32
     output_types = ("np", "pt", "latent", "mel")
+    # Window length of long-form generation (`window_seconds="auto"`) when the transformer's config does not record
+    # the clip length it was trained on (`trained_seconds`): the length V2A models are commonly trained at (MMAudio
+    # 8 s, Kling-Foley and HunyuanVideo-Foley up to 10 s; the demo transformer saw 2-12 s clips).
+    default_window_seconds: float = 10.0
+    # Clips up to this much longer than the window are still generated in one pass (no window of a few frames).
+    window_margin_seconds: float = 0.1
 
     def __init__(
         self,
@@ -906,6 +913,76 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
         )
         return timesteps
 
+    def denoise(
+        self,
+        latents: torch.Tensor,
+        conditions: FoleyMMDiTConditions,
+        timesteps: torch.Tensor,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        known: torch.Tensor | None = None,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: tuple[str, ...] | list[str] = ("latents",),
+        step_offset: int = 0,
+        progress_bar=None,
+    ) -> torch.Tensor:
+        r"""
+        The flow-matching steps: guided velocity from the transformer, then a scheduler step, for each timestep.
+
+        Args:
+            latents (`torch.Tensor`): Initial noise `(batch, latent_channels, frames)` (sigma = 1), float32.
+            conditions ([`FoleyMMDiTConditions`]): From `prepare_transformer_conditions` (`[uncond, cond]` with
+                guidance).
+            timesteps (`torch.Tensor`): The scheduler's timesteps, already set (`_set_timesteps`).
+            generator: For stochastic flow-match schedulers, which draw noise in `step`.
+            known (`torch.Tensor`, *optional*): Finished latents `(batch, latent_channels, overlap)` of the first
+                `overlap` frames (long-form generation: the previous window's tail). Before every step they replace
+                those frames, re-noised to the step's sigma with the initial noise there,
+                `(1 - sigma) * known + sigma * noise`, so the model continues them (latent-prefix inpainting).
+            callback_on_step_end, callback_on_step_end_tensor_inputs: As in `__call__`; the callback gets
+                `step_offset + i` as its step.
+            progress_bar (*optional*): Updated once per step.
+
+        Returns:
+            `torch.Tensor`: the final latents, float32, the shape of `latents`.
+        """
+        step_kwargs = {}
+        if "generator" in inspect.signature(self.scheduler.step).parameters:
+            step_kwargs["generator"] = generator  # stochastic flow-match schedulers draw their noise from it too
+        overlap = 0 if known is None else known.shape[-1]
+        noise = latents[..., :overlap].clone()
+        transformer_dtype = self.transformer.dtype
+        do_cfg = self.do_classifier_free_guidance
+        for i, t in enumerate(timesteps):
+            if self.interrupt:
+                continue
+            if overlap:
+                sigma = float(t) / self.scheduler.config.num_train_timesteps  # flow-match timesteps are sigma * 1000
+                latents = torch.cat([(1.0 - sigma) * known + sigma * noise, latents[..., overlap:]], dim=-1)
+            latent_model_input = torch.cat([latents] * 2) if do_cfg else latents
+            timestep = t.expand(latent_model_input.shape[0]).to(latent_model_input.dtype)
+            velocity = self.transformer(
+                latent_model_input.to(transformer_dtype),
+                timestep,
+                conditions=conditions,
+                attention_kwargs=self.attention_kwargs,
+                return_dict=False,
+            )[0]
+            if do_cfg:
+                velocity_uncond, velocity_cond = velocity.chunk(2)
+                velocity = velocity_uncond + self.guidance_scale * (velocity_cond - velocity_uncond)
+
+            latents = self.scheduler.step(velocity.to(latents.dtype), t, latents, return_dict=False, **step_kwargs)[0]
+
+            if callback_on_step_end is not None:
+                callback_kwargs = {}
+                for k in callback_on_step_end_tensor_inputs:  # a loop, not a comprehension: locals() of this frame
+                    callback_kwargs[k] = locals()[k]
+                callback_outputs = callback_on_step_end(self, step_offset + i, t, callback_kwargs)
+                latents = callback_outputs.pop("latents", latents)
+            if progress_bar is not None:
+                progress_bar.update()
+        return latents
+
     def decode_latents(
         self, latents: torch.Tensor, clip_features: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -998,6 +1075,8 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
         negative_prompt_attention_mask: torch.Tensor | None = None,
         sigmas: list[float] | np.ndarray | torch.Tensor | None = None,
         timesteps: list[float] | np.ndarray | torch.Tensor | None = None,
+        window_seconds: float | str | None = "auto",
+        callback_on_output_block: Callable[[np.ndarray | torch.Tensor], None] | None = None,
     ) -> KlingFoleyPipelineOutput | tuple:
         r"""
         Generate audio for videos, prompts, or both.
@@ -1053,6 +1132,18 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
                 num_inference_steps)`.
             timesteps (`list[float]`, *optional*):
                 Custom timesteps in (0, `num_train_timesteps`] instead of `sigmas` (not both).
+            window_seconds (`float`, `"auto"` or `None`, defaults to `"auto"`):
+                Long-form generation: a clip longer than this (by more than `window_margin_seconds`) is generated in
+                overlapping windows of this length, each conditioned on the previous window's tail and decoded,
+                joined and vocoded in chunks, so time grows linearly and memory stays flat with the clip's length
+                (see `long_form`). `"auto"`: the transformer config's `trained_seconds`, else
+                `default_window_seconds` (10 s). `None`: one pass over the whole clip (attention grows with the
+                square of its length).
+            callback_on_output_block (`Callable`, *optional*):
+                Called with each finished block of the output (`(batch, channels, n)` for waveforms, in
+                `output_type`), in order, as soon as it is produced; the returned output then holds `audios=None`.
+                With windows, blocks are a few seconds long, so a caller that writes them out (`foley-toolkit
+                generate`) never holds the whole waveform. Without windows it is called once.
 
         Examples:
 
@@ -1088,13 +1179,25 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
         do_cfg = self.do_classifier_free_guidance
 
         # 2. Decode each video once, exactly as long as needed, then encode it once: the same features serve every
-        # step. All lengths of the generation come from one `sequence_lengths` of the components' configs.
+        # step. All lengths of the generation come from one `sequence_lengths` of the components' configs. A clip
+        # longer than `window_seconds` is generated window by window instead (the long branch after step 3): its
+        # video is decoded here only far enough to tell, each window decodes and encodes its own stretch later.
+        window_seconds = self._resolve_window_seconds(window_seconds)
+        decode_limit = duration
+        if window_seconds is not None:
+            decode_limit = min(window_seconds + self.window_margin_seconds, duration or math.inf)
         clip_features = sync_features = None
         if video is not None:
-            clips = self.load_videos(video, video_fps=video_fps, duration=duration)
-            duration = self._resolve_video_duration(clips, duration)
+            clips = self.load_videos(video, video_fps=video_fps, duration=decode_limit)
+            long_clip = window_seconds is not None and max(clip.duration for clip in clips) >= decode_limit - 1e-6
+            if long_clip:
+                duration = long_form.resolve_video_duration(self, video, duration, video_fps)
+            else:
+                duration = self._resolve_video_duration(clips, duration)
+        else:
+            long_clip = window_seconds is not None and duration > window_seconds + self.window_margin_seconds
         lengths = self.sequence_lengths(float(duration))
-        if video is not None:
+        if video is not None and not long_clip:
             clip_features, sync_features = self._encode_video_frames(clips, lengths, device)
             if clip_features.shape[0] == 1 and batch_size > 1:
                 clip_features = clip_features.expand(batch_size, -1, -1)
@@ -1140,6 +1243,30 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
             clip_features = clip_features.repeat_interleave(num_waveforms_per_prompt, dim=0)
             sync_features = sync_features.repeat_interleave(num_waveforms_per_prompt, dim=0)
 
+        if long_clip:
+            # 4.-8. for a clip longer than one window: overlapping windows, each conditioned on the previous one's
+            # tail, joined in log-mel space, vocoded in chunks; the output comes block by block (see `long_form`).
+            blocks = long_form.generate_long_form(
+                self,
+                long_form.plan_for_duration(self, duration, window_seconds),
+                video,
+                video_fps,
+                duration,
+                batch_size,
+                num_waveforms_per_prompt,
+                (prompt_embeds, prompt_mask, negative_embeds, negative_mask),
+                num_inference_steps,
+                generator=generator,
+                latents=latents,
+                output_type=output_type,
+                sigmas=sigmas,
+                timesteps=timesteps,
+                callback_on_step_end=callback_on_step_end,
+                callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+                device=device,
+            )
+            return self._output(blocks, output_type, return_dict, callback_on_output_block)
+
         # 4. Timestep-independent conditions, computed once and reused at every step; with guidance the batch is
         # [uncond, cond].
         transformer_dtype = self.transformer.dtype
@@ -1173,38 +1300,17 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
             latents,
         )
 
-        # 7. Denoising loop (stochastic flow-match schedulers draw their noise from `generator` too)
-        step_kwargs = {}
-        if "generator" in inspect.signature(self.scheduler.step).parameters:
-            step_kwargs["generator"] = generator
+        # 7. Denoising loop
         with self.progress_bar(total=len(timesteps)) as progress_bar:
-            for i, t in enumerate(timesteps):
-                if self.interrupt:
-                    continue
-                latent_model_input = torch.cat([latents] * 2) if do_cfg else latents
-                timestep = t.expand(latent_model_input.shape[0]).to(latent_model_input.dtype)
-                velocity = self.transformer(
-                    latent_model_input.to(transformer_dtype),
-                    timestep,
-                    conditions=conditions,
-                    attention_kwargs=self.attention_kwargs,
-                    return_dict=False,
-                )[0]
-                if do_cfg:
-                    velocity_uncond, velocity_cond = velocity.chunk(2)
-                    velocity = velocity_uncond + guidance_scale * (velocity_cond - velocity_uncond)
-
-                latents = self.scheduler.step(
-                    velocity.to(latents.dtype), t, latents, return_dict=False, **step_kwargs
-                )[0]
-
-                if callback_on_step_end is not None:
-                    callback_kwargs = {}
-                    for k in callback_on_step_end_tensor_inputs:  # a loop, not a comprehension: locals() of this frame
-                        callback_kwargs[k] = locals()[k]
-                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
-                    latents = callback_outputs.pop("latents", latents)
-                progress_bar.update()
+            latents = self.denoise(
+                latents,
+                conditions,
+                timesteps,
+                generator,
+                callback_on_step_end=callback_on_step_end,
+                callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+                progress_bar=progress_bar,
+            )
 
         # 8. Decode: latents -> mel (mono, then left/right) -> waveform per channel -> exact length
         if output_type == "latent":
@@ -1215,14 +1321,46 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
                 audios = mel[..., : lengths["output_mel_frames"]].float()
             else:
                 audios = self.mel_to_waveform(mel, num_samples)
-        if output_type in ("np", "mel"):
-            audios = audios.cpu().float().numpy()
+        return self._output([audios], output_type, return_dict, callback_on_output_block)
+
+    def _output(
+        self, blocks, output_type: str, return_dict: bool, callback_on_output_block: Callable | None
+    ) -> KlingFoleyPipelineOutput | tuple:
+        """The call's result from its output `blocks` (consecutive along the last axis): each passed to
+        `callback_on_output_block` as soon as it exists (the result then holds `audios=None`), or concatenated."""
+
+        def convert(block: torch.Tensor):
+            return block.cpu().float().numpy() if output_type in ("np", "mel") else block
+
+        if callback_on_output_block is not None:
+            for block in blocks:
+                callback_on_output_block(convert(block))
+            audios = None
+        else:
+            blocks = list(blocks)
+            audios = convert(blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-1))
 
         self.maybe_free_model_hooks()
 
         if not return_dict:
             return (audios, self.sample_rate)
         return KlingFoleyPipelineOutput(audios=audios, sample_rate=self.sample_rate)
+
+    def _resolve_window_seconds(self, window_seconds: float | str | None) -> float | None:
+        """`"auto"` -> the transformer config's `trained_seconds` if recorded, else `default_window_seconds`; `None`
+        (one pass) and positive seconds pass through; anything else raises `ValueError` naming `window_seconds`."""
+        if window_seconds is None:
+            return None
+        if isinstance(window_seconds, str) and window_seconds == "auto":
+            trained = getattr(self.transformer.config, "trained_seconds", None)
+            return float(trained) if trained else self.default_window_seconds
+        valid = isinstance(window_seconds, (int, float)) and not isinstance(window_seconds, bool)
+        if not valid or not (math.isfinite(window_seconds) and window_seconds > 0):
+            raise ValueError(
+                f"`window_seconds` must be a positive number of seconds, None (one pass) or 'auto', got "
+                f"{window_seconds!r}."
+            )
+        return float(window_seconds)
 
     def prepare_transformer_conditions(
         self,
