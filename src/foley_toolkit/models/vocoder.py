@@ -1,21 +1,45 @@
-"""The vocoder: diffusers' `MMAudioVocoder` (BigVGAN-v2) with Kling-Foley's configs.
+"""The vocoder: BigVGAN-v2 as diffusers' `MMAudioVocoder`, with Kling-Foley's configs and a fast inference path.
 
-`MMAudioVocoder` is BigVGAN-v2's generator in its inference form (weight norm folded in, anti-aliased Snake-beta
-activations, no bias and no tanh on the last convolution, output clamped to [-1, 1]): the same module names as
-NVIDIA's `bigvgan.py` (`conv_pre`, `ups.{i}.0`, `resblocks.{j}.convs1/convs2/activations`, `activation_post`,
-`conv_post`), so public BigVGAN-v2 checkpoints load after folding their weight norms. It consumes the exact log-mel
-of `LogMelSpectrogram`. One call turns one mel into one waveform; stereo runs it once per channel (`vocode`).
+diffusers' `MMAudioVocoder` is BigVGAN-v2's generator in its inference form (weight norm folded in, anti-aliased
+Snake-beta activations, no bias and no tanh on the last convolution, output clamped to [-1, 1]): the same module
+names as NVIDIA's `bigvgan.py` (`conv_pre`, `ups.{i}.0`, `resblocks.{j}.convs1/convs2/activations`,
+`activation_post`, `conv_post`), so public BigVGAN-v2 checkpoints load after folding their weight norms. It consumes
+the exact log-mel of `LogMelSpectrogram`.
+
+`MMAudioVocoder` here is a subclass of diffusers' class under the same name (same config, same `_class_name`, same
+state dict, so folders saved by either load into either). It only adds a faster forward (`use_fast_path`, on by
+default) that computes the same function:
+
+* Anti-aliased activations in polyphase form. The reference upsamples by 2 with a zero-stuffed depthwise
+  `conv_transpose1d` (12 Kaiser taps, half of them multiplying zeros; in bf16 at batch 2 this op alone is ~8x slower
+  than at batch 1 on CPU) and downsamples with a strided depthwise convolution on the interleaved signal. Here the
+  upsample is one depthwise convolution producing the 2 output phases (6 non-zero taps each) at the input rate,
+  Snake-beta runs on the phases (the interleaved signal is never built), and the downsample is one grouped
+  convolution reading both phases (the strided filter's even taps read one phase, its odd taps the other). The
+  reference's replicate padding becomes a clamp of the signal index, reproduced exactly at both ends.
+* Snake-beta `x + 1/(b + 1e-9) * sin(a x)^2` in four in-place passes written straight into the downsample's padded
+  input buffer (no temporaries, no separate padding copy).
+* Optional time chunking (`chunk_frames`) with an exact overlap: each chunk carries the network's receptive field
+  (`receptive_field_frames`) of context on both sides, so the cropped outputs equal the unchunked call.
+
+`use_fast_path = False` runs diffusers' reference forward. In float32 the two paths agree to ~1e-6 (rounding only).
+Stereo runs both channels as one batch (`vocode`).
 """
 
 from __future__ import annotations
 
 import math
 import os
+from functools import lru_cache
 from typing import Any
 
 import torch
-from diffusers import ModelMixin  # noqa: F401  (component modules import ModelMixin at top level, DESIGN.md 7)
-from diffusers.models.autoencoders.mmaudio_vocoder import MMAudioVocoder
+import torch.nn.functional as F
+# diffusers' pipeline loader looks up `ModelMixin` in a component's module to choose how to load it.
+from diffusers import ModelMixin  # noqa: F401
+from diffusers.models.autoencoders.mmaudio_vocoder import MMAudioActivation1d, MMAudioAMPBlock
+from diffusers.models.autoencoders.mmaudio_vocoder import MMAudioVocoder as _DiffusersMMAudioVocoder
+from diffusers.models.autoencoders.vae import DecoderOutput
 
 __all__ = [
     "MMAudioVocoder",
@@ -27,6 +51,199 @@ __all__ = [
     "vocoder_hop_length",
     "vocode",
 ]
+
+
+@lru_cache(maxsize=None)
+def _upsample_taps(ratio: int, kernel_size: int, pad: int, pad_left: int) -> tuple[tuple[int, int, int], ...]:
+    """`(phase, offset, tap)` triples of a `MMAudioUpSample1d` in polyphase form: output sample `ratio * i + phase`
+    is `ratio * sum(filter[tap] * x[clamp(i + offset)])`.
+
+    The reference output `j` is sample `j + pad_left` of `conv_transpose1d(replicate_pad(x, pad), filter, stride=ratio)`,
+    i.e. `sum_k filter[k] * x_padded[(j + pad_left - k) / ratio]` over the taps `k` that make the index whole.
+    """
+    taps = []
+    for phase in range(ratio):
+        shifted = phase + pad_left
+        for tap in range(shifted % ratio, kernel_size, ratio):
+            taps.append((phase, (shifted - tap) // ratio - pad, tap))
+    return tuple(taps)
+
+
+@lru_cache(maxsize=None)
+def _downsample_taps(ratio: int, kernel_size: int, pad_left: int) -> tuple[tuple[int, int, int], ...]:
+    """`(phase, offset, tap)` triples of a strided `MMAudioLowPassFilter1d` reading a signal given as its `ratio`
+    phases: output `i` is `sum(filter[tap] * phase_signal[clamp(i + offset)])`, where the reference reads sample
+    `ratio * i + tap - pad_left` of the interleaved signal."""
+    taps = []
+    for tap in range(kernel_size):
+        index = tap - pad_left
+        phase = index % ratio
+        taps.append((phase, (index - phase) // ratio, tap))
+    return tuple(taps)
+
+
+def _polyphase_weight(
+    filter: torch.Tensor, taps: tuple[tuple[int, int, int], ...], ratio: int, scale: float
+) -> tuple[torch.Tensor, int, int]:
+    """`(ratio, width)` weights `scale * filter[tap]` at `[phase, offset - min_offset]` (zeros elsewhere), with the
+    smallest and largest offset."""
+    low, high = min(t[1] for t in taps), max(t[1] for t in taps)
+    index = torch.full((ratio, high - low + 1), -1, dtype=torch.long)
+    for phase, offset, tap in taps:
+        index[phase, offset - low] = tap
+    index = index.to(filter.device)
+    taps_1d = filter.reshape(-1)
+    weight = torch.where(index >= 0, taps_1d[index.clamp(min=0)] * scale, taps_1d.new_zeros(()))
+    return weight, low, high
+
+
+def _snake_beta_into(out: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> None:
+    """`out = x + 1 / (exp(beta) + 1e-9) * sin(exp(alpha) * x)^2` (`MMAudioSnakeBeta`), in place in `out` (which may
+    be a strided view); `alpha`, `beta` broadcast against `x`."""
+    torch.mul(x, torch.exp(alpha), out=out)
+    out.sin_().square_()
+    torch.addcmul(x, out, 1.0 / (torch.exp(beta) + 1e-9), out=out)
+
+
+def polyphase_activation(module: MMAudioActivation1d, x: torch.Tensor) -> torch.Tensor:
+    r"""
+    `MMAudioActivation1d` (upsample, Snake-beta, downsample) in polyphase form; equal to `module(x)` up to rounding.
+
+    Args:
+        module (`MMAudioActivation1d`): Supplies the Snake-beta parameters and both Kaiser filters.
+        x (`torch.Tensor` of shape `(batch, channels, length)`).
+
+    Returns:
+        `torch.Tensor` of shape `(batch, channels, length)`.
+    """
+    up, lowpass = module.upsample, module.downsample.lowpass
+    ratio = up.ratio
+    if lowpass.stride != ratio:
+        raise ValueError(f"polyphase_activation needs equal up/down ratios, got {ratio} and {lowpass.stride}.")
+    batch, channels, length = x.shape
+    up_weight, up_low, up_high = _polyphase_weight(
+        up.filter, _upsample_taps(ratio, up.filter.shape[-1], up.pad, up.pad_left), ratio, float(ratio)
+    )
+    down_weight, down_low, down_high = _polyphase_weight(
+        lowpass.filter, _downsample_taps(ratio, lowpass.filter.shape[-1], lowpass.pad_left), ratio, 1.0
+    )
+    # Upsample: each channel -> its `ratio` phases, (batch, channels * ratio, length), at the input rate. Replicate
+    # padding of x is the reference's clamp of the input index (the offsets stay within its `pad`).
+    phases = F.conv1d(
+        F.pad(x, (-up_low, up_high), mode="replicate"),
+        up_weight.unsqueeze(1).repeat(channels, 1, 1),
+        groups=channels,
+    ).view(batch, channels, ratio, length)
+    # Snake-beta straight into the downsample's padded input. The reference clamps the interleaved index, so every
+    # phase is padded with the first interleaved sample on the left and the last one on the right.
+    padded = phases.new_empty(batch, channels, ratio, length - down_low + down_high)
+    core = padded[..., -down_low : padded.shape[-1] - down_high]
+    _snake_beta_into(core, phases, module.act.alpha[:, None, None], module.act.beta[:, None, None])
+    padded[..., :-down_low] = core[:, :, :1, :1]
+    padded[..., padded.shape[-1] - down_high :] = core[:, :, -1:, -1:]
+    # Downsample: the strided low-pass filter as one grouped convolution over the phases of each channel.
+    return F.conv1d(
+        padded.view(batch, channels * ratio, -1), down_weight.unsqueeze(0).repeat(channels, 1, 1), groups=channels
+    )
+
+
+def _activation_context(module: MMAudioActivation1d) -> int:
+    """Input samples on either side that one output sample of a polyphase activation depends on."""
+    up, lowpass = module.upsample, module.downsample.lowpass
+    up_offsets = [t[1] for t in _upsample_taps(up.ratio, up.filter.shape[-1], up.pad, up.pad_left)]
+    down_offsets = [t[1] for t in _downsample_taps(lowpass.stride, lowpass.filter.shape[-1], lowpass.pad_left)]
+    return max(map(abs, up_offsets)) + max(map(abs, down_offsets))
+
+
+def _amp_block(block: MMAudioAMPBlock, x: torch.Tensor) -> torch.Tensor:
+    """`MMAudioAMPBlock.forward` with polyphase activations."""
+    for conv1, conv2, act1, act2 in zip(block.convs1, block.convs2, block.activations[::2], block.activations[1::2]):
+        x = conv2(polyphase_activation(act2, conv1(polyphase_activation(act1, x)))) + x
+    return x
+
+
+class MMAudioVocoder(_DiffusersMMAudioVocoder):
+    r"""
+    diffusers' [`~diffusers.MMAudioVocoder`] (BigVGAN-v2) with a fast forward computing the same function: polyphase
+    anti-aliased activations, in-place Snake-beta, optional exactly-overlapped time chunks (see the module
+    docstring). Same config, `_class_name` and state dict as the parent.
+
+    Attributes:
+        use_fast_path (`bool`, defaults to `True`): `False` runs diffusers' reference forward.
+        chunk_frames (`int`, *optional*): With the fast path, vocode at most this many mel frames per network call,
+            each with `receptive_field_frames()` frames of context on both sides (outputs equal the unchunked call).
+    """
+
+    use_fast_path: bool = True
+    chunk_frames: int | None = None
+
+    def receptive_field_frames(self) -> int:
+        """Mel frames on either side of a frame that its output samples can depend on (an upper bound: the context a
+        chunk needs for its cropped output to equal the unchunked call)."""
+        context = float(self.conv_pre.padding[0] * self.conv_pre.dilation[0] / 1)  # "same" convs: padding = reach
+        rate = 1  # samples per mel frame at the current stage
+        for stage, up in enumerate(self.ups):
+            transposed = up[0]
+            context += math.ceil(transposed.kernel_size[0] / transposed.stride[0]) / rate
+            rate *= transposed.stride[0]
+            blocks = self.resblocks[stage * self.num_kernels : (stage + 1) * self.num_kernels]
+            context += max(self._block_context(block) for block in blocks) / rate
+        context += (_activation_context(self.activation_post) + self.conv_post.padding[0]) / rate
+        return math.ceil(context) + 1
+
+    @staticmethod
+    def _block_context(block: MMAudioAMPBlock) -> int:
+        reach = 0
+        for conv1, conv2, act1, act2 in zip(block.convs1, block.convs2, block.activations[::2], block.activations[1::2]):
+            reach += _activation_context(act1) + conv1.padding[0] + _activation_context(act2) + conv2.padding[0]
+        return reach
+
+    def _fast_forward(self, mel: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.conv_pre(mel)
+        for stage, up in enumerate(self.ups):
+            hidden_states = up[0](hidden_states)
+            blocks = self.resblocks[stage * self.num_kernels : (stage + 1) * self.num_kernels]
+            summed = _amp_block(blocks[0], hidden_states)
+            for block in blocks[1:]:
+                summed = summed + _amp_block(block, hidden_states)
+            hidden_states = summed / self.num_kernels
+        hidden_states = self.conv_post(polyphase_activation(self.activation_post, hidden_states))
+        return torch.clamp(hidden_states, min=-1.0, max=1.0)
+
+    def _chunked_forward(self, mel: torch.Tensor, chunk_frames: int) -> torch.Tensor:
+        frames, context = mel.shape[-1], self.receptive_field_frames()
+        hop = math.prod(self.config.upsample_rates)
+        pieces = []
+        for start in range(0, frames, chunk_frames):
+            end = min(start + chunk_frames, frames)
+            first, last = max(0, start - context), min(frames, end + context)
+            waveform = self._fast_forward(mel[..., first:last])
+            pieces.append(waveform[..., (start - first) * hop : (end - first) * hop])
+        return torch.cat(pieces, dim=-1)
+
+    def forward(self, mel: torch.Tensor, return_dict: bool = True) -> DecoderOutput | tuple:
+        r"""
+        Args:
+            mel (`torch.Tensor` of shape `(batch_size, num_mels, num_mel_frames)`): Log-mel spectrogram.
+            return_dict (`bool`, defaults to `True`): Return a `DecoderOutput` instead of a plain tuple.
+
+        Returns:
+            The waveform of shape `(batch_size, 1, num_mel_frames * prod(upsample_rates))` in `[-1, 1]`.
+        """
+        if not self.use_fast_path:
+            return super().forward(mel, return_dict=return_dict)
+        if mel.ndim != 3:
+            raise ValueError(f"`mel` must be (batch, num_mels, frames), got {tuple(mel.shape)}.")
+        chunk_frames = self.chunk_frames
+        if chunk_frames is not None and chunk_frames < 1:
+            raise ValueError(f"`chunk_frames` must be a positive number of mel frames or None, got {chunk_frames}.")
+        if chunk_frames is not None and mel.shape[-1] > chunk_frames:
+            waveform = self._chunked_forward(mel, chunk_frames)
+        else:
+            waveform = self._fast_forward(mel)
+        if not return_dict:
+            return (waveform,)
+        return DecoderOutput(sample=waveform)
 
 
 def bigvgan_v2_44khz_128band_512x_config() -> dict[str, Any]:
@@ -91,7 +308,7 @@ def load_vocoder(pretrained_model_name_or_path: str | os.PathLike, subfolder: st
     its `config.json`; `kwargs` go to `from_pretrained`."""
     from .vocoder_vocos import VocosVocoder
 
-    classes = {cls.__name__: cls for cls in (MMAudioVocoder, VocosVocoder)}
+    classes = {cls.__name__: cls for cls in (MMAudioVocoder, VocosVocoder)}  # this module's MMAudioVocoder
     config = MMAudioVocoder.load_config(pretrained_model_name_or_path, subfolder=subfolder)
     name = config.get("_class_name")
     if name not in classes:
