@@ -13,6 +13,7 @@ from foley_toolkit.audio_utils import (
     num_frames_at_rate,
     num_mel_frames,
     num_sync_segments,
+    sync_window_frames,
     resample,
     save_audio,
     sequence_lengths,
@@ -108,6 +109,12 @@ def test_length_formulas_take_other_configs():
     assert num_frames_at_rate(Fraction(29, 25) - Fraction(1, 10**9), 25) == 28
     assert num_sync_segments(15) == 0 and num_sync_segments(16) == 1 and num_sync_segments(200) == 24
     assert num_sync_segments(200, segment_frames=8, segment_stride=4) == 49
+    # the window of n segments is the shortest track holding exactly n of them
+    for n, frames, stride in ((1, 16, 8), (5, 16, 8), (24, 16, 8), (7, 8, 4)):
+        window = sync_window_frames(n, frames, stride)
+        assert num_sync_segments(window, frames, stride) == n and num_sync_segments(window - 1, frames, stride) == n - 1
+    with pytest.raises(ValueError, match="num_segments"):
+        sync_window_frames(0)
     # a VAE with hop 256 and 4x downsampling, 30 fps sync frames in 32-frame segments with stride 16 and 16 tokens
     other = sequence_lengths(
         2.0, 48000, n_fft=1024, hop_length=256, latent_downsample=4, clip_frame_rate=4, sync_frame_rate=30,

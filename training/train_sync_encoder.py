@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from accelerate.logging import get_logger
 
-from foley_toolkit.audio_utils import SAMPLE_RATE, SYNC_FRAME_RATE
+from foley_toolkit.audio_utils import SAMPLE_RATE, SYNC_FRAME_RATE, sync_window_frames
 from foley_toolkit.training import (
     BadItemCollate,
     add_pretrained_model_args,
@@ -264,7 +264,7 @@ def load_sync_head(args: argparse.Namespace, sync_encoder):
 def encoder_frames(sync_frames: torch.Tensor, image_size: int) -> torch.Tensor:
     """uint8 sync frames `(frames, 3, H, W)` -> uint8 `(frames, 3, image_size, image_size)`: the pipeline's input
     transform (`preprocess_sync_frames`, then bilinear antialiased resize to the encoder resolution, as
-    `KlingFoleyPipeline._encode_sync_frames`), stored back as uint8 (``[-1, 1] -> [0, 255]``)."""
+    `FoleyVideoProcessor.preprocess_sync`), stored back as uint8 (``[-1, 1] -> [0, 255]``)."""
     from foley_toolkit.video_processor import preprocess_sync_frames
 
     chunks = []
@@ -491,7 +491,7 @@ def build_window_dataset(
     from foley_toolkit.data import FoleyClipDataset
 
     config = sync_encoder.config
-    window_frames = config.segment_frames + (args.num_segments - 1) * config.segment_stride
+    window_frames = sync_window_frames(args.num_segments, config.segment_frames, config.segment_stride)
     offsets = offset_frames(args)
     kwargs = dict(
         segment_seconds=args.segment_seconds if args.segment_seconds and args.segment_seconds > 0 else None,

@@ -88,6 +88,16 @@ def num_sync_segments(
     return 0 if num_frames < segment_frames else (num_frames - segment_frames) // segment_stride + 1
 
 
+def sync_window_frames(
+    num_segments: int, segment_frames: int = SYNC_SEGMENT_FRAMES, segment_stride: int = SYNC_SEGMENT_STRIDE
+) -> int:
+    """Frames spanned by `num_segments` Synchformer segments (the inverse of `num_sync_segments`):
+    `segment_frames + (num_segments - 1) * segment_stride`, e.g. 48 frames (1.92 s at 25 fps) for 5 segments."""
+    if num_segments < 1:
+        raise ValueError(f"`num_segments` must be at least 1, got {num_segments}.")
+    return segment_frames + (num_segments - 1) * segment_stride
+
+
 def sequence_lengths(
     duration: float,
     sample_rate: int = SAMPLE_RATE,
