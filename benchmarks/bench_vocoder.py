@@ -65,7 +65,7 @@ def main():
     vocoder = build_vocoder(bigvgan_v2_44khz_128band_512x_config()).eval()
     with torch.no_grad():
         for name, parameter in vocoder.named_parameters():
-            if name.endswith(".alpha") or name.endswith(".beta"):
+            if name.endswith((".alpha", ".beta")):
                 parameter.normal_(0.0, 0.5)  # log-scale Snake parameters, as trained ones spread around 0
     frames = round(args.seconds * SAMPLE_RATE / HOP)
     mel = torch.randn(args.channels, 128, frames) * 2.0 - 5.0  # log-mel values in the codec's range

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import os
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import torch
@@ -53,12 +53,13 @@ __all__ = [
 ]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _upsample_taps(ratio: int, kernel_size: int, pad: int, pad_left: int) -> tuple[tuple[int, int, int], ...]:
     """`(phase, offset, tap)` triples of a `MMAudioUpSample1d` in polyphase form: output sample `ratio * i + phase`
     is `ratio * sum(filter[tap] * x[clamp(i + offset)])`.
 
-    The reference output `j` is sample `j + pad_left` of `conv_transpose1d(replicate_pad(x, pad), filter, stride=ratio)`,
+    The reference output `j` is sample `j + pad_left` of
+    `conv_transpose1d(replicate_pad(x, pad), filter, stride=ratio)`,
     i.e. `sum_k filter[k] * x_padded[(j + pad_left - k) / ratio]` over the taps `k` that make the index whole.
     """
     taps = []
@@ -69,7 +70,7 @@ def _upsample_taps(ratio: int, kernel_size: int, pad: int, pad_left: int) -> tup
     return tuple(taps)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _downsample_taps(ratio: int, kernel_size: int, pad_left: int) -> tuple[tuple[int, int, int], ...]:
     """`(phase, offset, tap)` triples of a strided `MMAudioLowPassFilter1d` reading a signal given as its `ratio`
     phases: output `i` is `sum(filter[tap] * phase_signal[clamp(i + offset)])`, where the reference reads sample
@@ -134,13 +135,22 @@ def polyphase_activation(module: MMAudioActivation1d, x: torch.Tensor) -> torch.
         up_weight.unsqueeze(1).repeat(channels, 1, 1),
         groups=channels,
     ).view(batch, channels, ratio, length)
-    # Snake-beta straight into the downsample's padded input. The reference clamps the interleaved index, so every
-    # phase is padded with the first interleaved sample on the left and the last one on the right.
-    padded = phases.new_empty(batch, channels, ratio, length - down_low + down_high)
-    core = padded[..., -down_low : padded.shape[-1] - down_high]
-    _snake_beta_into(core, phases, module.act.alpha[:, None, None], module.act.beta[:, None, None])
-    padded[..., :-down_low] = core[:, :, :1, :1]
-    padded[..., padded.shape[-1] - down_high :] = core[:, :, -1:, -1:]
+    # Snake-beta, then the downsample's padding. The reference clamps the interleaved index, so every phase is
+    # padded with the first interleaved sample on the left and the last one on the right.
+    alpha, beta = module.act.alpha[:, None, None], module.act.beta[:, None, None]
+    if torch.is_grad_enabled() and (phases.requires_grad or alpha.requires_grad or beta.requires_grad):
+        # Training: out-of-place (autograd cannot go through `out=`), same arithmetic.
+        core = phases + (1.0 / (torch.exp(beta) + 1e-9)) * torch.sin(phases * torch.exp(alpha)).pow(2)
+        left = core[:, :, :1, :1].expand(-1, -1, ratio, -down_low)
+        right = core[:, :, -1:, -1:].expand(-1, -1, ratio, down_high)
+        padded = torch.cat([left, core, right], dim=-1)
+    else:
+        # Inference: written straight into the padded buffer, no temporaries and no padding copy.
+        padded = phases.new_empty(batch, channels, ratio, length - down_low + down_high)
+        core = padded[..., -down_low : padded.shape[-1] - down_high]
+        _snake_beta_into(core, phases, alpha, beta)
+        padded[..., :-down_low] = core[:, :, :1, :1]
+        padded[..., padded.shape[-1] - down_high :] = core[:, :, -1:, -1:]
     # Downsample: the strided low-pass filter as one grouped convolution over the phases of each channel.
     return F.conv1d(
         padded.view(batch, channels * ratio, -1), down_weight.unsqueeze(0).repeat(channels, 1, 1), groups=channels
@@ -194,7 +204,8 @@ class MMAudioVocoder(_DiffusersMMAudioVocoder):
     @staticmethod
     def _block_context(block: MMAudioAMPBlock) -> int:
         reach = 0
-        for conv1, conv2, act1, act2 in zip(block.convs1, block.convs2, block.activations[::2], block.activations[1::2]):
+        activations = zip(block.activations[::2], block.activations[1::2])
+        for conv1, conv2, (act1, act2) in zip(block.convs1, block.convs2, activations):
             reach += _activation_context(act1) + conv1.padding[0] + _activation_context(act2) + conv2.padding[0]
         return reach
 
