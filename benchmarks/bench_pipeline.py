@@ -22,9 +22,20 @@ machine even where the absolute times do not. `--compare_padded_text` repeats th
 padded to `max_sequence_length`, the path before `KlingFoleyPipeline.trim_text_padding` (sequential, not
 interleaved: compare it only within one run on a quiet machine).
 
+FLOPs (`--flops`): one more call, untimed, under `torch.utils.flop_counter.FlopCounterMode`, charged to the same
+stages by the same hooks (the counter's running total read at each stage boundary). The counter counts matmuls,
+convolutions and attention (elementwise work is not counted); CPU attention
+(`aten._scaled_dot_product_flash_attention_for_cpu`, which the counter has no formula for) is added with the
+counter's own SDPA formula, `4 * batch * heads * queries * keys * head_dim`. The same run measures the matmul
+ceiling of the machine (best of several large plain `a @ b` in fp32 and bf16) and reports, per stage, the achieved
+GFLOP/s and its fraction of the ceiling of the run's dtype. `--flow_flops_preset small` also counts and times one
+denoising step of a full-size transformer preset (random weights, 8 s clip, batched CFG batch 2) with a
+`--prompt_tokens`-token prompt padded to 128 T5 tokens (mask kept) against the text trimmed to the prompt (the path
+of `KlingFoleyPipeline.trim_text_padding`).
+
     python benchmarks/bench_pipeline.py [--pipeline checkpoints/kling-foley-demo] [--video examples/assets/demo.mp4]
         [--dtype fp32|bf16] [--repeats 3] [--steps 20] [--threads N] [--bigvgan_seconds 1.0] [--compare_padded_text]
-        [--json_out FILE]
+        [--flops] [--flow_flops_preset small] [--prompt_tokens 12] [--json_out FILE]
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ import types
 from collections import defaultdict
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from foley_toolkit import KlingFoleyPipeline
 from foley_toolkit.models.vocoder import bigvgan_v2_44khz_128band_512x_config, build_vocoder
@@ -81,6 +93,16 @@ def parse_args():
         action="store_true",
         help="Also time the call with the text padded to 128 tokens (the path before trimming).",
     )
+    parser.add_argument(
+        "--flops", action="store_true", help="Count FLOPs per stage and measure the fp32 / bf16 matmul ceiling."
+    )
+    parser.add_argument(
+        "--flow_flops_preset",
+        default=None,
+        help="Also count and time one CFG step of this full-size transformer preset, padded vs trimmed text.",
+    )
+    parser.add_argument("--prompt_tokens", type=int, default=12, help="Real T5 tokens for --flow_flops_preset.")
+    parser.add_argument("--flow_seconds", type=float, default=8.0, help="Clip length for --flow_flops_preset.")
     parser.add_argument("--json_out", default=None, help="Also write the JSON object to this file.")
     args = parser.parse_args()
     if not os.path.isfile(os.path.join(args.pipeline, "model_index.json")):
@@ -91,6 +113,8 @@ def parse_args():
         parser.error("--repeats and --steps must be >= 1.")
     if args.bigvgan_seconds < 0:
         parser.error("--bigvgan_seconds must be >= 0.")
+    if not 1 <= args.prompt_tokens <= 128:
+        parser.error("--prompt_tokens must be between 1 and 128 (the T5 padding length).")
     return args
 
 
@@ -171,10 +195,8 @@ def instrument(pipe: KlingFoleyPipeline, timer: StageTimer) -> None:
     timer.method("dc_removal", pipe, "remove_dc")
 
 
-def time_pipeline(pipe: KlingFoleyPipeline, args, device: torch.device) -> dict:
-    timer = StageTimer(device)
-    instrument(pipe, timer)
-    kwargs = {
+def call_kwargs(args) -> dict:
+    return {
         "video": args.video,
         "prompt": args.prompt,
         "num_inference_steps": args.steps,
@@ -182,6 +204,12 @@ def time_pipeline(pipe: KlingFoleyPipeline, args, device: torch.device) -> dict:
         "duration": args.duration,
         "output_type": "pt",
     }
+
+
+def time_pipeline(pipe: KlingFoleyPipeline, args, device: torch.device) -> dict:
+    timer = StageTimer(device)
+    instrument(pipe, timer)
+    kwargs = call_kwargs(args)
     pipe.set_progress_bar_config(disable=True)
     runs, audio, text_tokens = [], None, set()
     handle = pipe.transformer.register_forward_pre_hook(
@@ -231,6 +259,105 @@ def time_pipeline(pipe: KlingFoleyPipeline, args, device: torch.device) -> dict:
     }
 
 
+def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of `aten._scaled_dot_product_flash_attention_for_cpu`: the counter's formula for the other SDPA ops."""
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def flop_counter() -> FlopCounterMode:
+    """A silent `FlopCounterMode` that also counts CPU attention."""
+    return FlopCounterMode(
+        display=False, custom_mapping={torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
+    )
+
+
+class StageFlops(StageTimer):
+    """`StageTimer` whose clock is a `FlopCounterMode`'s running total: the same hooks charge FLOPs to the stages."""
+
+    def __init__(self, counter: FlopCounterMode):
+        super().__init__(torch.device("cpu"))
+        self.counter = counter
+
+    def _now(self) -> float:
+        return float(self.counter.get_total_flops())
+
+
+@torch.inference_mode()
+def count_pipeline_flops(pipe: KlingFoleyPipeline, args) -> dict:
+    """FLOPs per stage of one (untimed) pipeline call, and the total."""
+    counter = flop_counter()
+    stages = StageFlops(counter)
+    instrument(pipe, stages)
+    try:
+        with counter:
+            pipe(generator=torch.Generator().manual_seed(0), **call_kwargs(args))
+    finally:
+        stages.remove()
+    total = counter.get_total_flops()
+    flops = {name: stages.seconds.get(name, 0.0) for name in STAGES}
+    flops["other"] = total - sum(flops.values())
+    return {"stages": flops, "total": total}
+
+
+@torch.inference_mode()
+def matmul_ceiling(device: torch.device, size: int = 3072, repeats: int = 5) -> dict[str, float]:
+    """Best GFLOP/s of a plain `size`-square matmul per dtype (the ceiling the stages are compared with)."""
+    ceilings = {}
+    for name, dtype in DTYPES.items():
+        a = torch.randn(size, size, device=device, dtype=dtype)
+        b = torch.randn(size, size, device=device, dtype=dtype)
+        best = float("inf")
+        for _ in range(repeats + 1):  # the first is the warm-up
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            a @ b
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            best = min(best, time.perf_counter() - start)
+        ceilings[name] = 2 * size**3 / best / 1e9
+    return ceilings
+
+
+def achieved(flops: float, seconds: float, ceiling_gflops: float) -> dict:
+    gflops = flops / seconds / 1e9 if seconds > 0 else 0.0
+    return {"gflop": flops / 1e9, "gflop_per_s": gflops, "fraction_of_ceiling": gflops / ceiling_gflops}
+
+
+@torch.inference_mode()
+def flow_step_flops(args, device: torch.device, dtype: torch.dtype, ceiling_gflops: float) -> dict:
+    """One batched-CFG denoising step of a full-size preset with a `prompt_tokens` prompt: text padded to 128 T5
+    tokens (mask kept) vs trimmed to the prompt. FLOPs, median step time and fraction of the matmul ceiling."""
+    from bench_transformer import build_model, make_inputs  # same folder: the transformer benchmark's inputs
+
+    from foley_toolkit.audio_utils import sequence_lengths
+
+    model = build_model(args.flow_flops_preset, device).to(dtype)
+    lengths = sequence_lengths(args.flow_seconds)
+    result = {"preset": args.flow_flops_preset, "seconds": args.flow_seconds, "batch": 2, "lengths": lengths}
+    for name, text_tokens in (("padded", 128), ("trimmed", args.prompt_tokens)):
+        inputs = make_inputs(model, lengths, text_tokens, 2, dtype, device)  # sample 1 is the unconditional one
+        latents, timestep = inputs.pop("hidden_states"), inputs.pop("timestep")
+        mask = torch.zeros(2, text_tokens, dtype=torch.bool, device=device)
+        mask[:, : args.prompt_tokens] = True
+        conditions = model.prepare_conditions(latents.shape[-1], encoder_attention_mask=mask, **inputs)
+        counter = flop_counter()
+        with counter:
+            model(latents, timestep, conditions=conditions)
+        model(latents, timestep, conditions=conditions)  # warm-up
+        times = []
+        for _ in range(max(args.repeats, 1)):
+            start = time.perf_counter()
+            model(latents, timestep, conditions=conditions)
+            times.append(time.perf_counter() - start)
+        seconds = statistics.median(times)
+        result[name] = {"text_tokens": text_tokens, "step_s": seconds, "times": times}
+        result[name].update(achieved(counter.get_total_flops(), seconds, ceiling_gflops))
+    result["flop_reduction"] = 1 - result["trimmed"]["gflop"] / result["padded"]["gflop"]
+    result["time_ratio_trimmed_over_padded"] = result["trimmed"]["step_s"] / result["padded"]["step_s"]
+    return result
+
+
 @torch.inference_mode()
 def time_vocoder_batching(vocoder: torch.nn.Module, mel_frames: int, repeats: int, device, dtype) -> dict:
     """Two channels of `mel_frames` log-mel frames: one batch-2 call vs two batch-1 calls, interleaved per repeat."""
@@ -262,6 +389,7 @@ def time_vocoder_batching(vocoder: torch.nn.Module, mel_frames: int, repeats: in
     one_channel = min(times["two_batch1_s"]) / 2
     return {
         "vocoder": type(vocoder).__name__,
+        "fast_path": getattr(vocoder, "use_fast_path", None),
         "parameters": sum(p.numel() for p in vocoder.parameters()),
         "mel_frames": mel_frames,
         "batch2_s": batch2,
@@ -272,11 +400,29 @@ def time_vocoder_batching(vocoder: torch.nn.Module, mel_frames: int, repeats: in
 
 
 def print_table(result: dict) -> None:
-    print(f"\n{'stage':<18}{'seconds':>10}{'share':>9}{'calls':>7}")
+    print(f"\n{'stage':<18}{'seconds':>10}{'share':>9}{'calls':>7}{'GFLOP':>10}{'GFLOP/s':>10}{'of peak':>9}")
     for name, stage in result["pipeline"]["stages"].items():
         calls = "" if stage["calls"] is None else str(stage["calls"])
-        print(f"{name:<18}{stage['median_s']:>10.3f}{100 * stage['share']:>8.1f}%{calls:>7}")
+        flops = ""
+        if "gflop" in stage:
+            flops = f"{stage['gflop']:>10.2f}{stage['gflop_per_s']:>10.1f}{100 * stage['fraction_of_ceiling']:>8.1f}%"
+        print(f"{name:<18}{stage['median_s']:>10.3f}{100 * stage['share']:>8.1f}%{calls:>7}{flops}")
     print(f"{'total':<18}{result['pipeline']['total_s']:>10.3f}{100.0:>8.1f}%")
+    if "matmul_ceiling_gflop_per_s" in result:
+        ceilings = result["matmul_ceiling_gflop_per_s"]
+        print(f"matmul ceiling (this run): fp32 {ceilings['fp32']:.1f} GFLOP/s, bf16 {ceilings['bf16']:.1f} GFLOP/s")
+    if "flow_step_text_padding" in result:
+        flow = result["flow_step_text_padding"]
+        for name in ("padded", "trimmed"):
+            row = flow[name]
+            print(
+                f"flow step {flow['preset']} b2, {row['text_tokens']:>3} text tokens: {row['gflop']:.1f} GFLOP, "
+                f"{row['step_s']:.3f} s, {100 * row['fraction_of_ceiling']:.1f}% of the {result['dtype']} ceiling"
+            )
+        print(
+            f"trimmed text: {100 * flow['flop_reduction']:.1f}% fewer FLOPs per step, "
+            f"time x{flow['time_ratio_trimmed_over_padded']:.2f}"
+        )
     print(f"text tokens seen by the transformer: {result['pipeline']['text_tokens']}")
     if "padded_text" in result:
         padded = result["padded_text"]
@@ -337,6 +483,17 @@ def main():
         result["padded_text"]["flow_steps_trimmed_over_padded"] = (
             result["padded_text"]["flow_steps_s"]["trimmed"] / result["padded_text"]["flow_steps_s"]["padded"]
         )
+
+    if args.flops or args.flow_flops_preset:
+        result["matmul_ceiling_gflop_per_s"] = matmul_ceiling(device)
+    ceiling = result.get("matmul_ceiling_gflop_per_s", {}).get(args.dtype)
+    if args.flops:
+        flops = count_pipeline_flops(pipe, args)
+        for name, stage in result["pipeline"]["stages"].items():
+            stage.update(achieved(flops["stages"][name], stage["median_s"], ceiling))
+        result["pipeline"]["total_gflop"] = flops["total"] / 1e9
+    if args.flow_flops_preset:
+        result["flow_step_text_padding"] = flow_step_flops(args, device, dtype, ceiling)
 
     # The pipeline vocodes (batch * channels) mels of 2 frames per latent frame in one call.
     samples = result["pipeline"]["audio"]["shape"][-1]
