@@ -300,3 +300,28 @@ def test_cli_streams_a_90_second_video_in_bounded_blocks(pipe_dir, tmp_path, mon
     assert len(decoded) >= 90 / 6 and max(decoded) <= 6.0 + 1024 / 44_100
     audio, _ = sf.read(str(out), dtype="float32")
     assert np.abs(audio).max() > 1e-3 and np.abs(audio.mean(axis=0)).max() < 1e-3  # sound, no DC offset
+
+
+def test_denoise_holds_the_known_prefix_at_every_noise_level(pipe, monkeypatch):
+    """Latent-prefix inpainting: at every step the transformer sees the known frames re-noised to that step's sigma
+    with the window's own noise, `(1 - sigma) * known + sigma * noise`; the other frames follow the model."""
+    pipe._guidance_scale, pipe._attention_kwargs, pipe._interrupt = 1.0, None, False
+    frames, overlap, channels = 20, 6, pipe.transformer.config.in_channels
+    conditions = pipe.prepare_transformer_conditions(
+        frames, 1, frames * 1024 / 44_100, None, None, None, None, None, None, False, torch.device("cpu"), torch.float32
+    )
+    timesteps = pipe._set_timesteps(4, torch.device("cpu"), frames)
+    noise, known = torch.randn(1, channels, frames), torch.randn(1, channels, overlap)
+    seen, forward = [], pipe.transformer.forward
+
+    def recording_forward(hidden_states, timestep, **kwargs):
+        seen.append((hidden_states.clone(), float(timestep[0])))
+        return forward(hidden_states, timestep, **kwargs)
+
+    monkeypatch.setattr(pipe.transformer, "forward", recording_forward)
+    pipe.denoise(noise.clone(), conditions, timesteps, known=known)
+    assert [t for _, t in seen] == [float(t) for t in timesteps] and len(seen) == 4
+    for inputs, t in seen:
+        sigma = t / pipe.scheduler.config.num_train_timesteps
+        torch.testing.assert_close(inputs[..., :overlap], (1 - sigma) * known + sigma * noise[..., :overlap])
+    assert (seen[-1][0][..., overlap:] - noise[..., overlap:]).abs().max() > 1e-3  # the rest moved with the model

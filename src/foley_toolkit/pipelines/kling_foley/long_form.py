@@ -10,10 +10,11 @@ clip longer than one window is generated in overlapping windows of the trained l
    longer instead of the last window shorter).
 2. **Conditioning on the previous window** ([`KlingFoleyPipeline.denoise`] with `known=`): window `k` starts
    from the clip's noise at its frames. At every step, before the transformer sees it, the overlap with window
-   `k - 1` is replaced by the previous window's finished latents re-noised to the step's noise level with that same
-   noise, `(1 - sigma) * x0_prev + sigma * noise` (latent-prefix inpainting, as in RePaint without resampling). The
-   model thus continues the previous window's sound instead of starting a new one; the rest of the window is
-   generated as usual. Windows depend on each other, so they run one after the other; what is batched is everything
+   `k - 1` (up to the end of the cross-fade) is replaced by the previous window's finished latents re-noised to the
+   step's noise level with that same noise, `(1 - sigma) * x0_prev + sigma * noise` (latent-prefix inpainting, as in
+   RePaint without resampling). The model thus continues the previous window's sound instead of starting a new one;
+   the rest of the window is generated as usual, including the previous window's last `edge_frames`, which are
+   not trusted (a window's end is where a model trained on whole clips lets the sound die away). Windows depend on each other, so they run one after the other; what is batched is everything
    inside a window (guidance pair, clips, waveforms per prompt).
 3. **Each window is conditioned like a training clip**: its own stretch of video is decoded and encoded
    ([`encode_window_video`]), with `seconds_start = 0` and `seconds_total` = its length, so the video features,
@@ -575,8 +576,12 @@ def _iter_long_form(
                 pipe._num_timesteps = plan.num_windows * len(window_timesteps)
             known = None
             if previous is not None:
+                # The previous window's tail up to the end of the cross-fade is held; its last `edge_frames` are
+                # generated again: a window's own end is where it is least reliable (the decoder's edge, and a model
+                # trained on whole clips tends to let a clip's sound die away before its end).
                 previous_start, previous_latents = previous
-                known = previous_latents[..., start - previous_start :]
+                known_end = plan.crossfade(index)[1]
+                known = previous_latents[..., start - previous_start : known_end - previous_start]
 
             latents = pipe.denoise(
                 noise[..., start:end].clone(),

@@ -1191,6 +1191,7 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
             clips = self.load_videos(video, video_fps=video_fps, duration=decode_limit)
             long_clip = window_seconds is not None and max(clip.duration for clip in clips) >= decode_limit - 1e-6
             if long_clip:
+                clips = None  # each window decodes its own stretch
                 duration = long_form.resolve_video_duration(self, video, duration, video_fps)
             else:
                 duration = self._resolve_video_duration(clips, duration)
