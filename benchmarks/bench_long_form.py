@@ -142,6 +142,8 @@ def short_term_loudness(audio: np.ndarray, sample_rate: int, start: float, end: 
 def seam_scores(audio, sample_rate, events, joins, near_seconds, step_seconds) -> dict:
     from foley_toolkit.evaluation.sync_metrics import detect_onsets, onset_scores
 
+    from foley_toolkit.evaluation.sync_metrics import match_onsets
+
     onsets = detect_onsets(audio, sample_rate)
     joins = np.asarray(joins)
 
@@ -168,6 +170,9 @@ def seam_scores(audio, sample_rate, events, joins, near_seconds, step_seconds) -
     controls = (joins[:-1] + joins[1:]) / 2 if len(joins) > 1 else []
     join_steps, control_steps = steps(joins), steps(controls)
     return {
+        # Counts for F1 pooled over clips: (matched, reference events, detected onsets).
+        "counts_near": [len(match_onsets(ref_near, est_near)), len(ref_near), len(est_near)],
+        "counts_away": [len(match_onsets(ref_far, est_far)), len(ref_far), len(est_far)],
         "num_joins": len(joins),
         "events_near_joins": len(ref_near),
         "events_away": len(ref_far),
@@ -180,6 +185,25 @@ def seam_scores(audio, sample_rate, events, joins, near_seconds, step_seconds) -
     }
 
 
+def pooled_f1(records: list[dict], group: str) -> float:
+    matched, references, detected = (sum(r["seams"][f"counts_{group}"][i] for r in records) for i in range(3))
+    precision, recall = matched / max(detected, 1), matched / max(references, 1)
+    return 2 * precision * recall / max(precision + recall, 1e-12)
+
+
+def run_length(args, length: float, window: str, video: str, out: str) -> dict:
+    """One `foley-toolkit generate` in a fresh process; its JSON record."""
+    child = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--child", video, out, "--model", args.model, "--steps",
+         str(args.steps), "--window_seconds", window, "--threads", str(args.threads)],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)},
+    )  # fmt: skip
+    lines = [line for line in child.stdout.splitlines() if line.startswith("{")]
+    if child.returncode or not lines:
+        raise RuntimeError(f"{length} s: the child failed:\n{child.stdout}\n{child.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="checkpoints/kling-foley-demo")
@@ -187,6 +211,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--window_seconds", default="auto", help="'auto' (the pipeline default) or seconds")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--one_pass_lengths", default="", help="lengths (of --lengths) also generated in one pass, for comparison"
+    )
     parser.add_argument("--near_seconds", type=float, default=1.0, help="events this close to a join are 'near'")
     parser.add_argument("--step_seconds", type=float, default=3.0, help="loudness window on each side of a point")
     parser.add_argument("--workdir", default=None, help="keep videos, audio and the PNG here (default: temp)")
@@ -209,6 +236,7 @@ def main() -> None:
     pipe = KlingFoleyPipeline.from_pretrained(args.model)
     window = pipe._resolve_window_seconds("auto" if args.window_seconds == "auto" else float(args.window_seconds))
     seconds_per_frame = pipe.vae.samples_per_latent_frame / pipe.sample_rate
+    one_pass_lengths = {float(x) for x in args.one_pass_lengths.split(",") if x}
     results = []
     for index, length in enumerate(float(x) for x in args.lengths.split(",")):
         plan = plan_for_duration(pipe, length, window)
@@ -225,15 +253,8 @@ def main() -> None:
                 json.dump(events, f)
         if args.prepare_only:
             continue
-        child = subprocess.run(
-            [sys.executable, os.path.abspath(__file__), "--child", video, out, "--model", args.model, "--steps",
-             str(args.steps), "--window_seconds", args.window_seconds, "--threads", str(args.threads)],
-            capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)},
-        )  # fmt: skip
-        lines = [line for line in child.stdout.splitlines() if line.startswith("{")]
-        if child.returncode or not lines:
-            raise RuntimeError(f"{length} s: the child failed:\n{child.stdout}\n{child.stderr[-3000:]}")
-        record = {"video_seconds": length, "windows": plan.num_windows, "events": len(events), **json.loads(lines[-1])}
+        child = run_length(args, length, args.window_seconds, video, out)
+        record = {"video_seconds": length, "windows": plan.num_windows, "events": len(events), **child}
         audio, rate = sf.read(out, dtype="float32", always_2d=True)
         audio = audio.T
         record["audio_seconds"] = audio.shape[1] / rate
@@ -254,6 +275,17 @@ def main() -> None:
                 save_spectrogram(excerpt, png, rate, title=f"{length:g} s clip, {centre - 4:.2f}-{centre + 4:.2f} s "
                                  f"(join at the centre)")  # fmt: skip
                 record["spectrogram_png"] = png
+        if length in one_pass_lengths:
+            # The same clip in one pass (window_seconds=None), scored at the same join points.
+            one_pass_out = os.path.join(workdir, f"clip_{length:g}s_one_pass.wav")
+            one_pass = run_length(args, length, "none", video, one_pass_out)
+            one_pass_audio = sf.read(one_pass_out, dtype="float32", always_2d=True)[0].T
+            record["one_pass"] = {
+                "seconds": one_pass["seconds"],
+                "peak_rss_mb": one_pass["peak_rss_mb"],
+                "level": level(one_pass_audio, rate),
+                "seams": seam_scores(one_pass_audio, rate, events, joins, args.near_seconds, args.step_seconds),
+            }
         results.append(record)
         print(json.dumps(record), flush=True)
 
@@ -271,6 +303,10 @@ def main() -> None:
         "workdir": workdir,
         "results": results,
     }
+    windowed = [r for r in results if "seams" in r]
+    if windowed:
+        summary["pooled_f1_near_joins"] = pooled_f1(windowed, "near")
+        summary["pooled_f1_away"] = pooled_f1(windowed, "away")
     rss = {r["video_seconds"]: r["peak_rss_mb"] for r in results}
     if 60.0 in rss and 300.0 in rss:
         summary["peak_rss_growth_60_to_300_mb"] = rss[300.0] - rss[60.0]
