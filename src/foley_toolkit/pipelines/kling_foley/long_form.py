@@ -14,8 +14,10 @@ clip longer than one window is generated in overlapping windows of the trained l
    step's noise level with that same noise, `(1 - sigma) * x0_prev + sigma * noise` (latent-prefix inpainting, as in
    RePaint without resampling). The model thus continues the previous window's sound instead of starting a new one;
    the rest of the window is generated as usual, including the previous window's last `edge_frames`, which are
-   not trusted (a window's end is where a model trained on whole clips lets the sound die away). Windows depend on each other, so they run one after the other; what is batched is everything
-   inside a window (guidance pair, clips, waveforms per prompt).
+   not trusted (a window's end is where a model trained on whole clips lets the sound die away). Windows depend on
+   each other, so they run one after the other (not batched across windows, which a method that averages
+   independently denoised windows, like MultiDiffusion, would allow at the price of blending two sounds in every
+   overlap); what is batched is everything inside a window (guidance pair, clips, waveforms per prompt).
 3. **Each window is conditioned like a training clip**: its own stretch of video is decoded and encoded
    ([`encode_window_video`]), with `seconds_start = 0` and `seconds_total` = its length, so the video features,
    RoPE alignment and duration embedding are those the transformer was trained with.
