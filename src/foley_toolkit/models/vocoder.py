@@ -98,14 +98,6 @@ def _polyphase_weight(
     return weight, low, high
 
 
-def _snake_beta_into(out: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> None:
-    """`out = x + 1 / (exp(beta) + 1e-9) * sin(exp(alpha) * x)^2` (`MMAudioSnakeBeta`), in place in `out` (which may
-    be a strided view); `alpha`, `beta` broadcast against `x`."""
-    torch.mul(x, torch.exp(alpha), out=out)
-    out.sin_().square_()
-    torch.addcmul(x, out, 1.0 / (torch.exp(beta) + 1e-9), out=out)
-
-
 def polyphase_activation(module: MMAudioActivation1d, x: torch.Tensor) -> torch.Tensor:
     r"""
     `MMAudioActivation1d` (upsample, Snake-beta, downsample) in polyphase form; equal to `module(x)` up to rounding.
@@ -122,25 +114,21 @@ def polyphase_activation(module: MMAudioActivation1d, x: torch.Tensor) -> torch.
     if lowpass.stride != ratio:
         raise ValueError(f"polyphase_activation needs equal up/down ratios, got {ratio} and {lowpass.stride}.")
     batch, channels, length = x.shape
-    up_weight, up_low, up_high = _polyphase_weight(
-        up.filter, _upsample_taps(ratio, up.filter.shape[-1], up.pad, up.pad_left), ratio, float(ratio)
+    training = torch.is_grad_enabled() and (
+        x.requires_grad or module.act.alpha.requires_grad or module.act.beta.requires_grad
     )
-    down_weight, down_low, down_high = _polyphase_weight(
-        lowpass.filter, _downsample_taps(ratio, lowpass.filter.shape[-1], lowpass.pad_left), ratio, 1.0
+    up_weight, up_low, up_high, down_weight, down_low, down_high, alpha, inv_beta = _activation_constants(
+        module, cache=not training
     )
     # Upsample: each channel -> its `ratio` phases, (batch, channels * ratio, length), at the input rate. Replicate
     # padding of x is the reference's clamp of the input index (the offsets stay within its `pad`).
-    phases = F.conv1d(
-        F.pad(x, (-up_low, up_high), mode="replicate"),
-        up_weight.unsqueeze(1).repeat(channels, 1, 1),
-        groups=channels,
-    ).view(batch, channels, ratio, length)
+    phases = F.conv1d(F.pad(x, (-up_low, up_high), mode="replicate"), up_weight, groups=channels)
+    phases = phases.view(batch, channels, ratio, length)
     # Snake-beta, then the downsample's padding. The reference clamps the interleaved index, so every phase is
     # padded with the first interleaved sample on the left and the last one on the right.
-    alpha, beta = module.act.alpha[:, None, None], module.act.beta[:, None, None]
-    if torch.is_grad_enabled() and (phases.requires_grad or alpha.requires_grad or beta.requires_grad):
-        # Training: out-of-place (autograd cannot go through `out=`), same arithmetic.
-        core = phases + (1.0 / (torch.exp(beta) + 1e-9)) * torch.sin(phases * torch.exp(alpha)).pow(2)
+    if training:
+        # Out-of-place (autograd cannot go through `out=`), same arithmetic.
+        core = phases + inv_beta * torch.sin(phases * alpha).pow(2)
         left = core[:, :, :1, :1].expand(-1, -1, ratio, -down_low)
         right = core[:, :, -1:, -1:].expand(-1, -1, ratio, down_high)
         padded = torch.cat([left, core, right], dim=-1)
@@ -148,13 +136,46 @@ def polyphase_activation(module: MMAudioActivation1d, x: torch.Tensor) -> torch.
         # Inference: written straight into the padded buffer, no temporaries and no padding copy.
         padded = phases.new_empty(batch, channels, ratio, length - down_low + down_high)
         core = padded[..., -down_low : padded.shape[-1] - down_high]
-        _snake_beta_into(core, phases, alpha, beta)
+        torch.mul(phases, alpha, out=core)
+        core.sin_().square_()
+        torch.addcmul(phases, core, inv_beta, out=core)
         padded[..., :-down_low] = core[:, :, :1, :1]
         padded[..., padded.shape[-1] - down_high :] = core[:, :, -1:, -1:]
     # Downsample: the strided low-pass filter as one grouped convolution over the phases of each channel.
-    return F.conv1d(
-        padded.view(batch, channels * ratio, -1), down_weight.unsqueeze(0).repeat(channels, 1, 1), groups=channels
+    return F.conv1d(padded.view(batch, channels * ratio, -1), down_weight, groups=channels)
+
+
+def _activation_constants(module: MMAudioActivation1d, cache: bool) -> tuple:
+    """The per-call constants of `polyphase_activation`: grouped-convolution weights `(channels * ratio, 1, width)`
+    and `(channels, ratio, width)` with their offset ranges, `exp(alpha)` and `1 / (exp(beta) + 1e-9)` shaped
+    `(channels, 1, 1)`. With `cache`, kept on the module until a parameter or buffer changes (in place, in dtype or
+    in device): at inference they are the same for every call, and ~10 small ops per activation add up."""
+    up, lowpass, snake = module.upsample, module.downsample.lowpass, module.act
+    tensors = (snake.alpha, snake.beta, up.filter, lowpass.filter)
+    key = tuple((t.data_ptr(), t.dtype, t.device, t._version) for t in tensors)
+    cached = getattr(module, "_polyphase_constants", None)
+    if cache and cached is not None and cached[0] == key:
+        return cached[1]
+    ratio, channels = up.ratio, snake.alpha.shape[0]
+    up_weight, up_low, up_high = _polyphase_weight(
+        up.filter, _upsample_taps(ratio, up.filter.shape[-1], up.pad, up.pad_left), ratio, float(ratio)
     )
+    down_weight, down_low, down_high = _polyphase_weight(
+        lowpass.filter, _downsample_taps(ratio, lowpass.filter.shape[-1], lowpass.pad_left), ratio, 1.0
+    )
+    constants = (
+        up_weight.unsqueeze(1).repeat(channels, 1, 1),
+        up_low,
+        up_high,
+        down_weight.unsqueeze(0).repeat(channels, 1, 1),
+        down_low,
+        down_high,
+        torch.exp(snake.alpha)[:, None, None],
+        1.0 / (torch.exp(snake.beta)[:, None, None] + 1e-9),
+    )
+    if cache:
+        module._polyphase_constants = (key, constants)
+    return constants
 
 
 def _activation_context(module: MMAudioActivation1d) -> int:
@@ -190,7 +211,7 @@ class MMAudioVocoder(_DiffusersMMAudioVocoder):
     def receptive_field_frames(self) -> int:
         """Mel frames on either side of a frame that its output samples can depend on (an upper bound: the context a
         chunk needs for its cropped output to equal the unchunked call)."""
-        context = float(self.conv_pre.padding[0] * self.conv_pre.dilation[0] / 1)  # "same" convs: padding = reach
+        context = float(self.conv_pre.padding[0])  # "same" convolutions: the padding is the reach
         rate = 1  # samples per mel frame at the current stage
         for stage, up in enumerate(self.ups):
             transposed = up[0]
@@ -332,7 +353,7 @@ def load_vocoder(pretrained_model_name_or_path: str | os.PathLike, subfolder: st
 @torch.no_grad()
 def vocode(vocoder: MMAudioVocoder, mel: torch.Tensor, num_samples: int | None = None) -> torch.Tensor:
     r"""
-    Log-mel -> waveform, running the (mono) vocoder once per channel.
+    Log-mel -> waveform: the (mono) vocoder runs on every channel of every sample, all in one batch.
 
     Args:
         vocoder (`MMAudioVocoder`): The vocoder.
