@@ -75,9 +75,6 @@ KNOWN_EXCEPTIONS = {
     # Mono2Stereo is built from the MelVAE file's `MelResnetBlock1D` and `ChannelLayerNorm` (2 places), besides the
     # pipeline's `denormalize_latents` and `decode` (2).
     "foley_toolkit.models.autoencoders.autoencoder_mel_vae": 4,
-    # The transformer computes default condition lengths in `prepare_conditions` even when the features are given,
-    # besides the pipeline's `sequence_lengths` and the decoder's frame counts.
-    "foley_toolkit.audio_utils": 3,
 }
 
 

@@ -74,6 +74,14 @@ def seconds_to_samples(seconds: float | Fraction, sample_rate: int = SAMPLE_RATE
     return int(round(seconds * sample_rate))
 
 
+def latent_frames_to_seconds(
+    num_latent_frames: int, samples_per_latent_frame: int = SAMPLES_PER_LATENT_FRAME, sample_rate: int = SAMPLE_RATE
+) -> float:
+    """Seconds covered by `num_latent_frames` latent frames: `num_latent_frames * samples_per_latent_frame /
+    sample_rate` (1024 samples per frame at 44.1 kHz: 345 frames are 8.01 s)."""
+    return num_latent_frames * samples_per_latent_frame / sample_rate
+
+
 def num_mel_frames(num_samples: int, n_fft: int = N_FFT, hop_length: int = HOP_LENGTH) -> int:
     """Mel frames the front end produces for `num_samples` samples (reflect pad `(n_fft - hop) / 2`, `center=False`):
     `(num_samples + (n_fft - hop) - n_fft) // hop + 1`, e.g. 689 for 352,800 samples."""

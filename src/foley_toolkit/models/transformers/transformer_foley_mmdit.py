@@ -45,6 +45,7 @@ from ...audio_utils import (
     SYNC_FRAME_RATE,
     SYNC_SEGMENT_FRAMES,
     SYNC_SEGMENT_STRIDE,
+    latent_frames_to_seconds,
     sequence_lengths,
 )
 from ..adapters import FoleyPeftAdapterMixin
@@ -822,7 +823,7 @@ class FoleyMMDiTTransformer(ModelMixin, AttentionMixin, ConfigMixin, FoleyPeftAd
     def audio_seconds(num_audio_tokens: int) -> float:
         """Seconds covered by `num_audio_tokens` latent frames (`audio_utils`' 1024 samples per frame at 44.1 kHz):
         the default `seconds_total`."""
-        return num_audio_tokens * SAMPLES_PER_LATENT_FRAME / SAMPLE_RATE
+        return latent_frames_to_seconds(num_audio_tokens)
 
     def default_condition_lengths(self, num_audio_tokens: int) -> dict[str, int]:
         r"""
@@ -992,12 +993,15 @@ class FoleyMMDiTTransformer(ModelMixin, AttentionMixin, ConfigMixin, FoleyPeftAd
             if text_mask is not None and bool(text_mask.all()):
                 text_mask = None  # no padding: let SDPA take its unmasked fast path
 
-        lengths = self.default_condition_lengths(num_audio_tokens)
+        # Empty-sequence lengths are needed (and computed) only for a missing condition.
+        lengths = {}
+        if clip_features is None or sync_features is None:
+            lengths = self.default_condition_lengths(num_audio_tokens)
         clip = self._fill_empty(
-            clip_features, self.empty_clip_embedding, drops["drop_clip"], batch_size, lengths["clip_frames"]
+            clip_features, self.empty_clip_embedding, drops["drop_clip"], batch_size, lengths.get("clip_frames")
         )
         sync = self._fill_empty(
-            sync_features, self.empty_sync_embedding, drops["drop_sync"], batch_size, lengths["sync_tokens"]
+            sync_features, self.empty_sync_embedding, drops["drop_sync"], batch_size, lengths.get("sync_tokens")
         )
 
         # Projections into the model width.
@@ -1016,7 +1020,7 @@ class FoleyMMDiTTransformer(ModelMixin, AttentionMixin, ConfigMixin, FoleyPeftAd
             weights = text_mask.to(text.dtype).unsqueeze(-1)
             text_pooled = (text * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
         seconds_start = self._per_sample("seconds_start", seconds_start, batch_size, 0.0, device, torch.float32)
-        default_total = self.audio_seconds(num_audio_tokens)
+        default_total = self.audio_seconds(num_audio_tokens) if seconds_total is None else None
         seconds_total = self._per_sample(
             "seconds_total", seconds_total, batch_size, default_total, device, torch.float32
         )
