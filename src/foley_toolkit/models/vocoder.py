@@ -11,7 +11,7 @@ state dict, so folders saved by either load into either). It only adds a faster 
 default) that computes the same function:
 
 * Anti-aliased activations in polyphase form. The reference upsamples by 2 with a zero-stuffed depthwise
-  `conv_transpose1d` (12 Kaiser taps, half of them multiplying zeros; in bf16 at batch 2 this op alone is ~8x slower
+  `conv_transpose1d` (12 Kaiser taps, half of them multiplying zeros; in bf16 at batch 2 this op alone is 6-8x slower
   than at batch 1 on CPU) and downsamples with a strided depthwise convolution on the interleaved signal. Here the
   upsample is one depthwise convolution producing the 2 output phases (6 non-zero taps each) at the input rate,
   Snake-beta runs on the phases (the interleaved signal is never built), and the downsample is one grouped
@@ -345,7 +345,8 @@ def load_vocoder(pretrained_model_name_or_path: str | os.PathLike, subfolder: st
     name = config.get("_class_name")
     if name not in classes:
         raise ValueError(
-            f"`{pretrained_model_name_or_path}` (subfolder {subfolder!r}) holds a {name!r}, expected one of {sorted(classes)}."
+            f"`{pretrained_model_name_or_path}` (subfolder {subfolder!r}) holds a {name!r}, expected one of "
+            f"{sorted(classes)}."
         )
     return classes[name].from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
 
