@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from foley_toolkit.training import (
     BAD_ITEMS_KEY,
     RunHealth,
+    add_dataset_source_args,
     add_pretrained_model_args,
     atomic_output,
     atomic_write_text,
@@ -56,15 +57,7 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         "--vision_encoder", type=str, default=None, help="CLIP vision folder (overrides the pipeline's)."
     )
     parser.add_argument("--sync_encoder", type=str, default=None, help="Synchformer folder (overrides the pipeline's).")
-    parser.add_argument(
-        "--data_dir", type=str, default=None, help="Folder with metadata.jsonl/metadata.csv and the media."
-    )
-    parser.add_argument(
-        "--hf_dataset", type=str, default=None, help="A 🤗 datasets name or saved folder instead of --data_dir."
-    )
-    parser.add_argument("--hf_split", type=str, default="train")
-    parser.add_argument("--hf_data_dir", type=str, default=None,
-                        help="The folder a --hf_dataset builder reads (videofolder/audiofolder: media + metadata.jsonl).")  # fmt: skip
+    add_dataset_source_args(parser)
     parser.add_argument("--output_dir", type=str, required=True, help="Where the feature files and index.jsonl go.")
     parser.add_argument(
         "--segment_seconds",
@@ -107,11 +100,15 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
 def load_encoders(args: argparse.Namespace, need_text: bool, need_video: bool):
     """A `KlingFoleyPipeline` holding only what extraction needs (tokenizer, encoders, VAE; no transformer or vocoder),
     so that its `encode_prompt` / `encode_video` compute features exactly as generation does."""
-    from transformers import AutoTokenizer, CLIPVisionModelWithProjection, T5EncoderModel
+    from transformers import (
+        AutoTokenizer,
+        CLIPVisionModelWithProjection,
+        T5EncoderModel,
+    )
 
-    from foley_toolkit.pipelines import KlingFoleyPipeline
     from foley_toolkit.models.autoencoders.autoencoder_mel_vae import MelVAE
     from foley_toolkit.models.encoders.synchformer import SynchformerEncoder
+    from foley_toolkit.pipelines import KlingFoleyPipeline
 
     base = args.pretrained_model_name_or_path
 

@@ -52,6 +52,7 @@ from accelerate.logging import get_logger
 from foley_toolkit.audio_utils import SAMPLE_RATE, SYNC_FRAME_RATE, sync_window_frames
 from foley_toolkit.training import (
     BadItemCollate,
+    add_dataset_source_args,
     add_pretrained_model_args,
     add_training_args,
     atomic_save_pretrained,
@@ -113,15 +114,7 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--contrastive_weight", type=float, default=0.0,
                        help="Weight of the segment-level audio-visual InfoNCE (Synchformer's first stage; 0: off).")  # fmt: skip
     group = parser.add_argument_group("data")
-    group.add_argument(
-        "--data_dir", type=str, default=None, help="Folder with metadata.jsonl/metadata.csv and the videos."
-    )
-    group.add_argument(
-        "--hf_dataset", type=str, default=None, help="A 🤗 datasets name or saved folder instead of --data_dir."
-    )
-    group.add_argument("--hf_split", type=str, default="train")
-    group.add_argument("--hf_data_dir", type=str, default=None,
-                       help="The folder a --hf_dataset builder reads (videofolder/audiofolder: media + metadata.jsonl).")  # fmt: skip
+    add_dataset_source_args(group, media="videos")
     group.add_argument(
         "--segment_seconds", type=float, default=10.0, help="Longer clips are cut into segments of this length."
     )

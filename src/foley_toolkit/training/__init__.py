@@ -27,6 +27,7 @@ from .accelerator import (
 from .args import (
     DeprecatedAlias,
     add_audio_data_args,
+    add_dataset_source_args,
     add_ema_args,
     add_flow_matching_args,
     add_pretrained_model_args,
@@ -84,7 +85,12 @@ from .data import (
     readable_clip_sources,
     report_clip_plan,
 )
-from .export import HUB_IGNORE_PATTERNS, finish_training, model_card, save_trained_pipeline
+from .export import (
+    HUB_IGNORE_PATTERNS,
+    finish_training,
+    model_card,
+    save_trained_pipeline,
+)
 from .flow_matching import (
     FlowMatching,
     condition_dropout_masks,
@@ -125,6 +131,7 @@ from .validation import PipelineValidator, log_validation_audio
 
 __all__ = [
     "add_audio_data_args",
+    "add_dataset_source_args",
     "add_ema_args",
     "add_flow_matching_args",
     "add_pretrained_model_args",

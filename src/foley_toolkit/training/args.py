@@ -126,13 +126,11 @@ def add_ema_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ema_power", type=float, default=2 / 3, help="EMA warm-up power (EMAModel).")
 
 
-def add_audio_data_args(parser: argparse.ArgumentParser, default_crop_seconds: float = 2.0) -> None:
-    """Flags of the audio datasets of the codec scripts (random crops of clips)."""
-    from foley_toolkit.data import CROP_SAMPLINGS
-
-    group = parser.add_argument_group("data")
+def add_dataset_source_args(group, media: str = "media") -> None:
+    """`--data_dir` / `--hf_dataset` / `--hf_split` / `--hf_data_dir`: where the clips come from (a folder with
+    metadata, or a 🤗 datasets name / saved folder). `group` is a parser or an argument group."""
     group.add_argument(
-        "--data_dir", type=str, default=None, help="Folder with metadata.jsonl/metadata.csv and the media."
+        "--data_dir", type=str, default=None, help=f"Folder with metadata.jsonl/metadata.csv and the {media}."
     )
     group.add_argument(
         "--hf_dataset", type=str, default=None, help="A 🤗 datasets name or saved folder instead of --data_dir."
@@ -140,6 +138,14 @@ def add_audio_data_args(parser: argparse.ArgumentParser, default_crop_seconds: f
     group.add_argument("--hf_split", type=str, default="train")
     group.add_argument("--hf_data_dir", type=str, default=None,
                        help="The folder a --hf_dataset builder reads (videofolder/audiofolder: media + metadata.jsonl).")  # fmt: skip
+
+
+def add_audio_data_args(parser: argparse.ArgumentParser, default_crop_seconds: float = 2.0) -> None:
+    """Flags of the audio datasets of the codec scripts (random crops of clips)."""
+    from foley_toolkit.data import CROP_SAMPLINGS
+
+    group = parser.add_argument_group("data")
+    add_dataset_source_args(group)
     group.add_argument(
         "--crop_seconds", type=float, default=default_crop_seconds, help="Length of the random training crops."
     )
