@@ -105,7 +105,8 @@ def test_saved_pipeline_carries_the_code_files_diffusers_resolves(tmp_path, pipe
         "foley_toolkit.pipelines.kling_foley.pipeline_kling_foley", "KlingFoleyPipeline"
     )
     ours = {name: entry for name, entry in index.items() if isinstance(entry, list) and entry[0].startswith("foley_")}
-    assert set(ours) == {"mono2stereo", "sync_encoder", "transformer", "vae"}  # the tiny vocoder is diffusers'
+    # the vocoder too: foley_toolkit's MMAudioVocoder (diffusers' class with the fast anti-aliased forward)
+    assert set(ours) == {"mono2stereo", "sync_encoder", "transformer", "vae", "vocoder"}
     for name, (module, class_name) in ours.items():
         text = (pipe_dir / name / f"{module}.py").read_text()
         assert text == KlingFoleyPipeline.reexport_file_text(module, class_name)
