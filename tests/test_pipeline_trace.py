@@ -69,15 +69,6 @@ def one_second_video(tmp_path_factory):
     return make_test_video(tmp_path_factory.mktemp("trace") / "clip.mp4", duration=1.0, fps=25)
 
 
-# Modules still entered from more than two places, and why; `test_known_exceptions_are_still_exceptions` fails once
-# one of them is fixed, so this list can only shrink.
-KNOWN_EXCEPTIONS = {
-    # Mono2Stereo is built from the MelVAE file's `MelResnetBlock1D` and `ChannelLayerNorm` (2 places), besides the
-    # pipeline's `denormalize_latents` and `decode` (2).
-    "foley_toolkit.models.autoencoders.autoencoder_mel_vae": 4,
-}
-
-
 @pytest.fixture(scope="module")
 def traced_call(pipe, one_second_video):
     with ModuleEntries() as trace:
@@ -110,7 +101,7 @@ def test_one_call_enters_each_module_at_most_twice_and_decodes_once(traced_call)
     too_often = {
         module: sorted(map(str, trace.entries[module]))
         for module, n in counts.items()
-        if n > KNOWN_EXCEPTIONS.get(module, 2)
+        if n > 2
     }
     assert not too_often, too_often
     # The pipeline is entered once (from the caller) and never called back; the video processor from the pipeline
@@ -122,12 +113,6 @@ def test_one_call_enters_each_module_at_most_twice_and_decodes_once(traced_call)
     }
     # The video is decoded once, for exactly the duration generated.
     assert trace.calls["foley_toolkit.utils.video_io.load_video"] == 1
-
-
-@pytest.mark.xfail(strict=True, reason="the modules of KNOWN_EXCEPTIONS are entered from more than two places")
-def test_known_exceptions_are_still_exceptions(traced_call):
-    trace, _ = traced_call
-    assert all(len(trace.entries[module]) <= 2 for module in KNOWN_EXCEPTIONS)
 
 
 def test_only_the_sync_encoder_cuts_segments(pipe, one_second_video, monkeypatch):

@@ -20,7 +20,39 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.utils import BaseOutput
 
 from .adapters import AttentionFreeModelMixin, FoleyPeftAdapterMixin
-from .autoencoders.autoencoder_mel_vae import ChannelLayerNorm, LogMelSpectrogram, MelResnetBlock1D
+from .autoencoders.autoencoder_mel_vae import LogMelSpectrogram
+
+
+# Copied from foley_toolkit.models.autoencoders.autoencoder_mel_vae.ChannelLayerNorm
+class ChannelLayerNorm(nn.Module):
+    """LayerNorm over channels, independently per frame. Unlike GroupNorm it never pools over time, so a chunk of a
+    long sequence is processed exactly as the same frames inside the whole sequence (chunked decoding is exact)."""
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(channels, eps=eps)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+
+# Copied from foley_toolkit.models.autoencoders.autoencoder_mel_vae.MelResnetBlock1D
+class MelResnetBlock1D(nn.Module):
+    """Pre-norm residual block of two 1D convolutions: `x + conv(act(norm(conv(act(norm(x))))))`."""
+
+    def __init__(self, channels: int, kernel_size: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        padding = kernel_size // 2
+        self.norm1 = ChannelLayerNorm(channels, eps)
+        self.conv1 = nn.Conv1d(channels, channels, kernel_size, padding=padding)
+        self.norm2 = ChannelLayerNorm(channels, eps)
+        self.conv2 = nn.Conv1d(channels, channels, kernel_size, padding=padding)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        residual = hidden_states
+        hidden_states = self.conv1(F.silu(self.norm1(hidden_states)))
+        hidden_states = self.conv2(F.silu(self.norm2(hidden_states)))
+        return residual + hidden_states
 
 
 @dataclass
