@@ -409,3 +409,80 @@ def test_docstring_size_table_matches_the_parameter_counts():
     with torch.device("meta"):
         default_config = FoleyMMDiTTransformer().config
     assert all(default_config[key] == value for key, value in FoleyMMDiTTransformer.preset_config("small").items())
+
+
+def _conditions_and_output(model, inputs, deduplicate):
+    model.deduplicate_modulation = deduplicate
+    latents, timestep = inputs["hidden_states"], inputs["timestep"]
+    conditions_inputs = {k: v for k, v in inputs.items() if k not in ("hidden_states", "timestep")}
+    try:
+        with torch.no_grad():
+            conditions = model.prepare_conditions(latents.shape[-1], **conditions_inputs)
+            return conditions, model(latents, timestep, conditions=conditions).sample
+    finally:
+        model.deduplicate_modulation = True
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("duration", [2.7, 3.3])  # 117 and 143 audio frames (odd)
+@pytest.mark.parametrize("batch", ["cfg_b2", "uncond_b1", "cond_b1"])
+def test_deduplicated_modulation_equals_projecting_every_token(dtype, duration, batch):
+    # The per-token adaLN projections computed once per distinct condition row must give the plain path's output
+    # bit for bit (a linear layer acts row by row); the unconditional sample (sync dropped) has few distinct rows.
+    torch.manual_seed(0)
+    model = make_model().to(dtype)
+    inputs = make_inputs(batch_size=2 if batch == "cfg_b2" else 1, duration=duration)
+    inputs = {k: v.to(dtype) if v.is_floating_point() and k != "timestep" else v for k, v in inputs.items()}
+    drop = {"cfg_b2": [False, True], "uncond_b1": [True], "cond_b1": [False]}[batch]
+    for name in ("drop_text", "drop_clip", "drop_sync"):
+        inputs[name] = torch.tensor(drop)
+
+    calls = []
+    hooks = [
+        module.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+        for block in [*model.transformer_blocks, *model.single_transformer_blocks]
+        for module in [block.norm1.linear]
+    ]
+    try:
+        conditions, fast = _conditions_and_output(model, inputs, deduplicate=True)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    plain_conditions, plain = _conditions_and_output(model, inputs, deduplicate=False)
+
+    assert plain_conditions.sync_adaln_rows is None and conditions.sync_adaln_rows is not None
+    assert fast.dtype == dtype and torch.equal(fast, plain)
+    features = conditions.sync_adaln_features
+    assert torch.equal(conditions.sync_adaln_rows[conditions.sync_adaln_index], features)
+    # Rows counted independently: the distinct rows of each sample's upsampled features.
+    distinct = [torch.unique(features[b].float(), dim=0).shape[0] for b in range(len(drop))]
+    assert conditions.sync_adaln_rows.shape[0] == sum(distinct)
+    assert calls == [sum(distinct)] * len(calls) and len(calls) == 3  # every audio-stream adaLN saw only those
+    for b, dropped in enumerate(drop):
+        rows = int((conditions.sync_adaln_row_sample == b).sum())
+        assert rows == distinct[b]
+        if dropped:  # the empty sync embedding + 8 segment positions, plus rows at the input convolutions' edges
+            assert rows <= 3 * model.config.sync_tokens_per_segment < features.shape[1]
+        else:  # nearest-exact upsampling repeats each of the fewer sync tokens
+            assert rows <= lengths(duration)["sync"] < features.shape[1]
+
+
+def test_deduplicated_modulation_gives_the_plain_gradients():
+    model = make_model().train()
+    inputs = make_inputs(batch_size=2, duration=1.0)
+    inputs["drop_sync"] = torch.tensor([False, True])
+
+    def output_and_grads(deduplicate):
+        model.deduplicate_modulation = deduplicate
+        model.zero_grad()
+        output = model(**inputs).sample
+        output.square().mean().backward()
+        return output.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    output, grads = output_and_grads(True)
+    plain_output, plain_grads = output_and_grads(False)
+    model.deduplicate_modulation = True
+    assert torch.equal(output, plain_output)
+    assert grads.keys() == plain_grads.keys() and len(grads) > 50
+    for name in grads:  # the gather's backward sums the repeated rows' gradients in another order
+        torch.testing.assert_close(grads[name], plain_grads[name], atol=1e-6, rtol=1e-5, msg=name)

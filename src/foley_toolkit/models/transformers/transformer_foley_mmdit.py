@@ -195,7 +195,9 @@ class FoleyAdaLayerNorm(nn.Module):
 
     The condition is `(batch, dim)` (global) or `(batch, frames, dim)` (per token: the audio stream's "sync adaLN",
     where the Synchformer features enter). It must already have gone through SiLU: the model applies SiLU once per
-    forward instead of once per block.
+    forward instead of once per block. The per-token condition may also come as its distinct rows `(rows, dim)` with
+    `index` `(batch, frames)` into them: the projection is then computed once per distinct row and gathered, which
+    equals projecting every token (a linear layer acts row by row) at a fraction of the cost where rows repeat.
     """
 
     def __init__(self, dim: int, num_chunks: int = 6, eps: float = 1e-6):
@@ -204,9 +206,13 @@ class FoleyAdaLayerNorm(nn.Module):
         self.linear = nn.Linear(dim, num_chunks * dim)
         self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=eps)
 
-    def forward(self, hidden_states: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(
+        self, hidden_states: torch.Tensor, emb: torch.Tensor, index: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
         modulation = self.linear(emb)
-        if modulation.ndim == 2:
+        if index is not None:
+            modulation = modulation[index]  # (rows, chunks * dim) -> (batch, frames, chunks * dim)
+        elif modulation.ndim == 2:
             modulation = modulation.unsqueeze(1)
         shift, scale, *rest = modulation.chunk(self.num_chunks, dim=-1)
         hidden_states = torch.addcmul(shift, self.norm(hidden_states), 1 + scale)
@@ -470,6 +476,7 @@ class FoleyJointTransformerBlock(nn.Module):
         rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
         attention_mask: torch.Tensor | None = None,
         attention_kwargs: dict[str, Any] | None = None,
+        token_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         r"""
         Args:
@@ -477,11 +484,15 @@ class FoleyJointTransformerBlock(nn.Module):
             clip_hidden_states: CLIP stream `(batch, clip_frames, dim)`.
             encoder_hidden_states: text stream `(batch, text_tokens, dim)`.
             temb: SiLU of the global condition `(batch, dim)`.
-            token_temb: SiLU of the per-token condition `(batch, audio_frames, dim)`.
+            token_temb: SiLU of the per-token condition `(batch, audio_frames, dim)`, or its distinct rows
+                `(rows, dim)` with `token_index`.
             rotary_emb: aligned RoPE `(cos, sin)`, each `(audio_frames + clip_frames + text_tokens, head_dim)`.
             attention_mask: boolean `(batch, 1, 1, audio_frames + clip_frames + text_tokens)`, `True` = attend.
+            token_index: `(batch, audio_frames)` indices into the rows of `token_temb`, or `None`.
         """
-        norm_hidden_states, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.norm1(hidden_states, token_temb)
+        norm_hidden_states, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.norm1(
+            hidden_states, token_temb, token_index
+        )
         norm_clip, *clip_mod = self.norm1_clip(clip_hidden_states, temb)
         norm_context, *context_mod = self.norm1_context(encoder_hidden_states, temb)
 
@@ -536,14 +547,19 @@ class FoleySingleTransformerBlock(nn.Module):
         token_temb: torch.Tensor,
         rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
         attention_kwargs: dict[str, Any] | None = None,
+        token_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         r"""
         Args:
             hidden_states: audio stream `(batch, audio_frames, dim)`.
-            token_temb: SiLU of the per-token condition `(batch, audio_frames, dim)`.
+            token_temb: SiLU of the per-token condition `(batch, audio_frames, dim)`, or its distinct rows
+                `(rows, dim)` with `token_index`.
             rotary_emb: audio RoPE `(cos, sin)`, each `(audio_frames, head_dim)`.
+            token_index: `(batch, audio_frames)` indices into the rows of `token_temb`, or `None`.
         """
-        norm_hidden_states, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.norm1(hidden_states, token_temb)
+        norm_hidden_states, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.norm1(
+            hidden_states, token_temb, token_index
+        )
         attn_output = self.attn(hidden_states=norm_hidden_states, rotary_emb=rotary_emb, **(attention_kwargs or {}))
         hidden_states = torch.addcmul(hidden_states, gate_msa, attn_output)
         norm_hidden_states = torch.addcmul(shift_mlp, self.norm2(hidden_states), 1 + scale_mlp)
@@ -571,6 +587,11 @@ class FoleyMMDiTConditions:
         pooled_conditions (`torch.Tensor`): pooled CLIP, pooled text, `seconds_start` and `seconds_total`
             embeddings concatenated, `(batch, 4 * dim)` (the global condition without the timestep).
         num_audio_tokens (`int`): the audio length these conditions were prepared for.
+        sync_adaln_rows (`torch.Tensor` or `None`): the distinct rows of each sample's `sync_adaln_features`,
+            `(rows, dim)`, grouped by sample; with `sync_adaln_index` `(batch, audio_frames)` (indices into them, so
+            `sync_adaln_rows[sync_adaln_index]` equals `sync_adaln_features`) and `sync_adaln_row_sample` `(rows,)`
+            (the sample of each row). Set by [`~FoleyMMDiTTransformer.prepare_conditions`] when the transformer's
+            `deduplicate_modulation` is on; `None` = project every token.
     """
 
     text_hidden_states: torch.Tensor
@@ -579,6 +600,9 @@ class FoleyMMDiTConditions:
     sync_adaln_features: torch.Tensor
     pooled_conditions: torch.Tensor
     num_audio_tokens: int
+    sync_adaln_rows: torch.Tensor | None = None
+    sync_adaln_index: torch.Tensor | None = None
+    sync_adaln_row_sample: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -753,6 +777,9 @@ class FoleyMMDiTTransformer(ModelMixin, AttentionMixin, ConfigMixin, FoleyPeftAd
         self.proj_out = nn.Conv1d(dim, self.out_channels, kernel_size=7, padding=3)
 
         self.gradient_checkpointing = False
+        # The audio stream's per-token adaLN projections computed once per distinct condition row (exact; see
+        # `prepare_conditions`). A runtime switch, not a config entry: it changes no weight and no output.
+        self.deduplicate_modulation = True
         self._rope_cache: dict = {}
         self._initialize_weights()
 
@@ -1010,7 +1037,11 @@ class FoleyMMDiTTransformer(ModelMixin, AttentionMixin, ConfigMixin, FoleyPeftAd
         positions = torch.arange(sync.shape[1], device=device) % config.sync_tokens_per_segment
         sync = self.sync_input_proj(sync + self.sync_pos_embedding[positions])
         # sync adaLN: Synchformer runs at 24 tokens/s, audio at 43.07 Hz; nearest-exact upsampling to T_a.
+        # Contiguous (frames, dim) rows: the adaLN projections then see the same row-major layout whether every token
+        # or only the distinct rows are projected (a transposed layout takes another, differently rounding bf16 GEMM).
         sync_adaln = F.interpolate(sync.transpose(1, 2), size=num_audio_tokens, mode="nearest-exact").transpose(1, 2)
+        sync_adaln = sync_adaln.contiguous()
+        dedupe = self._distinct_sync_rows(sync, num_audio_tokens) if self.deduplicate_modulation else {}
 
         # Pooled conditions (text pooling ignores padded tokens).
         clip_pooled = clip.mean(dim=1)
@@ -1040,7 +1071,45 @@ class FoleyMMDiTTransformer(ModelMixin, AttentionMixin, ConfigMixin, FoleyPeftAd
             sync_adaln_features=sync_adaln,
             pooled_conditions=pooled,
             num_audio_tokens=num_audio_tokens,
+            **dedupe,
         )
+
+    @staticmethod
+    def _distinct_sync_rows(sync: torch.Tensor, num_audio_tokens: int) -> dict[str, torch.Tensor]:
+        r"""
+        The distinct rows of each sample's upsampled sync adaLN features, for computing every per-token adaLN
+        projection once per distinct row. Rows repeat because the nearest-exact upsampling copies each of the
+        24 tokens/s about 1.8 times, and a dropped or missing sync input (the unconditional CFG sample) is the
+        learned empty embedding plus `sync_tokens_per_segment` position embeddings: that many distinct rows away
+        from the edges of the input convolutions (`small`, 8 s: 192 distinct rows of 345 in the conditional sample,
+        18 in the unconditional one).
+
+        Rows are compared bit for bit (an integer view), so equal rows give bit-identical projections; `index`
+        reproduces `F.interpolate(..., mode="nearest-exact")` from the op itself (an arange through it).
+
+        Args:
+            sync: projected sync tokens `(batch, sync_tokens, dim)`.
+            num_audio_tokens: audio frames `T_a`.
+
+        Returns:
+            `sync_adaln_rows` `(rows, dim)`, `sync_adaln_index` `(batch, T_a)`, `sync_adaln_row_sample` `(rows,)`.
+        """
+        batch_size, num_tokens, dim = sync.shape
+        int_dtype = {2: torch.int16, 4: torch.int32, 8: torch.int64}[sync.element_size()]
+        flat = sync.reshape(batch_size * num_tokens, dim)
+        sample = torch.arange(batch_size, device=sync.device).repeat_interleave(num_tokens)
+        keys = torch.cat([sample.to(int_dtype).unsqueeze(1), flat.detach().view(int_dtype)], dim=1)
+        unique_keys, inverse = torch.unique(keys, dim=0, return_inverse=True)  # sorted: grouped by sample
+        positions = torch.arange(flat.shape[0], device=sync.device)
+        first = torch.full((unique_keys.shape[0],), flat.shape[0], device=sync.device, dtype=positions.dtype)
+        first = first.scatter_reduce(0, inverse, positions, reduce="amin")
+        source = torch.arange(num_tokens, device=sync.device, dtype=torch.float32).view(1, 1, -1)
+        upsample = F.interpolate(source, size=num_audio_tokens, mode="nearest-exact").view(-1).long()
+        return {
+            "sync_adaln_rows": flat[first],
+            "sync_adaln_index": inverse.view(batch_size, num_tokens)[:, upsample],
+            "sync_adaln_row_sample": sample[first],
+        }
 
     @staticmethod
     def _fill_empty(features, empty, drop, batch_size, default_length) -> torch.Tensor:
@@ -1137,7 +1206,11 @@ class FoleyMMDiTTransformer(ModelMixin, AttentionMixin, ConfigMixin, FoleyPeftAd
         timestep_emb = self.timestep_embedder(self.time_proj(timestep).to(dtype))
         global_cond = self.global_cond_mlp(torch.cat([timestep_emb, conditions.pooled_conditions], dim=-1))
         temb = F.silu(global_cond)
-        token_temb = F.silu(global_cond.unsqueeze(1) + conditions.sync_adaln_features)
+        token_index = conditions.sync_adaln_index
+        if token_index is None:
+            token_temb = F.silu(global_cond.unsqueeze(1) + conditions.sync_adaln_features)
+        else:  # distinct rows only: (rows, dim), each with its sample's global condition
+            token_temb = F.silu(global_cond[conditions.sync_adaln_row_sample] + conditions.sync_adaln_rows)
 
         # 2. Streams
         hidden_states = self.audio_input_proj(hidden_states.to(dtype).transpose(1, 2))  # (batch, frames, dim)
@@ -1169,6 +1242,7 @@ class FoleyMMDiTTransformer(ModelMixin, AttentionMixin, ConfigMixin, FoleyPeftAd
                     joint_rotary_emb,
                     attention_mask,
                     attention_kwargs,
+                    token_index,
                 )
             else:
                 hidden_states, clip_hidden_states, encoder_hidden_states = block(
@@ -1180,18 +1254,19 @@ class FoleyMMDiTTransformer(ModelMixin, AttentionMixin, ConfigMixin, FoleyPeftAd
                     joint_rotary_emb,
                     attention_mask,
                     attention_kwargs,
+                    token_index,
                 )
 
         for block in self.single_transformer_blocks:
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 hidden_states = self._gradient_checkpointing_func(
-                    block, hidden_states, token_temb, audio_rotary_emb, attention_kwargs
+                    block, hidden_states, token_temb, audio_rotary_emb, attention_kwargs, token_index
                 )
             else:
-                hidden_states = block(hidden_states, token_temb, audio_rotary_emb, attention_kwargs)
+                hidden_states = block(hidden_states, token_temb, audio_rotary_emb, attention_kwargs, token_index)
 
         # 5. Output: adaLN (per token) + LayerNorm + Conv1d
-        hidden_states = self.norm_out(hidden_states, token_temb)[0]
+        hidden_states = self.norm_out(hidden_states, token_temb, token_index)[0]
         output = conv1d_channel_last(self.proj_out, hidden_states).transpose(1, 2)  # (batch, out_channels, frames)
 
         if not return_dict:
