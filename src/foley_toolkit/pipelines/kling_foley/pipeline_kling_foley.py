@@ -134,6 +134,8 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
     duration_tolerance_seconds: float = 1e-3
     # CLIP frames per vision-encoder forward, and Synchformer segments per forward (bounds memory on long videos).
     vision_batch_size: int = 64
+    # Runs of exactly equal consecutive CLIP frames (static shots) are encoded once (`encode_clip_frames`).
+    deduplicate_frames: bool = True
     sync_segment_batch_size: int = 32
     output_types = ("np", "pt", "latent", "mel")
     # Window length of long-form generation (`window_seconds="auto"`) when the transformer's config does not record
@@ -705,6 +707,43 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
         clip_features, sync_features = self._encode_video_frames(clips, self.sequence_lengths(duration), device)
         return clip_features, sync_features, duration
 
+    def encode_clip_frames(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        r"""
+        CLIP image embeddings of preprocessed frames, in batches of `vision_batch_size` (frames are independent
+        images). A frame equal to the one before it (a static shot, a video at a lower frame rate than the 8 fps
+        CLIP track) is encoded once: runs of exactly equal frames go through the vision encoder as one frame, and
+        its embedding is copied back to every frame of the run (`deduplicate_frames`, on by default). The output
+        equals encoding every frame bit for bit wherever the vision encoder gives a frame the same embedding in any
+        batch; CPU GEMMs can round a one-frame batch differently from a larger one (fp32, ~1 ulp: 2.4e-7 in the
+        tests), and the plain path itself differs by as much between batch splits.
+
+        Args:
+            pixel_values (`torch.Tensor`): `(frames, 3, image_size, image_size)`, as `video_processor.preprocess`
+                returns them (flattened over clips).
+
+        Returns:
+            `torch.Tensor`: `image_embeds` `(frames, projection_dim)`.
+        """
+        if pixel_values.ndim != 4:
+            raise ValueError(
+                f"`pixel_values` must have shape (frames, 3, height, width), got {tuple(pixel_values.shape)}."
+            )
+        index = None
+        if self.deduplicate_frames and pixel_values.shape[0] > 1:
+            starts = torch.ones(pixel_values.shape[0], dtype=torch.bool, device=pixel_values.device)
+            starts[1:] = (pixel_values[1:] != pixel_values[:-1]).flatten(1).any(dim=1)
+            if not bool(starts.all()):
+                index = starts.cumsum(0) - 1  # frame -> its run's first frame among the encoded ones
+                pixel_values = pixel_values[starts]
+        self._onload(self.vision_encoder)
+        image_embeds = torch.cat(
+            [
+                self.vision_encoder(pixel_values=chunk).image_embeds
+                for chunk in pixel_values.split(self.vision_batch_size)
+            ]
+        )
+        return image_embeds if index is None else image_embeds[index]
+
     def _encode_video_frames(
         self, clips: list[VideoInput], lengths: dict[str, int], device: torch.device | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -714,13 +753,8 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
         clip_pixel_values, sync_frames = self.video_processor.preprocess(
             clips, lengths["clip_frames"], lengths["sync_frames"], dtype=self.vision_encoder.dtype, device=device
         )
-        # CLIP: the frames of all clips in batches of `vision_batch_size` (frames are independent images).
-        self._onload(self.vision_encoder)
-        image_embeds = [
-            self.vision_encoder(pixel_values=chunk).image_embeds
-            for chunk in clip_pixel_values.flatten(0, 1).split(self.vision_batch_size)
-        ]
-        clip_features = torch.cat(image_embeds).view(len(clips), clip_pixel_values.shape[1], -1)
+        clip_features = self.encode_clip_frames(clip_pixel_values.flatten(0, 1))
+        clip_features = clip_features.view(len(clips), clip_pixel_values.shape[1], -1)
         # Synchformer at 25 fps: the encoder windows the segments and normalises its uint8 frames chunk by chunk.
         self._onload(self.sync_encoder)
         sync_features = self.sync_encoder(
