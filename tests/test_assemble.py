@@ -192,3 +192,52 @@ def test_assemble_refuses_mismatched_transformer_and_missing_parts(parts, tmp_pa
         r"Unknown preset .*huge",
         capsys,
     )
+
+
+def test_any_clip_vision_model_with_projection_sets_the_clip_width(parts, tmp_path):
+    # A vision encoder that is not MetaCLIP (another width, projection size, activation; saved by transformers
+    # itself, not converted): a new transformer and Mono2Stereo take its projection_dim, and the pipeline runs.
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    config = CLIPVisionConfig(
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        image_size=64,
+        patch_size=16,
+        hidden_act="gelu",
+        projection_dim=24,
+    )
+    CLIPVisionModelWithProjection(config).save_pretrained(tmp_path / "vit")
+    pipe = KlingFoleyPipeline.from_components(
+        vocoder=parts / "vocoder",
+        sync_encoder=parts / "sync",
+        vision_encoder=tmp_path / "vit",
+        text_encoder=parts / "text",
+        transformer_preset="small",
+        vae=parts / "vae",
+    )
+    assert pipe.transformer.config.clip_dim == 24 and pipe.mono2stereo.config.video_feature_dim == 24
+    assert pipe.transformer.config.num_attention_heads == FoleyMMDiTTransformer.preset_config("small")[
+        "num_attention_heads"
+    ]
+    pipe.set_progress_bar_config(disable=True)
+    video = make_test_video(tmp_path / "clip.mp4", duration=1.0, fps=25)
+    clip_features, _, duration = pipe.encode_video(video)
+    assert duration == 1.0 and clip_features.shape == (1, pipe.sequence_lengths(1.0)["clip_frames"], 24)
+    audio = pipe(video=video, num_inference_steps=1, generator=torch.Generator().manual_seed(0)).audios
+    assert audio.shape == (1, 2, SAMPLE_RATE) and np.isfinite(audio).all()
+    assert np.abs(audio).max() > 1e-3  # not silence
+
+    # A trained transformer of another CLIP width is refused, naming the entry.
+    with pytest.raises(ValueError, match=r"`clip_dim` is 16, but the components need 24"):
+        KlingFoleyPipeline.from_components(
+            vocoder=parts / "vocoder",
+            sync_encoder=parts / "sync",
+            vision_encoder=tmp_path / "vit",
+            text_encoder=parts / "text",
+            transformer=parts / "transformer",
+            vae=parts / "vae",
+        )

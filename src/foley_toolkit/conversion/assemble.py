@@ -89,7 +89,10 @@ def assemble_pipeline(
     Args:
         vocoder, sync_encoder, vision_encoder, text_encoder (`str` or `os.PathLike`): `save_pretrained` folders of
             the vocoder (`MMAudioVocoder`/`VocosVocoder`), `SynchformerEncoder`, `CLIPVisionModelWithProjection`, and
-            T5 encoder + tokenizer (one folder, as `convert_t5` writes it).
+            T5 encoder + tokenizer (one folder, as `convert_t5` writes it). The vision encoder may be any
+            `CLIPVisionModelWithProjection` folder (MetaCLIP bigG as converted, or e.g. a lighter ViT-B/16 CLIP for
+            CPU use, see benchmarks/README.md): a new transformer and Mono2Stereo take its `projection_dim`. Frames
+            are normalised with the OpenAI CLIP mean / std, which MetaCLIP and OpenAI's CLIPs share.
         transformer_preset (`str`, *optional*): New `FoleyMMDiTTransformer` of this size (`small`,
             `kling-foley-1.5b`, `kling-foley-3b`, `kling-foley-6b`), input widths from the encoders.
         transformer (`str` or `os.PathLike`, *optional*): A trained transformer folder instead (exactly one of the two).
