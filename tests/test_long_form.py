@@ -267,39 +267,57 @@ def test_bad_window_seconds_is_named(pipe, value):
         pipe(prompt="rain", duration=1.0, num_inference_steps=1, window_seconds=value)
 
 
-def test_cli_streams_a_90_second_video_in_bounded_blocks(pipe_dir, tmp_path, monkeypatch):
-    """90 s through `foley-toolkit generate` with 6 s windows: the audio reaches the file in blocks of at most a few
-    seconds, the video is decoded a window at a time, and the file has exactly the video's length."""
+@pytest.mark.parametrize("extension", [".wav", ".mp4"])
+def test_cli_streams_a_90_second_video_in_bounded_blocks(pipe_dir, tmp_path, monkeypatch, extension):
+    """90 s through `foley-toolkit generate` with 6 s windows: the audio reaches the file (a .wav, or muxed into the
+    .mp4 next to the video's copied packets) in blocks of at most a few seconds, the video is decoded a window at a
+    time, and the file has exactly the video's length."""
+    import av
     from utils import make_test_video
 
+    from foley_toolkit.audio_utils import load_audio
     from foley_toolkit.cli import main
     from foley_toolkit.pipelines.kling_foley import long_form
+    from foley_toolkit.utils.video_io import VideoAudioMuxer
 
     video = make_test_video(tmp_path / "long.mp4", duration=90.0, fps=4, size=(32, 32))
-    writes, decoded = [], []
-    original_write, original_load = long_form.StreamingAudioWriter.write, long_form.load_video
+    writes, decoded, muxers = [], [], []
+    writer_class = long_form.StreamingAudioWriter if extension == ".wav" else VideoAudioMuxer
+    original_write, original_load = writer_class.write, long_form.load_video
 
     def write(writer, block):
         writes.append(block.shape[-1])
+        muxers.append(writer)
         original_write(writer, block)
 
     def load_video(video, **kwargs):
         decoded.append(kwargs["max_duration"])
         return original_load(video, **kwargs)
 
-    monkeypatch.setattr(long_form.StreamingAudioWriter, "write", write)
+    monkeypatch.setattr(writer_class, "write", write)
     monkeypatch.setattr(long_form, "load_video", load_video)
-    out = tmp_path / "long.wav"
+    out = tmp_path / f"long{extension}"
     code = main(["generate", "--model", str(pipe_dir), "--video", video, "--steps", "1", "--guidance", "1",
                  "--window-seconds", "6", "--out", str(out)])  # fmt: skip
     assert code == 0
-    info = sf.info(str(out))
-    assert info.frames == 90 * 44_100 and info.channels == 2
     assert len(writes) >= 15 and max(writes) <= 5 * 44_100  # DC-removal chunks of 5 s: never the whole 90 s
     # One window of video at a time (a window is a whole number of latent frames: 6 s rounded up to 1024 samples).
     assert len(decoded) >= 90 / 6 and max(decoded) <= 6.0 + 1024 / 44_100
-    audio, _ = sf.read(str(out), dtype="float32")
-    assert np.abs(audio).max() > 1e-3 and np.abs(audio.mean(axis=0)).max() < 1e-3  # sound, no DC offset
+    if extension == ".wav":
+        info = sf.info(str(out))
+        assert info.frames == 90 * 44_100 and info.channels == 2
+        audio, _ = sf.read(str(out), dtype="float32")
+        audio = audio.T
+    else:
+        # Between blocks the muxer held under a second of audio; the video's packets are copied as they are.
+        assert muxers[0].max_pending_samples < 44_100 and muxers[0].samples_written == 90 * 44_100
+        with av.open(video) as source, av.open(str(out)) as result:
+            assert [bytes(p) for p in source.demux(video=0) if p.size] == [
+                bytes(p) for p in result.demux(video=0) if p.size
+            ]
+        audio = load_audio(str(out), sample_rate=44_100, mono=False)
+        assert audio.shape[0] == 2 and abs(audio.shape[1] - 90 * 44_100) <= 2 * 1024  # AAC priming / padding
+    assert np.abs(audio).max() > 1e-3 and np.abs(audio.mean(axis=1)).max() < 1e-3  # sound, no DC offset
 
 
 def test_denoise_holds_the_known_prefix_at_every_noise_level(pipe, monkeypatch):

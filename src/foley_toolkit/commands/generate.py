@@ -138,28 +138,20 @@ def run(args) -> int:
     start = time.perf_counter()
     try:
         with atomic_output(args.out) as partial_path:
-            if os.path.splitext(args.out)[1].lower() in AUDIO_EXTENSIONS:
-                # Written block by block as the pipeline produces it: the whole waveform is never in memory.
-                channels, sample_rate, audio = _generate_streaming(pipe, kwargs, partial_path)
-            else:
-                from ..video_processor import write_video_with_audio
-
-                output = pipe(**kwargs)
-                audio, sample_rate = output.audios[0], output.sample_rate  # (channels, samples)
-                channels = audio.shape[0]
-                write_video_with_audio(args.video, audio, sample_rate, partial_path)
+            # Written block by block as the pipeline produces it (audio file, or muxed into the video with its
+            # packets copied): the whole waveform is never in memory.
+            channels, sample_rate, seconds = _generate_streaming(pipe, kwargs, partial_path, args.video)
     except (ValueError, FileNotFoundError) as error:  # bad input (not a video, duration too long, ...)
         print(f"foley-toolkit generate: error: {error}", file=sys.stderr)
         return 2
     elapsed = time.perf_counter() - start
-    seconds = audio.shape[-1] / sample_rate if audio is not None else _written_seconds(args.out)
     print(
         f"wrote {args.out}: {channels} channel(s), {seconds:.2f} s at {sample_rate} Hz "
         f"(generated in {elapsed:.1f} s)"
     )
     if args.plot is not None:
-        if audio is None:  # streamed to disk: the picture needs the whole clip, read it back
-            audio = load_audio(args.out, sample_rate=sample_rate, mono=False)
+        # streamed to disk: the picture needs the whole clip, read it back
+        audio = load_audio(args.out, sample_rate=sample_rate, mono=False)
         from ..plotting import save_spectrogram
 
         with atomic_output(args.plot) as partial_path:
@@ -168,27 +160,36 @@ def run(args) -> int:
     return 0
 
 
-def _generate_streaming(pipe, kwargs: dict, path: str):
-    """Run `pipe(**kwargs)` writing each finished audio block of the (single) output to `path` as it comes.
-    Returns `(channels, sample_rate, None)`."""
+def _generate_streaming(pipe, kwargs: dict, path: str, video: str | None):
+    """Run `pipe(**kwargs)` writing each finished audio block of the (single) output to `path` as it comes: a
+    `StreamingAudioWriter` for .wav/.flac, a `VideoAudioMuxer` (the video's packets copied, the audio interleaved)
+    for .mp4/.mov/.mkv. Returns `(channels, sample_rate, seconds written)`."""
     from ..pipelines.kling_foley.long_form import StreamingAudioWriter
+    from ..utils.video_io import VideoAudioMuxer
 
     state = {}
+    if os.path.splitext(path)[1].lower() in VIDEO_EXTENSIONS:
+        # Opened before generating: a video the muxer cannot read fails before the generation, not after it.
+        state["writer"] = VideoAudioMuxer(video, path, pipe.sample_rate)
 
     def write(block):  # (1, channels, samples)
         if "writer" not in state:
             state["writer"] = StreamingAudioWriter(path, pipe.sample_rate, channels=block.shape[1])
+        state.setdefault("channels", block.shape[1])
         state["writer"].write(block[0])
 
     try:
         pipe(**kwargs, callback_on_output_block=write)
-    finally:
-        if "writer" in state:
+    except BaseException:
+        if isinstance(state.get("writer"), VideoAudioMuxer):
+            state["writer"].__exit__(*sys.exc_info())  # release the files without finishing the soundtrack
+        elif "writer" in state:
             state["writer"].close()
-    return state["writer"].channels, pipe.sample_rate, None
-
-
-def _written_seconds(path: str) -> float:
-    import soundfile as sf
-
-    return sf.info(path).duration
+        raise
+    writer = state["writer"]
+    writer.close()
+    if isinstance(writer, VideoAudioMuxer):  # the soundtrack lasts as long as the video (padded or trimmed)
+        seconds = float(writer.duration)
+    else:
+        seconds = writer.frames_written / writer.sample_rate
+    return state["channels"], pipe.sample_rate, seconds

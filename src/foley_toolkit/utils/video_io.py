@@ -49,7 +49,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Iterator, List, Optional, Tuple, Union
+from typing import Iterable, Iterator, List, Optional, Tuple, Union
 
 import av
 import numpy as np
@@ -612,7 +612,7 @@ def load_video(
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _audio_to_channels_first(audio, name: str = "audio") -> np.ndarray:
+def _audio_to_channels_first(audio, name: str = "audio", allow_empty: bool = False) -> np.ndarray:
     """1-D `(samples,)` or `(channels, samples)` float in [-1, 1] -> float32 `(2, samples)` (mono duplicated)."""
     if isinstance(audio, torch.Tensor):
         audio = audio.detach().cpu().float().numpy()
@@ -625,39 +625,13 @@ def _audio_to_channels_first(audio, name: str = "audio") -> np.ndarray:
         raise ValueError(
             f"`{name}` must be (samples,) or (channels, samples) with 1 or 2 channels, got shape {audio.shape}."
         )
-    if audio.shape[1] == 0:
+    if audio.shape[1] == 0 and not allow_empty:
         raise ValueError(f"`{name}` has no samples.")
     if not np.isfinite(audio).all():
         raise ValueError(f"`{name}` contains NaN or infinite values.")
     if audio.shape[0] == 1:
         audio = np.repeat(audio, 2, axis=0)
     return np.ascontiguousarray(np.clip(audio, -1.0, 1.0), dtype=np.float32)
-
-
-def _encode_audio_packets(
-    output, audio: np.ndarray, sample_rate: int, duration: Fraction, start: Fraction, bit_rate: int
-) -> Tuple["av.audio.stream.AudioStream", list]:
-    """Pads/trims `audio` (2, N) to `duration`, encodes AAC stereo 44.1 kHz; returns its packets."""
-    num_samples = seconds_to_samples(duration, sample_rate)
-    if audio.shape[1] < num_samples:
-        audio = np.pad(audio, ((0, 0), (0, num_samples - audio.shape[1])))
-    audio = np.ascontiguousarray(audio[:, :num_samples])
-
-    stream = output.add_stream("aac", rate=AUDIO_OUTPUT_SAMPLE_RATE)
-    stream.layout = "stereo"
-    stream.bit_rate = bit_rate
-    # PyAV resamples (any rate -> 44.1 kHz) and re-chunks to the AAC frame size inside `encode`
-    start_samples = seconds_to_samples(start, sample_rate)
-    packets = []
-    chunk = sample_rate  # one second per frame handed to the encoder
-    for offset in range(0, num_samples, chunk):
-        frame = av.AudioFrame.from_ndarray(audio[:, offset : offset + chunk], format="fltp", layout="stereo")
-        frame.sample_rate = sample_rate
-        frame.time_base = Fraction(1, sample_rate)
-        frame.pts = start_samples + offset
-        packets.extend(stream.encode(frame))
-    packets.extend(stream.encode(None))
-    return stream, packets
 
 
 def _packet_time(packet) -> Fraction:
@@ -705,19 +679,6 @@ def _add_encoded_video_stream(output, width: int, height: int, rate: Fraction):
     return stream
 
 
-def _mux_interleaved(output, video_packets: Iterator, audio_packets: list) -> None:
-    """Muxes video packets (a stream, in order) and buffered audio packets ordered by decode time."""
-    audio_index = 0
-    for packet in video_packets:
-        time = _packet_time(packet)
-        while audio_index < len(audio_packets) and _packet_time(audio_packets[audio_index]) <= time:
-            output.mux(audio_packets[audio_index])
-            audio_index += 1
-        output.mux(packet)
-    for packet in audio_packets[audio_index:]:
-        output.mux(packet)
-
-
 def _check_out_path(out_path) -> str:
     out_path = os.fspath(out_path)
     if not out_path.lower().endswith(_VIDEO_SUFFIXES):
@@ -727,72 +688,275 @@ def _check_out_path(out_path) -> str:
     return out_path
 
 
-def _write_copied(source, audio, sample_rate, out_path, bit_rate) -> bool:
-    """Remuxes the source video stream packet by packet. Returns False if the container cannot hold its codec."""
-    first, duration, _ = _video_stream_extent(source, "video")
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        source = bytes(source)
-    container = _open_input(source, "video")
-    try:
-        in_stream = container.streams.video[0]
-        with av.open(out_path, mode="w") as output:
-            if in_stream.codec_context.name not in output.supported_codecs:
-                return False
-            out_stream = output.add_stream_from_template(in_stream)
-            _, audio_packets = _encode_audio_packets(output, audio, sample_rate, duration, first, bit_rate)
-
-            def video_packets():
-                for packet in container.demux(in_stream):
-                    if packet.dts is None and packet.pts is None:  # demuxer flush packet
-                        continue
-                    packet.stream = out_stream
-                    yield packet
-
-            _mux_interleaved(output, video_packets(), audio_packets)
-    except av.FFmpegError:
-        # e.g. a codec tag the output container refuses: fall back to re-encoding
-        return False
-    finally:
-        container.close()
-    return True
+class _CannotCopy(Exception):
+    """The output container cannot hold the source's video codec as it is."""
 
 
-def _write_reencoded(
-    frames_iter: Iterator[av.VideoFrame],
-    size: Tuple[int, int],
-    rate: Fraction,
-    time_base: Fraction,
-    duration: Fraction,
-    first: Fraction,
-    audio: np.ndarray,
-    sample_rate: int,
-    out_path: str,
-    bit_rate: int,
-) -> None:
-    """Encodes `frames_iter` (timestamps in `time_base`, kept as they are) with H.264 next to the AAC audio."""
-    with av.open(out_path, mode="w") as output:
-        stream = _add_encoded_video_stream(output, size[0], size[1], rate)
-        # encode in the frames' own time base: variable frame rates keep their exact timestamps
-        stream.time_base = stream.codec_context.time_base = time_base
-        _, audio_packets = _encode_audio_packets(output, audio, sample_rate, duration, first, bit_rate)
+class VideoAudioMuxer:
+    r"""
+    Writes a video with a soundtrack that arrives block by block (.mp4, .mov or .mkv), so a long generation is muxed
+    as it is produced instead of being held whole.
+
+    The video stream of a source file is copied packet by packet (no re-encoding, identical pictures and timestamps)
+    when the output container supports its codec; otherwise, and for frame arrays, it is encoded with H.264 (libx264,
+    crf 18, yuv420p; odd sizes lose one row/column). The audio is encoded as AAC, stereo, 44.1 kHz (resampled if
+    `sample_rate` differs; mono blocks duplicated to both channels), trimmed to the video's duration (samples past
+    its end are dropped) and padded with silence up to it on `close()`, aligned with its first frame. Other streams
+    of the source (its original audio, subtitles) are dropped.
+
+    Audio packets are interleaved with the video packets by decode time as they are encoded: an audio packet goes
+    after every video packet that starts before it. The audio is handed to the encoder in frames of one second at
+    fixed offsets whatever the block sizes, so any split of the same samples into blocks writes the same packets.
+    Memory: the caller's block plus at most one second of pending audio; the video is read one packet ahead.
+
+    Args:
+        video: path / bytes / file object of the source video, or frames `(frames, height, width, 3)` /
+            `(frames, 3, height, width)` (uint8, or float in [0, 1]) together with `fps`.
+        out_path: output file, `.mp4`, `.mov` or `.mkv`; written in place (wrap it in
+            `training_utils.atomic_output` for an atomic write).
+        sample_rate (`int`): sample rate of the blocks.
+        fps (`float`, *optional*): frame rate, only (and required) for frame arrays.
+        audio_bit_rate (`int`, defaults to 192000): AAC bit rate.
+
+    Use as a context manager (an exception closes the files without finishing the soundtrack) or call `close()`.
+    `write(block)` takes float samples in [-1, 1], `(samples,)` or `(channels, samples)` with 1 or 2 channels.
+    `duration` is the video's length in seconds (a `Fraction`), `samples_written` counts the samples received
+    (before trimming), `max_block_samples` the longest block and `max_pending_samples` the most audio held between
+    blocks.
+    """
+
+    def __init__(
+        self,
+        video: VideoLike,
+        out_path: Union[str, os.PathLike],
+        sample_rate: int,
+        fps: Optional[float] = None,
+        audio_bit_rate: int = 192_000,
+    ):
+        if not isinstance(sample_rate, (int, np.integer)) or isinstance(sample_rate, bool) or sample_rate <= 0:
+            raise ValueError(f"`sample_rate` must be a positive integer, got {sample_rate!r}.")
+        self.sample_rate = int(sample_rate)
+        self.audio_bit_rate = int(audio_bit_rate)
+        self.out_path = _check_out_path(out_path)
+        self._input = self._output = self._audio_stream = None
+        self._next_video = None
+        self._closed = False
+
+        if isinstance(video, (np.ndarray, torch.Tensor)):
+            self._open_frames(video, fps)
+        else:
+            if fps is not None:
+                raise ValueError("`fps` is only for arrays of frames; a video file keeps its own timestamps.")
+            if hasattr(video, "read"):  # a file object is read twice (extent, then packets)
+                video = video.read()
+            if isinstance(video, (bytearray, memoryview)):
+                video = bytes(video)
+            self.first, self.duration, _ = _video_stream_extent(video, "video")
+            if not self._open_copied(video):
+                self._open_reencoded(video)
+
+        self._num_samples = seconds_to_samples(self.duration, self.sample_rate)
+        self._start_samples = seconds_to_samples(self.first, self.sample_rate)
+        self._encoded = 0  # samples handed to the encoder
+        self._pending: List[np.ndarray] = []  # < one encoder frame (one second) of audio, (2, n) each
+        self._pending_samples = 0
+        self.samples_written = 0
+        self.max_block_samples = 0
+        self.max_pending_samples = 0
+
+    # -- opening ------------------------------------------------------------------------------------------------
+
+    def _add_audio_stream(self) -> None:
+        stream = self._output.add_stream("aac", rate=AUDIO_OUTPUT_SAMPLE_RATE)
+        stream.layout = "stereo"
+        stream.bit_rate = self.audio_bit_rate
+        self._audio_stream = stream
+
+    def _open_copied(self, source) -> bool:
+        """Opens the output with the source's video stream copied. False if the container cannot hold its codec."""
+        self._input = _open_input(source, "video")
+        in_stream = self._input.streams.video[0]
+        self._output = av.open(self.out_path, mode="w")
+        try:
+            if in_stream.codec_context.name not in self._output.supported_codecs:
+                raise _CannotCopy
+            out_stream = self._output.add_stream_from_template(in_stream)
+            self._add_audio_stream()
+            # The header is written now, before any audio is taken: a codec tag the container refuses fails here,
+            # while re-encoding the pictures is still possible.
+            self._output.start_encoding()
+        except (_CannotCopy, av.FFmpegError):
+            self._release()
+            return False
 
         def video_packets():
-            for frame in frames_iter:
+            for packet in self._input.demux(in_stream):
+                if packet.dts is None and packet.pts is None:  # demuxer flush packet
+                    continue
+                packet.stream = out_stream
+                yield packet
+
+        self._video_packets = video_packets()
+        return True
+
+    def _open_encoded(self, frames: Iterator[av.VideoFrame], size: Tuple[int, int], rate, time_base) -> None:
+        """Opens the output with `frames` (timestamps in `time_base`, kept as they are) encoded as H.264."""
+        self._output = av.open(self.out_path, mode="w")
+        stream = _add_encoded_video_stream(self._output, size[0], size[1], rate)
+        # encode in the frames' own time base: variable frame rates keep their exact timestamps
+        stream.time_base = stream.codec_context.time_base = time_base
+        self._add_audio_stream()
+
+        def video_packets():
+            for frame in frames:
                 yield from stream.encode(frame)
             yield from stream.encode(None)
 
-        _mux_interleaved(output, video_packets(), audio_packets)
+        self._video_packets = video_packets()
+
+    def _open_reencoded(self, source) -> None:
+        """The output container cannot hold the source codec: decode and re-encode the pictures, keeping timestamps."""
+        self._input = _open_input(source, "video")
+        in_stream = self._input.streams.video[0]
+        rate = Fraction(in_stream.average_rate or in_stream.guessed_rate or 25)
+        width, height = in_stream.codec_context.width, in_stream.codec_context.height
+
+        def frames():
+            for frame in self._input.decode(in_stream):
+                out = frame.reformat(format="yuv420p", width=width - width % 2, height=height - height % 2)
+                out.pts, out.time_base = frame.pts, frame.time_base
+                yield out
+
+        self._open_encoded(frames(), (width, height), rate, in_stream.time_base)
+
+    def _open_frames(self, video, fps) -> None:
+        if fps is None:
+            raise ValueError("`fps` is required when `video` is an array of frames.")
+        rate = _to_fraction(fps, "fps")
+        if rate <= 0:
+            raise ValueError(f"`fps` must be positive, got {fps!r}.")
+        pixels = _frames_to_thwc_uint8(video, "video")
+        height, width = pixels.shape[1:3]
+        if height < 2 or width < 2:
+            raise ValueError(f"`video` frames must be at least 2x2 pixels, got {width}x{height}.")
+        pixels = pixels[:, : height - height % 2, : width - width % 2]
+
+        def frames():
+            for index, picture in enumerate(pixels):
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(picture), format="rgb24")
+                frame.pts = index
+                frame.time_base = 1 / rate
+                yield frame
+
+        self.first, self.duration = Fraction(0), Fraction(len(pixels)) / rate
+        self._open_encoded(frames(), (width, height), rate, 1 / rate)
+
+    # -- writing ------------------------------------------------------------------------------------------------
+
+    def write(self, block: Union[np.ndarray, torch.Tensor]) -> None:
+        """Appends `block` (`(samples,)` or `(channels, samples)`, 1 or 2 channels) to the soundtrack."""
+        if self._closed:
+            raise ValueError("This VideoAudioMuxer is closed.")
+        block = _audio_to_channels_first(block, "block", allow_empty=True)
+        self.max_block_samples = max(self.max_block_samples, block.shape[1])
+        keep = max(0, min(block.shape[1], self._num_samples - self.samples_written))  # past the video's end: dropped
+        self.samples_written += block.shape[1]
+        self._feed(block[:, :keep])
+
+    def _feed(self, audio: np.ndarray) -> None:
+        """Hands `audio` to the encoder in one-second frames at fixed offsets; keeps the remainder pending."""
+        chunk, position = self.sample_rate, 0
+        if self._pending_samples:
+            take = min(chunk - self._pending_samples, audio.shape[1])
+            self._pending.append(audio[:, :take])
+            self._pending_samples += take
+            position = take
+            if self._pending_samples < chunk:
+                self.max_pending_samples = max(self.max_pending_samples, self._pending_samples)
+                return
+            self._encode(np.concatenate(self._pending, axis=1))
+            self._pending, self._pending_samples = [], 0
+        while audio.shape[1] - position >= chunk:
+            self._encode(audio[:, position : position + chunk])
+            position += chunk
+        if position < audio.shape[1]:
+            self._pending = [audio[:, position:].copy()]  # a copy: the caller's block is not kept alive
+            self._pending_samples = audio.shape[1] - position
+        self.max_pending_samples = max(self.max_pending_samples, self._pending_samples)
+
+    def _encode(self, samples: Optional[np.ndarray]) -> None:
+        """Encodes one frame of audio (None: flush) and muxes its packets after the video packets that precede them."""
+        frame = None
+        if samples is not None:
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples), format="fltp", layout="stereo")
+            frame.sample_rate = self.sample_rate
+            frame.time_base = Fraction(1, self.sample_rate)
+            frame.pts = self._start_samples + self._encoded
+            self._encoded += samples.shape[1]
+        # PyAV resamples (any rate -> 44.1 kHz) and re-chunks to the AAC frame size inside `encode`
+        for packet in self._audio_stream.encode(frame):
+            self._mux_video_before(_packet_time(packet))
+            self._output.mux(packet)
+
+    def _mux_video_before(self, time: Optional[Fraction]) -> None:
+        """Muxes the video packets whose decode time is before `time` (all of them for None)."""
+        while True:
+            if self._next_video is None:
+                self._next_video = next(self._video_packets, None)
+                if self._next_video is None:
+                    return
+            if time is not None and _packet_time(self._next_video) >= time:
+                return
+            self._output.mux(self._next_video)
+            self._next_video = None
+
+    def close(self) -> None:
+        """Pads the soundtrack with silence to the video's duration, flushes the encoder, muxes the rest of the
+        video and closes the file."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            missing = self._num_samples - min(self.samples_written, self._num_samples)
+            while missing > 0:
+                length = min(missing, self.sample_rate)
+                self._feed(np.zeros((2, length), dtype=np.float32))
+                missing -= length
+            if self._pending_samples:  # the last, shorter frame
+                self._encode(np.concatenate(self._pending, axis=1))
+                self._pending, self._pending_samples = [], 0
+            self._encode(None)
+            self._mux_video_before(None)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        """Closes both containers (the output as it is)."""
+        for container in (self._output, self._input):
+            if container is not None:
+                container.close()
+        self._output = self._input = None
+
+    def __enter__(self) -> "VideoAudioMuxer":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._closed = True
+            self._release()
 
 
 def write_video_with_audio(
     video: VideoLike,
-    audio: Union[np.ndarray, torch.Tensor],
+    audio: Union[np.ndarray, torch.Tensor, Iterable[Union[np.ndarray, torch.Tensor]]],
     sample_rate: int,
     out_path: Union[str, os.PathLike],
     fps: Optional[float] = None,
     audio_bit_rate: int = 192_000,
 ) -> str:
-    """Writes `video` with `audio` as its soundtrack (.mp4, .mov or .mkv).
+    """Writes `video` with `audio` as its soundtrack (.mp4, .mov or .mkv), with a `VideoAudioMuxer`.
 
     The video stream of a source file is copied packet by packet (no re-encoding, identical pictures and
     timestamps) when the output container supports its codec; otherwise, and for frame arrays, it is encoded
@@ -804,7 +968,9 @@ def write_video_with_audio(
     Args:
         video: path / bytes of the source video, or frames `(frames, height, width, 3)` / `(frames, 3, height,
             width)` (uint8, or float in [0, 1]) together with `fps`.
-        audio: float samples in [-1, 1], `(samples,)` or `(channels, samples)` with 1 or 2 channels.
+        audio: float samples in [-1, 1], `(samples,)` or `(channels, samples)` with 1 or 2 channels; or an
+            iterable of such blocks (consumed as it yields them: a long soundtrack is never held whole). Either
+            way the file is the same for the same samples.
         sample_rate (`int`): sample rate of `audio`.
         out_path: output file, `.mp4`, `.mov` or `.mkv`.
         fps (`float`, *optional*): frame rate, only (and required) for frame arrays.
@@ -814,70 +980,26 @@ def write_video_with_audio(
     """
     if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
         raise ValueError(f"`sample_rate` must be a positive integer, got {sample_rate!r}.")
-    sample_rate = int(sample_rate)
-    audio = _audio_to_channels_first(audio, "audio")
-    out_path = _check_out_path(out_path)
-
-    if isinstance(video, (np.ndarray, torch.Tensor)):
-        if fps is None:
-            raise ValueError("`fps` is required when `video` is an array of frames.")
-        rate = _to_fraction(fps, "fps")
-        if rate <= 0:
-            raise ValueError(f"`fps` must be positive, got {fps!r}.")
-        frames = _frames_to_thwc_uint8(video, "video")
-        height, width = frames.shape[1:3]
-        if height < 2 or width < 2:
-            raise ValueError(f"`video` frames must be at least 2x2 pixels, got {width}x{height}.")
-        frames = frames[:, : height - height % 2, : width - width % 2]
-
-        def frame_iter():
-            for index, pixels in enumerate(frames):
-                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format="rgb24")
-                frame.pts = index
-                frame.time_base = 1 / rate
-                yield frame
-
-        duration = Fraction(len(frames)) / rate
-        _write_reencoded(
-            frame_iter(), (width, height), rate, 1 / rate, duration, Fraction(0),
-            audio, sample_rate, out_path, audio_bit_rate,
-        )
-        return out_path
-
-    if fps is not None:
-        raise ValueError("`fps` is only for arrays of frames; a video file keeps its own timestamps.")
-    if hasattr(video, "read"):  # a file object is read twice below (extent, then packets)
-        video = video.read()
-    if _write_copied(video, audio, sample_rate, out_path, audio_bit_rate):
-        return out_path
-
-    # the output container cannot hold the source codec: decode and re-encode the pictures, keeping timestamps
-    first, duration, _ = _video_stream_extent(video, "video")
-    container = _open_input(bytes(video) if isinstance(video, (bytearray, memoryview)) else video, "video")
-    try:
-        in_stream = container.streams.video[0]
-        rate = Fraction(in_stream.average_rate or in_stream.guessed_rate or 25)
-        width, height = in_stream.codec_context.width, in_stream.codec_context.height
-
-        def frame_iter():
-            for frame in container.decode(in_stream):
-                out = frame.reformat(format="yuv420p", width=width - width % 2, height=height - height % 2)
-                out.pts, out.time_base = frame.pts, frame.time_base
-                yield out
-
-        _write_reencoded(
-            frame_iter(), (width, height), rate, in_stream.time_base, duration, first,
-            audio, sample_rate, out_path, audio_bit_rate,
-        )
-    finally:
-        container.close()
-    return out_path
+    whole = isinstance(audio, (np.ndarray, torch.Tensor))
+    if whole:
+        audio = _audio_to_channels_first(audio, "audio")
+    elif isinstance(audio, (str, bytes)) or not hasattr(audio, "__iter__"):
+        raise ValueError(f"`audio` must be an array of samples or an iterable of blocks, got {type(audio).__name__}.")
+    with VideoAudioMuxer(video, out_path, sample_rate, fps=fps, audio_bit_rate=audio_bit_rate) as muxer:
+        for block in [audio] if whole else audio:
+            muxer.write(block)
+        if muxer.samples_written == 0:
+            muxer._release()
+            os.remove(muxer.out_path)  # no soundtrack: leave no file behind, as for an empty array
+            raise ValueError("`audio` has no samples.")
+    return muxer.out_path
 
 
 __all__ = [
     "TRUNCATION_ACTIONS",
     "TRUNCATION_TOLERANCE_SECONDS",
     "TruncatedMediaWarning",
+    "VideoAudioMuxer",
     "VideoInput",
     "check_decoded_duration",
     "claimed_stream_seconds",
