@@ -674,6 +674,8 @@ class FoleyMMDiTTransformer(ModelMixin, AttentionMixin, ConfigMixin, FoleyPeftAd
         sync_tokens_per_segment (`int`, defaults to 8): Synchformer tokens per segment (learned position
             embedding within a segment).
         eps (`float`, defaults to 1e-6): Epsilon of the LayerNorms and QK RMSNorms.
+        trained_seconds (`float`, *optional*): Longest clip length in seconds the model was trained on (recorded by
+            `training/train_transformer.py`; not used by the forward pass): the pipeline's `window_seconds="auto"`.
 
     Attention backends: `set_attention_backend(name)` routes every attention layer through that diffusers backend
     (see [`FoleyAttnProcessor`]); unknown names raise a `ValueError`.
@@ -711,6 +713,7 @@ class FoleyMMDiTTransformer(ModelMixin, AttentionMixin, ConfigMixin, FoleyPeftAd
         rope_theta: float = 10000.0,
         sync_tokens_per_segment: int = 8,
         eps: float = 1e-6,
+        trained_seconds: float | None = None,
     ):
         super().__init__()
         if num_joint_layers < 1:
