@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from training_fixtures import clip_data_dir, feature_dir, tiny_pipeline_dir  # noqa: F401  (fixtures)
 
 from foley_toolkit.models.vocoder_vocos import VocosVocoder
 from foley_toolkit.pipelines.kling_foley.long_form import (
@@ -343,3 +344,65 @@ def test_denoise_holds_the_known_prefix_at_every_noise_level(pipe, monkeypatch):
         sigma = t / pipe.scheduler.config.num_train_timesteps
         torch.testing.assert_close(inputs[..., :overlap], (1 - sigma) * known + sigma * noise[..., :overlap])
     assert (seen[-1][0][..., overlap:] - noise[..., overlap:]).abs().max() > 1e-3  # the rest moved with the model
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# trained_seconds: recorded by training, read by window_seconds="auto"
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_trained_seconds_is_saved_and_old_configs_load_as_none(tmp_path):
+    import json
+
+    from foley_toolkit.models.transformers.transformer_foley_mmdit import FoleyMMDiTTransformer
+    from foley_toolkit.pipelines.kling_foley.testing import get_dummy_components
+
+    transformer = get_dummy_components()["transformer"]
+    assert transformer.config.trained_seconds is None
+    transformer.register_to_config(trained_seconds=7.5)
+    transformer.save_pretrained(tmp_path / "new")
+    assert json.loads((tmp_path / "new" / "config.json").read_text())["trained_seconds"] == 7.5
+    assert FoleyMMDiTTransformer.from_pretrained(tmp_path / "new").config.trained_seconds == 7.5
+    # A config written before the argument existed.
+    config = json.loads((tmp_path / "new" / "config.json").read_text())
+    del config["trained_seconds"]
+    (tmp_path / "new" / "config.json").write_text(json.dumps(config))
+    assert FoleyMMDiTTransformer.from_pretrained(tmp_path / "new").config.trained_seconds is None
+
+
+def test_train_transformer_records_the_longest_clip_and_auto_windows_follow_it(
+    tmp_path, pipe, tiny_pipeline_dir, feature_dir, monkeypatch
+):
+    import json
+
+    import train_transformer
+    from training_fixtures import reset_accelerate_state
+
+    from foley_toolkit import KlingFoleyPipeline
+    from foley_toolkit.pipelines.kling_foley import long_form
+
+    entries = [json.loads(line) for line in (feature_dir / "index.jsonl").read_text().splitlines() if line.strip()]
+    longest = max(entry["duration"] for entry in entries)
+    assert 1.0 < longest < pipe.default_window_seconds  # the cached segments (1.5 s), not the 10 s default
+    output = tmp_path / "run"
+    argv = ["--pretrained_model_name_or_path", tiny_pipeline_dir, "--feature_dir", feature_dir, "--output_dir", output,
+            "--train_batch_size", 2, "--max_train_steps", 1, "--use_ema"]  # fmt: skip
+    reset_accelerate_state()
+    try:
+        train_transformer.main(train_transformer.parse_args([str(a) for a in argv]))
+    finally:
+        reset_accelerate_state()
+    for folder in ("transformer", "transformer_ema", "pipeline/transformer"):
+        assert json.loads((output / folder / "config.json").read_text())["trained_seconds"] == longest, folder
+
+    trained = KlingFoleyPipeline.from_pretrained(output / "pipeline")
+    trained.set_progress_bar_config(disable=True)
+    plans = []
+    original = long_form.plan_for_duration
+    monkeypatch.setattr(long_form, "plan_for_duration", lambda *a: plans.append(a[2]) or original(*a))
+    kwargs = {"prompt": "a knock", "duration": 2.5 * longest, "num_inference_steps": 1, "window_seconds": "auto"}
+    audio = trained(**kwargs, generator=torch.Generator().manual_seed(0)).audios
+    assert plans == [longest] and audio.shape[-1] == round(2.5 * longest * 44_100)
+    # Without a recorded length (an older config) "auto" is the 10 s default: the same call is one pass.
+    pipe(**kwargs, generator=torch.Generator().manual_seed(0))
+    assert plans == [longest]

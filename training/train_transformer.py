@@ -92,6 +92,11 @@ def main(args: argparse.Namespace) -> dict:
 
     vae = load_latent_normalizer(args.pretrained_model_name_or_path)
     transformer = load_transformer(args)
+    dataset, sampler, dataloader = build_feature_dataloader(args)
+    # The longest clip trained on goes in the config (before the EMA copies it): `window_seconds="auto"` generates
+    # longer videos in windows of this length. A fine-tuned model keeps the longer of its old and new lengths.
+    trained_seconds = max(float(entry["duration"]) for entry in dataset.entries)
+    transformer.register_to_config(trained_seconds=max(trained_seconds, transformer.config.trained_seconds or 0.0))
     transformer.train()
     if args.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
@@ -105,7 +110,6 @@ def main(args: argparse.Namespace) -> dict:
         ema.to(accelerator.device)
     register_checkpoint_hooks(accelerator, {"transformer": transformer}, {"transformer": ema} if ema else None)
 
-    dataset, sampler, dataloader = build_feature_dataloader(args)
     scale_learning_rates(args, accelerator)
     optimizer = build_optimizer(args, [p for p in transformer.parameters() if p.requires_grad])
     transformer, optimizer, dataloader = accelerator.prepare(transformer, optimizer, dataloader)
