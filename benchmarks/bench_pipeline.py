@@ -32,11 +32,16 @@ and reports, per stage, the achieved GFLOP/s and its fraction of the ceiling of 
 `--flow_flops_preset small` also counts and times one denoising step of a full-size transformer preset (random
 weights, 8 s clip, batched CFG batch 2) with a
 `--prompt_tokens`-token prompt padded to 128 T5 tokens (mask kept) against the text trimmed to the prompt (the path
-of `KlingFoleyPipeline.trim_text_padding`).
+of `KlingFoleyPipeline.trim_text_padding`), both projecting every audio token's adaLN modulation, and the trimmed
+text with the adaLN projections once per distinct row (`FoleyMMDiTTransformer.deduplicate_modulation`, the default);
+the three are timed interleaved, repeat by repeat.
+`--vision_encoders metaclip-bigg-14,clip-vit-b-16` times full-size `CLIPVisionModelWithProjection`s (random weights)
+per frame: FLOPs, seconds and the 64 CLIP frames of an 8 s clip.
 
     python benchmarks/bench_pipeline.py [--pipeline checkpoints/kling-foley-demo] [--video examples/assets/demo.mp4]
         [--dtype fp32|bf16] [--repeats 3] [--steps 20] [--threads N] [--bigvgan_seconds 1.0] [--compare_padded_text]
-        [--flops] [--flow_flops_preset small] [--prompt_tokens 12] [--json_out FILE]
+        [--flops] [--flow_flops_preset small] [--prompt_tokens 12] [--vision_encoders NAMES] [--vision_frames 2]
+        [--json_out FILE]
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ import statistics
 import time
 import types
 from collections import defaultdict
+from functools import partial
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
@@ -104,6 +110,14 @@ def parse_args():
     )
     parser.add_argument("--prompt_tokens", type=int, default=12, help="Real T5 tokens for --flow_flops_preset.")
     parser.add_argument("--flow_seconds", type=float, default=8.0, help="Clip length for --flow_flops_preset.")
+    parser.add_argument(
+        "--vision_encoders",
+        default=None,
+        help=f"Comma-separated full-size vision encoders to time per frame (random weights): {sorted(VISION_ENCODERS)}.",
+    )
+    parser.add_argument(
+        "--vision_frames", type=int, default=2, help="Frames per vision-encoder call (--vision_encoders)."
+    )
     parser.add_argument("--json_out", default=None, help="Also write the JSON object to this file.")
     args = parser.parse_args()
     if not os.path.isfile(os.path.join(args.pipeline, "model_index.json")):
@@ -116,6 +130,12 @@ def parse_args():
         parser.error("--bigvgan_seconds must be >= 0.")
     if not 1 <= args.prompt_tokens <= 128:
         parser.error("--prompt_tokens must be between 1 and 128 (the T5 padding length).")
+    if args.vision_encoders:
+        unknown = set(args.vision_encoders.split(",")) - set(VISION_ENCODERS)
+        if unknown:
+            parser.error(f"--vision_encoders: unknown {sorted(unknown)}, expected some of {sorted(VISION_ENCODERS)}.")
+    if args.vision_frames < 1:
+        parser.error("--vision_frames must be >= 1.")
     return args
 
 
@@ -325,10 +345,76 @@ def achieved(flops: float, seconds: float, ceiling_gflops: float) -> dict:
     return {"gflop": flops / 1e9, "gflop_per_s": gflops, "fraction_of_ceiling": gflops / ceiling_gflops}
 
 
+def clip_vit_b_16_config():
+    """OpenAI CLIP ViT-B/16's vision tower (`openai/clip-vit-base-patch16`): width 768, 12 layers, 12 heads, MLP 3072,
+    patch 16, 224 px, QuickGELU, projection to 512. ~86M parameters: a lighter choice than MetaCLIP bigG for CPU
+    users (normalised with the same OpenAI CLIP mean / std as MetaCLIP)."""
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        image_size=224,
+        patch_size=16,
+        hidden_act="quick_gelu",
+        layer_norm_eps=1e-5,
+        projection_dim=512,
+    )
+
+
+def _metaclip_bigg_config():
+    from foley_toolkit.models.encoders.presets import metaclip_bigg_14_quickgelu_config
+
+    return metaclip_bigg_14_quickgelu_config()
+
+
+VISION_ENCODERS = {"metaclip-bigg-14": _metaclip_bigg_config, "clip-vit-b-16": clip_vit_b_16_config}
+
+
+@torch.inference_mode()
+def vision_encoder_cost(args, device: torch.device, dtype: torch.dtype, ceiling_gflops: float) -> dict:
+    """Per-frame cost of full-size `CLIPVisionModelWithProjection`s (random weights) at `--vision_frames` frames per
+    call: FLOPs per frame (one counted call), seconds per frame (median of `--repeats` calls after a warm-up), the
+    matmul ceiling fraction and the 8 s clip's 64 CLIP frames extrapolated."""
+    from foley_toolkit.models.encoders.presets import build_vision_encoder
+
+    result = {}
+    for name in args.vision_encoders.split(","):
+        config = VISION_ENCODERS[name]()
+        model = build_vision_encoder(config, device=device, dtype=dtype)
+        size = config.image_size
+        pixels = torch.randn(args.vision_frames, 3, size, size, generator=torch.Generator().manual_seed(0))
+        pixels = pixels.to(device=device, dtype=dtype)
+        counter = flop_counter()
+        with counter:
+            model(pixel_values=pixels[:1])
+        times = []
+        for _ in range(max(args.repeats, 1) + 1):  # the first call is the warm-up
+            start = time.perf_counter()
+            model(pixel_values=pixels)
+            times.append(time.perf_counter() - start)
+        per_frame = statistics.median(times[1:]) / args.vision_frames
+        result[name] = {
+            "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
+            "projection_dim": config.projection_dim,
+            "frames_per_call": args.vision_frames,
+            "seconds_per_frame": per_frame,
+            "times": times[1:],
+            "seconds_for_64_frames": 64 * per_frame,
+        }
+        result[name].update(achieved(counter.get_total_flops(), min(times[1:]) / args.vision_frames, ceiling_gflops))
+        del model
+    return result
+
+
 @torch.inference_mode()
 def flow_step_flops(args, device: torch.device, dtype: torch.dtype, ceiling_gflops: float) -> dict:
     """One batched-CFG denoising step of a full-size preset with a `prompt_tokens` prompt: text padded to 128 T5
-    tokens (mask kept) vs trimmed to the prompt. FLOPs, median step time and fraction of the matmul ceiling."""
+    tokens (mask kept) vs trimmed to the prompt, both projecting every token's adaLN modulation; then trimmed with
+    the adaLN projections once per distinct row (`deduplicate_modulation`, the default). FLOPs, median step time and
+    fraction of the matmul ceiling."""
     from bench_transformer import build_model, make_inputs  # same folder: the transformer benchmark's inputs
 
     from foley_toolkit.audio_utils import sequence_lengths
@@ -336,26 +422,50 @@ def flow_step_flops(args, device: torch.device, dtype: torch.dtype, ceiling_gflo
     model = build_model(args.flow_flops_preset, device).to(dtype)
     lengths = sequence_lengths(args.flow_seconds)
     result = {"preset": args.flow_flops_preset, "seconds": args.flow_seconds, "batch": 2, "lengths": lengths}
-    for name, text_tokens in (("padded", 128), ("trimmed", args.prompt_tokens)):
+    variants = (
+        ("padded", 128, False),
+        ("trimmed", args.prompt_tokens, False),
+        ("trimmed_dedup", args.prompt_tokens, True),
+    )
+    outputs, calls = {}, {}
+    for name, text_tokens, deduplicate in variants:
         inputs = make_inputs(model, lengths, text_tokens, 2, dtype, device)  # sample 1 is the unconditional one
         latents, timestep = inputs.pop("hidden_states"), inputs.pop("timestep")
         mask = torch.zeros(2, text_tokens, dtype=torch.bool, device=device)
         mask[:, : args.prompt_tokens] = True
+        model.deduplicate_modulation = deduplicate  # read by prepare_conditions only
         conditions = model.prepare_conditions(latents.shape[-1], encoder_attention_mask=mask, **inputs)
+        calls[name] = partial(model, latents, timestep, conditions=conditions)
+        outputs[name] = calls[name]().sample  # also the warm-up
         counter = flop_counter()
         with counter:
-            model(latents, timestep, conditions=conditions)
-        model(latents, timestep, conditions=conditions)  # warm-up
-        times = []
-        for _ in range(max(args.repeats, 1)):
+            calls[name]()
+        result[name] = {"text_tokens": text_tokens, "deduplicate_modulation": deduplicate, "times": []}
+        result[name]["flops"] = counter.get_total_flops()
+        if deduplicate:
+            result[name]["adaln_rows"] = {
+                "distinct": conditions.sync_adaln_rows.shape[0],
+                "tokens": 2 * lengths["audio_tokens"],
+            }
+    # Variants interleaved repeat by repeat, so that a slow burst on a shared machine hits them alike.
+    for _ in range(max(args.repeats, 1)):
+        for name, call in calls.items():
             start = time.perf_counter()
-            model(latents, timestep, conditions=conditions)
-            times.append(time.perf_counter() - start)
+            call()
+            result[name]["times"].append(time.perf_counter() - start)
+    for name in calls:
+        times = result[name]["times"]
+        result[name]["step_s"] = statistics.median(times)
         # The ceiling is a best-of time, so the step's fraction of it is taken from its best time too.
-        result[name] = {"text_tokens": text_tokens, "step_s": statistics.median(times), "times": times}
-        result[name].update(achieved(counter.get_total_flops(), min(times), ceiling_gflops))
+        result[name].update(achieved(result[name].pop("flops"), min(times), ceiling_gflops))
+    model.deduplicate_modulation = True
     result["flop_reduction"] = 1 - result["trimmed"]["gflop"] / result["padded"]["gflop"]
     result["time_ratio_trimmed_over_padded"] = result["trimmed"]["step_s"] / result["padded"]["step_s"]
+    result["dedup_flop_reduction"] = 1 - result["trimmed_dedup"]["gflop"] / result["trimmed"]["gflop"]
+    result["dedup_time_ratio"] = result["trimmed_dedup"]["step_s"] / result["trimmed"]["step_s"]
+    result["dedup_best_time_ratio"] = min(result["trimmed_dedup"]["times"]) / min(result["trimmed"]["times"])
+    result["flop_reduction_vs_padded"] = 1 - result["trimmed_dedup"]["gflop"] / result["padded"]["gflop"]
+    result["dedup_output_equal"] = bool(torch.equal(outputs["trimmed_dedup"], outputs["trimmed"]))
     return result
 
 
@@ -414,16 +524,29 @@ def print_table(result: dict) -> None:
         print(f"matmul ceiling (this run): fp32 {ceilings['fp32']:.1f} GFLOP/s, bf16 {ceilings['bf16']:.1f} GFLOP/s")
     if "flow_step_text_padding" in result:
         flow = result["flow_step_text_padding"]
-        for name in ("padded", "trimmed"):
+        for name in ("padded", "trimmed", "trimmed_dedup"):
             row = flow[name]
+            adaln = "distinct-row adaLN" if row["deduplicate_modulation"] else "per-token adaLN"
             print(
-                f"flow step {flow['preset']} b2, {row['text_tokens']:>3} text tokens: {row['gflop']:.1f} GFLOP, "
+                f"flow step {flow['preset']} b2, {row['text_tokens']:>3} text tokens, {adaln}: {row['gflop']:.1f} GFLOP, "
                 f"{row['step_s']:.3f} s (median), {100 * row['fraction_of_ceiling']:.1f}% of the {result['dtype']} "
                 "ceiling (best time)"
             )
         print(
             f"trimmed text: {100 * flow['flop_reduction']:.1f}% fewer FLOPs per step, "
-            f"time x{flow['time_ratio_trimmed_over_padded']:.2f}"
+            f"time x{flow['time_ratio_trimmed_over_padded']:.2f}; distinct-row adaLN "
+            f"({flow['trimmed_dedup']['adaln_rows']['distinct']} of {flow['trimmed_dedup']['adaln_rows']['tokens']} "
+            f"rows): {100 * flow['dedup_flop_reduction']:.1f}% fewer, time x{flow['dedup_time_ratio']:.2f} (median) / "
+            f"x{flow['dedup_best_time_ratio']:.2f} (best), output "
+            f"{'equal' if flow['dedup_output_equal'] else 'NOT equal'}; both vs padded: "
+            f"{100 * flow['flop_reduction_vs_padded']:.1f}% fewer FLOPs"
+        )
+    for name, row in result.get("vision_encoders", {}).items():
+        print(
+            f"vision encoder {name} ({row['parameters_m']:.0f}M, projection {row['projection_dim']}): "
+            f"{row['gflop']:.1f} GFLOP / frame, {row['seconds_per_frame']:.3f} s / frame (median, "
+            f"{row['frames_per_call']} frames per call), {100 * row['fraction_of_ceiling']:.1f}% of the "
+            f"{result['dtype']} ceiling; 64 frames (8 s at 8 fps): {row['seconds_for_64_frames']:.1f} s"
         )
     print(f"text tokens seen by the transformer: {result['pipeline']['text_tokens']}")
     if "padded_text" in result:
@@ -465,7 +588,8 @@ def main():
         "note": "wall-clock times on a possibly shared machine: compare shares and ratios within one run, not absolute "
         "seconds across runs",
     }
-    ceilings_before = matmul_ceiling(device) if args.flops or args.flow_flops_preset else {}
+    measure_ceiling = args.flops or args.flow_flops_preset or args.vision_encoders
+    ceilings_before = matmul_ceiling(device) if measure_ceiling else {}
     result["pipeline"] = time_pipeline(pipe, args, device)
     if args.compare_padded_text:
         # The same call with the text padded to `max_sequence_length` as before `trim_text_padding`.
@@ -487,7 +611,7 @@ def main():
             result["padded_text"]["flow_steps_s"]["trimmed"] / result["padded_text"]["flow_steps_s"]["padded"]
         )
 
-    if args.flops or args.flow_flops_preset:
+    if measure_ceiling:
         # Measured before and after the pipeline timing and the best kept: on a shared machine one burst can be slow.
         result["matmul_ceiling_gflop_per_s"] = {
             name: max(before, after)
@@ -501,6 +625,8 @@ def main():
         result["pipeline"]["total_gflop"] = flops["total"] / 1e9
     if args.flow_flops_preset:
         result["flow_step_text_padding"] = flow_step_flops(args, device, dtype, ceiling)
+    if args.vision_encoders:
+        result["vision_encoders"] = vision_encoder_cost(args, device, dtype, ceiling)
 
     # The pipeline vocodes (batch * channels) mels of 2 frames per latent frame in one call.
     samples = result["pipeline"]["audio"]["shape"][-1]
