@@ -4,7 +4,8 @@
     foley-toolkit generate --model DIR --prompt "rain on a tin roof" --duration 8 --out rain.wav --plot rain.png
 
 The output format follows the extension of `--out`: `.wav` / `.flac` (soundfile) or `.mp4` / `.mov` / `.mkv`
-(the video with the generated audio muxed in; needs `--video`). `--plot` also writes the log-mel spectrogram of the
+(the video with the generated audio muxed in, its pictures copied as they are; needs `--video`). Either way the
+audio reaches the file block by block as the pipeline produces it, so a long video never holds its whole waveform. `--plot` also writes the log-mel spectrogram of the
 result as a PNG (`foley_toolkit.plotting.save_spectrogram`, needs matplotlib).
 """
 
@@ -44,8 +45,9 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--window-seconds",
         default="auto",
-        help="past this length, generate in overlapping windows of it (long videos, flat memory; a .wav/.flac --out "
-        "is written as the audio is produced); 'auto' (default): the length the transformer was trained on, 'none': "
+        help="past this length, generate in overlapping windows of it (long videos, flat memory; --out is written as "
+        "the audio is produced, muxed into a copy of the video for .mp4/.mov/.mkv); 'auto' (default): the length the "
+        "transformer was trained on, 'none': "
         "one pass over the whole clip",
     )
     parser.add_argument(
