@@ -16,7 +16,7 @@ It records:
 - `seconds`: wall time of the generation (the CLI's own "generated in" figure: video decoding, encoders, flow steps,
   decoding, vocoding and writing; not the model loading), `seconds_per_video_second` and its ratio to the shortest
   length's figure;
-- `peak_rss_mb`: the child process's peak resident memory (`ru_maxrss`, model loading included);
+- `peak_rss_mb`: the child process's peak resident memory (`VmHWM`, model loading included; see `peak_rss_mb`);
 - the output's level and the true track's: peak dBFS, DC offset, integrated loudness (pyloudnorm), and the output's
   length against the video's.
 
@@ -141,6 +141,21 @@ def true_audio(video: str, num_samples: int, sample_rate: int) -> np.ndarray:
     return np.pad(audio, ((0, 0), (0, num_samples - audio.shape[1])))
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB: `VmHWM` of /proc/self/status (the peak of this program's own
+    address space). Not `ru_maxrss`: after fork + exec Linux carries the parent's peak into the child's
+    `ru_maxrss`, so a child started by a parent holding a loaded pipeline and the previous clips' audio would report
+    the parent's memory. `ru_maxrss` only where /proc is missing."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def run_child(args) -> None:
     """Child process: one `foley-toolkit generate` call; prints a JSON line with its time and peak memory."""
     import torch
@@ -162,7 +177,7 @@ def run_child(args) -> None:
         "code": code,
         "seconds": float(match.group(1)) if match else None,
         "wall_seconds_with_loading": wall,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "stdout": captured.getvalue().strip(),
     }))  # fmt: skip
 
@@ -337,13 +352,15 @@ def main() -> None:
                 with open(events_file) as f:
                     events = json.load(f)
             else:
-                events = make_clip(video, length, seed=index + (100 if kind == "steady" else 0), steady=kind == "steady")
+                seed = index + (100 if kind == "steady" else 0)
+                events = make_clip(video, length, seed=seed, steady=kind == "steady")
                 with open(events_file, "w") as f:
                     json.dump(events, f)
             if args.prepare_only:
                 continue
             child = run_length(args, length, args.window_seconds, video, out)
-            record = {"clip": kind, "video_seconds": length, "windows": plan.num_windows, "events": len(events), **child}
+            record = {"clip": kind, "video_seconds": length, "windows": plan.num_windows, "events": len(events)}
+            record.update(child)
             audio, rate = sf.read(out, dtype="float32", always_2d=True)
             audio = audio.T
             true = true_audio(video, audio.shape[1], rate)
