@@ -39,13 +39,8 @@ from .models.encoders import (
     tiny_synchformer_config,
     tiny_t5_config,
 )
-from .video_processor import (
-    VideoInput,
-    load_video,
-    preprocess_clip_frames,
-    preprocess_sync_frames,
-    write_video_with_audio,
-)
+from .utils.video_io import VideoAudioMuxer, VideoInput, load_video, write_video_with_audio
+from .video_processor import FoleyVideoProcessor, preprocess_clip_frames, preprocess_sync_frames
 
 # --- pipelines ---
 from .pipelines import KlingFoleyLoraLoaderMixin, KlingFoleyPipeline, KlingFoleyPipelineOutput
