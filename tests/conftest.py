@@ -21,6 +21,13 @@ def _seed_everything():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Every test starts on one intra-op thread, whatever an earlier test or library left set."""
+    torch.set_num_threads(1)
+    yield
+
+
 @pytest.fixture(scope="module")
 def pipe_dir(tmp_path_factory):
     """A tiny `KlingFoleyPipeline` (`get_dummy_components()`) saved once per test module."""

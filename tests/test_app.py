@@ -11,7 +11,6 @@ import av
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from utils import assert_cli_error, make_test_video
 
@@ -23,15 +22,6 @@ from foley_toolkit.commands.app import DEMO_VIDEO, FoleyApp, build_app
 
 
 SAMPLE_RATE = 44100
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models: thread hand-offs cost more than the work.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ import av
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from foley_toolkit import KlingFoleyPipeline
 from foley_toolkit.cli import main
@@ -15,14 +14,6 @@ from utils import get_dummy_components, make_test_video
 SAMPLE_RATE = 44100
 
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models: thread hand-offs cost more than the work (on 2 cores, 5-20x slower with 2 threads).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):

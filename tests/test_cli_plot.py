@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from foley_toolkit.cli import main
 from foley_toolkit.plotting import _MEL_TRANSFORMS, _band_centres_hz, log_mel_db, save_spectrogram
@@ -12,14 +11,6 @@ from utils import assert_cli_error
 
 pytest.importorskip("matplotlib")
 SAMPLE_RATE = 44100
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _png_size(path) -> tuple[int, int]:

@@ -15,14 +15,6 @@ from foley_toolkit.models.vocoder import bigvgan_v2_44khz_128band_512x_config, v
 from utils import assert_cli_error
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_bigvgan_v2_44khz_512x_config():
     config = bigvgan_v2_44khz_128band_512x_config()
     # NVIDIA's configs/bigvgan_v2_44khz_128band_512x.json

@@ -21,15 +21,6 @@ from foley_toolkit.audio_utils import (
 from foley_toolkit.models.autoencoders.autoencoder_mel_vae import LogMelSpectrogram, slaney_mel_filterbank
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # Tiny tensors: one thread avoids OpenMP spin contention on a machine with few cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def reference_log_mel(waveform: np.ndarray) -> np.ndarray:
     """BigVGAN-v2's mel_spectrogram written with librosa + numpy (float64)."""
     librosa = pytest.importorskip("librosa")

@@ -23,15 +23,6 @@ from foley_toolkit.training_utils import (
 from utils import RELOAD_ATOL, RELOAD_RTOL, assert_same_weights
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # Tiny models: one thread avoids OpenMP spin contention on a machine with few cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_vae(**overrides) -> MelVAE:
     config = dict(latent_channels=8, block_out_channels=(32, 48), layers_per_block=1, kernel_size=3)
     config.update(overrides)

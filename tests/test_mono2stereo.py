@@ -15,14 +15,6 @@ NUM_SAMPLES = 22050  # 0.5 s
 VIDEO_FRAMES = 4  # 8 fps
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_mono2stereo(**overrides) -> Mono2Stereo:
     config = dict(hidden_channels=32, num_layers=2, kernel_size=3, video_feature_dim=VIDEO_DIM)
     config.update(overrides)

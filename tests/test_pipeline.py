@@ -37,14 +37,6 @@ def generator(seed: int = 0) -> torch.Generator:
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models: thread hand-offs cost more than the work (on 2 cores, 5-20x slower with 2 threads).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 @pytest.fixture(scope="module")
 def video_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("videos")

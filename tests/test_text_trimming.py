@@ -20,14 +20,6 @@ LONG_PROMPT = "glass shatters on a tiled floor while heavy rain falls on a tin r
 NEGATIVE_PROMPT = "music"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def pipe():
     return KlingFoleyPipeline(**get_dummy_components()).to("cpu")

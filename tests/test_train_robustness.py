@@ -24,7 +24,6 @@ from training_fixtures import (  # noqa: F401  (fixtures)
     feature_dir,
     fresh_accelerate_state,
     load_safetensors_dir,
-    one_torch_thread,
     reset_accelerate_state,
     tiny_pipeline_dir,
 )

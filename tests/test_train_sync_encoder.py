@@ -16,7 +16,6 @@ from training_fixtures import (  # noqa: F401  (fixtures)
     clip_data_dir,
     fresh_accelerate_state,
     load_safetensors_dir,
-    one_torch_thread,
     reset_accelerate_state,
     tiny_pipeline_dir,
 )

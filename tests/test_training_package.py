@@ -17,7 +17,6 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from training_fixtures import (  # noqa: F401  (fixtures)
     TRAINING_DIR,
     fresh_accelerate_state,
-    one_torch_thread,
     tiny_pipeline_dir,
 )
 

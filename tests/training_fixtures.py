@@ -32,15 +32,6 @@ def reset_accelerate_state() -> None:
     PartialState._reset_state()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # Tiny models: thread hand-offs cost more than the work.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(autouse=True)
 def fresh_accelerate_state():
     reset_accelerate_state()
