@@ -420,41 +420,28 @@ def run(args) -> int:
     results: dict[str, float] = {}
     extractors: dict[str, dict] = {}
     cache = None if args.no_cache else EmbeddingCache(args.cache_dir or default_cache_dir())
+
+    def score_with(extractor_class, weights, metric_names):
+        """Embed every pair with one audio extractor, compute `metric_names` from it and record the extractor."""
+        extractor = extractor_class.from_pretrained(weights, device=device, max_seconds=args.audio_seconds)
+        pred_outputs, ref_outputs = extract_all(
+            pairs, extractor, cache, progress=not args.no_progress, num_workers=args.num_workers
+        )
+        results.update(compute_metrics(metric_names, pred_outputs, ref_outputs))
+        extractors[extractor.name] = {
+            "cache_key": extractor.cache_key,
+            "sample_rate": extractor.sample_rate,
+            "weights": os.fspath(weights),
+        }
+
     if passt_metrics:
         from ..evaluation.extractors.passt import PaSSTExtractor
 
-        extractor = PaSSTExtractor.from_pretrained(args.passt_weights, device=device, max_seconds=args.audio_seconds)
-        pred_outputs, ref_outputs = extract_all(
-            pairs, extractor, cache, progress=not args.no_progress, num_workers=args.num_workers
-        )
-        results.update(compute_metrics(passt_metrics, pred_outputs, ref_outputs))
-        extractors[extractor.name] = {
-            "cache_key": extractor.cache_key,
-            "sample_rate": extractor.sample_rate,
-            "weights": os.fspath(args.passt_weights),
-        }
+        score_with(PaSSTExtractor, args.passt_weights, passt_metrics)
     if panns_metrics:
-        extractor = PANNsExtractor.from_pretrained(args.panns_weights, device=device, max_seconds=args.audio_seconds)
-        pred_outputs, ref_outputs = extract_all(
-            pairs, extractor, cache, progress=not args.no_progress, num_workers=args.num_workers
-        )
-        results.update(compute_metrics(panns_metrics, pred_outputs, ref_outputs))
-        extractors[extractor.name] = {
-            "cache_key": extractor.cache_key,
-            "sample_rate": extractor.sample_rate,
-            "weights": os.fspath(args.panns_weights),
-        }
+        score_with(PANNsExtractor, args.panns_weights, panns_metrics)
     if "fd_vgg" in metrics:
-        extractor = VGGishExtractor.from_pretrained(args.vggish_weights, device=device, max_seconds=args.audio_seconds)
-        pred_outputs, ref_outputs = extract_all(
-            pairs, extractor, cache, progress=not args.no_progress, num_workers=args.num_workers
-        )
-        results.update(compute_metrics(["fd_vgg"], pred_outputs, ref_outputs))
-        extractors[extractor.name] = {
-            "cache_key": extractor.cache_key,
-            "sample_rate": extractor.sample_rate,
-            "weights": os.fspath(args.vggish_weights),
-        }
+        score_with(VGGishExtractor, args.vggish_weights, ["fd_vgg"])
     if captions is not None:
         from ..evaluation.distribution_metrics import mean_cosine_similarity
         from ..evaluation.extractors.clap import ClapExtractor
