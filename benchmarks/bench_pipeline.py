@@ -345,23 +345,10 @@ def achieved(flops: float, seconds: float, ceiling_gflops: float) -> dict:
     return {"gflop": flops / 1e9, "gflop_per_s": gflops, "fraction_of_ceiling": gflops / ceiling_gflops}
 
 
-def clip_vit_b_16_config():
-    """OpenAI CLIP ViT-B/16's vision tower (`openai/clip-vit-base-patch16`): width 768, 12 layers, 12 heads, MLP 3072,
-    patch 16, 224 px, QuickGELU, projection to 512. ~86M parameters: a lighter choice than MetaCLIP bigG for CPU
-    users (normalised with the same OpenAI CLIP mean / std as MetaCLIP)."""
-    from transformers import CLIPVisionConfig
+def _clip_vit_b_16_config():
+    from foley_toolkit.models.encoders.presets import clip_vit_b_16_config
 
-    return CLIPVisionConfig(
-        hidden_size=768,
-        intermediate_size=3072,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        image_size=224,
-        patch_size=16,
-        hidden_act="quick_gelu",
-        layer_norm_eps=1e-5,
-        projection_dim=512,
-    )
+    return clip_vit_b_16_config()
 
 
 def _metaclip_bigg_config():
@@ -370,7 +357,7 @@ def _metaclip_bigg_config():
     return metaclip_bigg_14_quickgelu_config()
 
 
-VISION_ENCODERS = {"metaclip-bigg-14": _metaclip_bigg_config, "clip-vit-b-16": clip_vit_b_16_config}
+VISION_ENCODERS = {"metaclip-bigg-14": _metaclip_bigg_config, "clip-vit-b-16": _clip_vit_b_16_config}
 
 
 @torch.inference_mode()

@@ -10,6 +10,7 @@ from foley_toolkit import (
     build_text_encoder,
     build_tiny_t5_tokenizer,
     build_vision_encoder,
+    clip_vit_b_16_config,
     metaclip_bigg_14_quickgelu_config,
     preprocess_clip_frames,
     t5_base_config,
@@ -45,6 +46,15 @@ def test_metaclip_bigg_full_size_on_meta_device():
     assert all(p.is_meta for p in model.parameters())  # 7.4 GB in float32 if materialised
     assert 1_840_000_000 < _num_parameters(model) < 1_850_000_000
     assert model.visual_projection.weight.shape == (1280, 1664)
+
+
+def test_clip_vit_b_16_full_size_on_meta_device():
+    config = clip_vit_b_16_config()
+    assert (config.hidden_size, config.num_hidden_layers, config.patch_size, config.projection_dim) == (768, 12, 16, 512)
+    model = build_vision_encoder(config, device="meta")
+    # ViT-B/16 vision tower: 85.8M, plus the 768 -> 512 projection (393,216)
+    assert 85_000_000 < _num_parameters(model) < 87_000_000
+    assert model.visual_projection.weight.shape == (512, 768)
 
 
 def test_sync_encoder_builder():

@@ -32,6 +32,7 @@ from .models.encoders import (
     build_text_encoder,
     build_tiny_t5_tokenizer,
     build_vision_encoder,
+    clip_vit_b_16_config,
     metaclip_bigg_14_quickgelu_config,
     synchformer_vit_b_16_config,
     t5_base_config,
