@@ -33,8 +33,9 @@ and reports, per stage, the achieved GFLOP/s and its fraction of the ceiling of 
 weights, 8 s clip, batched CFG batch 2) with a
 `--prompt_tokens`-token prompt padded to 128 T5 tokens (mask kept) against the text trimmed to the prompt (the path
 of `KlingFoleyPipeline.trim_text_padding`), both projecting every audio token's adaLN modulation, and the trimmed
-text with the adaLN projections once per distinct row (`FoleyMMDiTTransformer.deduplicate_modulation`, the default);
-the three are timed interleaved, repeat by repeat.
+text with the adaLN projections once per distinct row (`FoleyMMDiTTransformer.deduplicate_modulation`) and one audio
+input projection for the two equal latent halves of the CFG batch (`deduplicate_latents`), both the default; the three
+are timed interleaved, repeat by repeat.
 `--vision_encoders metaclip-bigg-14,clip-vit-b-16` times full-size `CLIPVisionModelWithProjection`s (random weights)
 per frame: FLOPs, seconds and the 64 CLIP frames of an 8 s clip.
 
@@ -400,7 +401,8 @@ def vision_encoder_cost(args, device: torch.device, dtype: torch.dtype, ceiling_
 def flow_step_flops(args, device: torch.device, dtype: torch.dtype, ceiling_gflops: float) -> dict:
     """One batched-CFG denoising step of a full-size preset with a `prompt_tokens` prompt: text padded to 128 T5
     tokens (mask kept) vs trimmed to the prompt, both projecting every token's adaLN modulation; then trimmed with
-    the adaLN projections once per distinct row (`deduplicate_modulation`, the default). FLOPs, median step time and
+    the adaLN projections once per distinct row (`deduplicate_modulation`) and the audio input projection once for the
+    two equal halves of the CFG batch (`deduplicate_latents`), both the default. FLOPs, median step time and
     fraction of the matmul ceiling."""
     from bench_transformer import build_model, make_inputs  # same folder: the transformer benchmark's inputs
 
@@ -418,9 +420,11 @@ def flow_step_flops(args, device: torch.device, dtype: torch.dtype, ceiling_gflo
     for name, text_tokens, deduplicate in variants:
         inputs = make_inputs(model, lengths, text_tokens, 2, dtype, device)  # sample 1 is the unconditional one
         latents, timestep = inputs.pop("hidden_states"), inputs.pop("timestep")
+        latents = latents[:1].repeat(2, 1, 1)  # batched CFG: the pipeline passes torch.cat([latents] * 2)
         mask = torch.zeros(2, text_tokens, dtype=torch.bool, device=device)
         mask[:, : args.prompt_tokens] = True
-        model.deduplicate_modulation = deduplicate  # read by prepare_conditions only
+        model.deduplicate_modulation = deduplicate  # read by prepare_conditions
+        model.deduplicate_latents = deduplicate  # read by forward: one input projection for the two equal halves
         conditions = model.prepare_conditions(latents.shape[-1], encoder_attention_mask=mask, **inputs)
         calls[name] = partial(model, latents, timestep, conditions=conditions)
         outputs[name] = calls[name]().sample  # also the warm-up
@@ -445,7 +449,7 @@ def flow_step_flops(args, device: torch.device, dtype: torch.dtype, ceiling_gflo
         result[name]["step_s"] = statistics.median(times)
         # The ceiling is a best-of time, so the step's fraction of it is taken from its best time too.
         result[name].update(achieved(result[name].pop("flops"), min(times), ceiling_gflops))
-    model.deduplicate_modulation = True
+    model.deduplicate_modulation = model.deduplicate_latents = True
     result["flop_reduction"] = 1 - result["trimmed"]["gflop"] / result["padded"]["gflop"]
     result["time_ratio_trimmed_over_padded"] = result["trimmed"]["step_s"] / result["padded"]["step_s"]
     result["dedup_flop_reduction"] = 1 - result["trimmed_dedup"]["gflop"] / result["trimmed"]["gflop"]
@@ -513,7 +517,11 @@ def print_table(result: dict) -> None:
         flow = result["flow_step_text_padding"]
         for name in ("padded", "trimmed", "trimmed_dedup"):
             row = flow[name]
-            adaln = "distinct-row adaLN" if row["deduplicate_modulation"] else "per-token adaLN"
+            adaln = (
+                "distinct-row adaLN, one input projection for the CFG pair"
+                if row["deduplicate_modulation"]
+                else "per-token adaLN"
+            )
             print(
                 f"flow step {flow['preset']} b2, {row['text_tokens']:>3} text tokens, {adaln}: {row['gflop']:.1f} GFLOP, "
                 f"{row['step_s']:.3f} s (median), {100 * row['fraction_of_ceiling']:.1f}% of the {result['dtype']} "

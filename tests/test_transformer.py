@@ -486,3 +486,47 @@ def test_deduplicated_modulation_gives_the_plain_gradients():
     assert grads.keys() == plain_grads.keys() and len(grads) > 50
     for name in grads:  # the gather's backward sums the repeated rows' gradients in another order
         torch.testing.assert_close(grads[name], plain_grads[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("duration", [2.7, 3.3])  # 117 and 143 audio frames (odd)
+@pytest.mark.parametrize("rows", [[0, 0], [0, 1], [0, 1, 0, 1], [0, 0, 1]])
+def test_identical_latent_samples_share_the_input_projection(dtype, duration, rows):
+    # Samples with bit-identical latents (batched CFG: torch.cat([latents] * 2)) run the audio input projection once;
+    # the output must equal running it on every sample, bit for bit, whatever the rest of each sample's conditions.
+    torch.manual_seed(0)
+    model = make_model().to(dtype)
+    inputs = make_inputs(batch_size=len(rows), duration=duration)
+    inputs = {k: v.to(dtype) if v.is_floating_point() and k != "timestep" else v for k, v in inputs.items()}
+    distinct_latents = torch.randn(max(rows) + 1, *inputs["hidden_states"].shape[1:]).to(dtype)
+    inputs["hidden_states"] = distinct_latents[rows]
+    inputs["drop_text"] = torch.tensor([i % 2 == 1 for i in range(len(rows))])  # equal latents, other conditions
+
+    projected = []
+    hook = model.audio_input_proj.register_forward_hook(lambda m, args, out: projected.append(args[0].shape[0]))
+    try:
+        with torch.no_grad():
+            fast = model(**inputs).sample
+            model.deduplicate_latents = False
+            plain = model(**inputs).sample
+    finally:
+        model.deduplicate_latents = True
+        hook.remove()
+    assert projected == [len(set(rows)), len(rows)]
+    assert fast.dtype == dtype and torch.equal(fast, plain)
+    if rows == [0, 0]:  # same latents, different text: the two outputs still differ
+        assert not torch.equal(fast[0], fast[1])
+
+
+def test_identical_latent_samples_are_not_shared_under_autograd():
+    # Training batches keep the plain path (no gather in the graph): the projection sees the whole batch.
+    model = make_model().train()
+    inputs = make_inputs(batch_size=2, duration=1.0)
+    inputs["hidden_states"] = inputs["hidden_states"][:1].repeat(2, 1, 1)
+    projected = []
+    hook = model.audio_input_proj.register_forward_hook(lambda m, args, out: projected.append(args[0].shape[0]))
+    try:
+        model(**inputs).sample.square().mean().backward()
+    finally:
+        hook.remove()
+    assert projected == [2]

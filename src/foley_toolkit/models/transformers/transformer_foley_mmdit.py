@@ -783,6 +783,9 @@ class FoleyMMDiTTransformer(ModelMixin, AttentionMixin, ConfigMixin, FoleyPeftAd
         # The audio stream's per-token adaLN projections computed once per distinct condition row (exact; see
         # `prepare_conditions`). A runtime switch, not a config entry: it changes no weight and no output.
         self.deduplicate_modulation = True
+        # Samples whose noisy latents are bit-identical (the two halves of a batched-CFG call) share one run of the
+        # audio input projection (exact; see `_distinct_samples`). Also a runtime switch, not a config entry.
+        self.deduplicate_latents = True
         self._rope_cache: dict = {}
         self._initialize_weights()
 
@@ -1115,6 +1118,34 @@ class FoleyMMDiTTransformer(ModelMixin, AttentionMixin, ConfigMixin, FoleyPeftAd
         }
 
     @staticmethod
+    def _distinct_samples(hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """
+        The distinct samples of a batch, compared bit for bit: `(first, inverse)` with `hidden_states[first][inverse]`
+        equal to `hidden_states`, or `None` where every sample differs (nothing to share).
+
+        With classifier-free guidance the pipeline calls the transformer on `torch.cat([latents] * 2)`: both halves
+        hold the same noisy latents, and the audio input projection (a conv, SELU and a conv feed-forward: 8.4 of the
+        `small` preset's 132.7 GFLOP per 8 s CFG step) depends on nothing else. `torch.equal` costs one pass over
+        `(batch, frames, in_channels)` values, negligible beside the projection.
+        """
+        batch_size = hidden_states.shape[0]
+        if batch_size < 2 or torch.is_grad_enabled():  # training batches are distinct clips; keep autograd plain
+            return None
+        first: list[int] = []
+        inverse: list[int] = []
+        for sample in range(batch_size):
+            same = (k for k, kept in enumerate(first) if torch.equal(hidden_states[kept], hidden_states[sample]))
+            match = next(same, None)
+            if match is None:
+                match = len(first)
+                first.append(sample)
+            inverse.append(match)
+        if len(first) == batch_size:
+            return None
+        device = hidden_states.device
+        return torch.tensor(first, device=device), torch.tensor(inverse, device=device)
+
+    @staticmethod
     def _fill_empty(features, empty, drop, batch_size, default_length) -> torch.Tensor:
         """Features with missing (`None`) or dropped samples replaced by the learned empty embedding."""
         if features is None:
@@ -1216,7 +1247,13 @@ class FoleyMMDiTTransformer(ModelMixin, AttentionMixin, ConfigMixin, FoleyPeftAd
             token_temb = F.silu(global_cond[conditions.sync_adaln_row_sample] + conditions.sync_adaln_rows)
 
         # 2. Streams
-        hidden_states = self.audio_input_proj(hidden_states.to(dtype).transpose(1, 2))  # (batch, frames, dim)
+        hidden_states = hidden_states.to(dtype).transpose(1, 2)  # (batch, frames, in_channels)
+        distinct = self._distinct_samples(hidden_states) if self.deduplicate_latents else None
+        if distinct is None:
+            hidden_states = self.audio_input_proj(hidden_states)  # (batch, frames, dim)
+        else:  # the projection sees only the latents, so equal samples give equal rows: run it once per distinct one
+            first, inverse = distinct
+            hidden_states = self.audio_input_proj(hidden_states[first])[inverse]
         clip_hidden_states = conditions.clip_hidden_states
         encoder_hidden_states = conditions.text_hidden_states
         num_clip_frames, num_text_tokens = clip_hidden_states.shape[1], encoder_hidden_states.shape[1]
