@@ -70,36 +70,45 @@ def main():
     frames = round(args.seconds * SAMPLE_RATE / HOP)
     mel = torch.randn(args.channels, 128, frames) * 2.0 - 5.0  # log-mel values in the codec's range
 
-    variants = [("reference", False, None)] if not args.skip_reference else []
-    variants.append(("fast", True, None))
+    # (name, fast path, chunk_frames, compute_dtype); "fast" uses compute_dtype="auto" (float32 arithmetic for
+    # bfloat16 weights on a CPU without AMX), "fast_bf16_compute" forces bfloat16 arithmetic.
+    variants = [("reference", False, None, "auto")] if not args.skip_reference else []
+    variants.append(("fast", True, None, "auto"))
+    if "bf16" in args.dtypes:
+        variants.append(("fast_bf16_compute", True, None, torch.bfloat16))
     if args.chunk_frames:
-        variants.append((f"fast_chunk{args.chunk_frames}", True, args.chunk_frames))
+        variants.append((f"fast_chunk{args.chunk_frames}", True, args.chunk_frames, "auto"))
 
     results, reference_fp32 = {}, None
     for dtype_name in args.dtypes:
         dtype = DTYPES[dtype_name]
         model = vocoder.to(dtype)
-        times, outputs = {name: [] for name, _, _ in variants}, {}
+        dtype_variants = [v for v in variants if dtype_name == "bf16" or v[0] != "fast_bf16_compute"]
+        times, outputs = {name: [] for name, *_ in dtype_variants}, {}
         with torch.no_grad():
-            for name, fast, chunk in variants:  # warm-up on a short mel (allocator, oneDNN primitives)
-                model.use_fast_path, model.chunk_frames = fast, chunk
+            for name, fast, chunk, compute in dtype_variants:  # warm-up on a short mel (allocator, oneDNN)
+                model.use_fast_path, model.chunk_frames, model.compute_dtype = fast, chunk, compute
                 model(mel[..., :16].to(dtype))
             for _ in range(args.repeats):
-                for name, fast, chunk in variants:
-                    model.use_fast_path, model.chunk_frames = fast, chunk
+                for name, fast, chunk, compute in dtype_variants:
+                    model.use_fast_path, model.chunk_frames, model.compute_dtype = fast, chunk, compute
                     start = time.perf_counter()
                     outputs[name] = model(mel.to(dtype)).sample.float()
                     times[name].append(time.perf_counter() - start)
         if dtype_name == "fp32" and "reference" in outputs:
             reference_fp32 = outputs["reference"]
         entry = {}
-        for name, _, _ in variants:
+        for name, *_ in dtype_variants:
+            model.compute_dtype = dict((v[0], v[3]) for v in dtype_variants)[name]
             seconds = statistics.median(times[name])
             entry[name] = {
                 "seconds": seconds,
                 "times": times[name],
                 "real_time_factor": args.seconds / seconds,
                 "level": level(outputs[name]),
+                "compute_dtype": str(
+                    model.resolved_compute_dtype() if name != "reference" else model.conv_pre.weight.dtype
+                ).replace("torch.", ""),
             }
             if reference_fp32 is not None:
                 entry[name]["max_abs_diff_vs_fp32_reference"] = (outputs[name] - reference_fp32).abs().max().item()
@@ -119,14 +128,16 @@ def main():
         "load_average_after": os.getloadavg(),
         "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,
+        "amx_tiles": torch.cpu._is_amx_tile_supported(),
         "results": results,
     }
-    print(f"{'dtype':6} {'variant':18} {'seconds':>9} {'x real time':>12} {'speedup':>8} {'max|d| fp32 ref':>16} "
-          f"{'peak dBFS':>10}")  # fmt: skip
+    print(f"{'dtype':6} {'variant':18} {'compute':>15} {'seconds':>9} {'x real time':>12} {'speedup':>8} "
+          f"{'max|d| fp32 ref':>16} {'peak dBFS':>10}")  # fmt: skip
     for dtype_name, entry in results.items():
         for name, row in entry.items():
             print(
-                f"{dtype_name:6} {name:18} {row['seconds']:9.2f} {row['real_time_factor']:12.3f} "
+                f"{dtype_name:6} {name:18} {row['compute_dtype']:>15} {row['seconds']:9.2f} "
+                f"{row['real_time_factor']:12.3f} "
                 f"{row.get('speedup_vs_reference', float('nan')):8.2f} "
                 f"{row.get('max_abs_diff_vs_fp32_reference', float('nan')):16.2e} {row['level']['peak_dbfs']:10.1f}"
             )

@@ -66,9 +66,11 @@ def test_fast_path_equals_reference_fp32(batch, frames):
             torch.testing.assert_close(vocoder(mel[1:]).sample, fast[1:], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("compute_dtype", ["auto", torch.bfloat16])
 @pytest.mark.parametrize("batch", [1, 2])
-def test_fast_path_bf16_within_stated_tolerance_of_fp32_reference(batch):
+def test_fast_path_bf16_within_stated_tolerance_of_fp32_reference(batch, compute_dtype):
     vocoder = perturbed_tiny_vocoder()
+    vocoder.compute_dtype = compute_dtype  # bfloat16: the channels-first bfloat16 path, whatever the CPU
     mel = torch.randn(batch, 128, 9) * 2 - 5
     with torch.no_grad():
         expected = reference(vocoder, mel)
@@ -122,3 +124,58 @@ def test_saved_folder_is_diffusers_compatible(tmp_path):
     mel = torch.randn(1, 128, 6) * 2 - 5
     with torch.no_grad():
         torch.testing.assert_close(reloaded(mel).sample, plain(mel).sample, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("has_amx", [False, True])
+def test_auto_compute_dtype_is_float32_for_bf16_weights_on_a_cpu_without_amx(monkeypatch, has_amx):
+    # "auto": bfloat16 weights on a CPU without AMX compute in float32, i.e. exactly what a float32 vocoder holding
+    # the same (bfloat16-rounded) weights computes, then rounded to the weights' dtype; with AMX, in bfloat16.
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: has_amx)
+    vocoder = perturbed_tiny_vocoder().to(torch.bfloat16)
+    rounded_fp32 = perturbed_tiny_vocoder()
+    rounded_fp32.load_state_dict({k: v.float() for k, v in vocoder.state_dict().items()})
+    mel = (torch.randn(2, 128, 11) * 2 - 5).bfloat16()
+    with torch.no_grad():
+        auto = vocoder(mel).sample
+        vocoder.compute_dtype = torch.float32
+        forced = vocoder(mel).sample
+        as_fp32 = rounded_fp32(mel.float()).sample
+    assert vocoder.conv_pre.weight.dtype == auto.dtype == torch.bfloat16
+    assert torch.equal(forced, as_fp32.bfloat16())
+    vocoder.compute_dtype = "auto"
+    assert vocoder.resolved_compute_dtype() == (torch.bfloat16 if has_amx else torch.float32)
+    assert torch.equal(auto, forced) != has_amx
+    vocoder.compute_dtype = "float32"
+    with pytest.raises(ValueError, match="compute_dtype"):
+        vocoder(mel)
+
+
+def test_channels_last_path_runs_at_inference_and_equals_channels_first(monkeypatch):
+    # At inference on a CPU in float32 the fast path convolves channels-last signals; with autograd on it keeps the
+    # channels-first path (its in-place buffers have no backward). Both equal each other within float32 rounding.
+    vocoder = perturbed_tiny_vocoder()
+    mel = torch.randn(2, 128, 7) * 2 - 5
+    seen = []
+    hook = vocoder.conv_post.register_forward_hook(lambda m, args, out: seen.append("conv_post called"))
+    calls = []
+    original = torch.nn.functional.conv2d
+    monkeypatch.setattr(torch.nn.functional, "conv2d", lambda *a, **k: calls.append(a[0].ndim) or original(*a, **k))
+    with torch.no_grad():
+        channels_last = vocoder(mel).sample
+    assert calls and seen == []  # 2D convolutions on 4D signals, not the Conv1d modules
+    calls.clear()
+    channels_first = vocoder(mel).sample.detach()  # grad enabled, parameters require grad
+    hook.remove()
+    assert calls == [] and seen == ["conv_post called"]
+    assert channels_last.is_contiguous() and channels_last.shape == channels_first.shape == (2, 1, 7 * 512)
+    torch.testing.assert_close(channels_last, channels_first, atol=1e-5, rtol=0)
+
+
+def test_weights_made_under_inference_mode_run_the_fast_path():
+    # Tensors made under `torch.inference_mode` have no version counter; the activation-constant cache must not
+    # need one.
+    with torch.inference_mode():
+        vocoder = perturbed_tiny_vocoder().to(torch.bfloat16)
+        mel = (torch.randn(1, 128, 3) * 2 - 5).bfloat16()
+        first, second = vocoder(mel).sample, vocoder(mel).sample
+    assert torch.equal(first, second) and first.abs().max() > 0.01
