@@ -3,25 +3,32 @@
     python model_cards/make_cards.py            # rewrite template.md and <preset>.md
     python model_cards/make_cards.py --check    # exit 1 when a committed card differs from a fresh one
 
-Every number in the cards is computed here (models built on the meta device), none is typed by hand; the
+Every number in the cards is computed here (models built on the meta device) or read from a committed benchmark
+result (`benchmarks/results/`), none is typed by hand; the
 template is `foley_toolkit.model_cards.MODEL_CARD_TEMPLATE`, the one every card of the toolkit uses.
 """
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from foley_toolkit.model_cards import MODEL_CARD_TEMPLATE, preset_card
+from foley_toolkit.model_cards import MODEL_CARD_TEMPLATE, preset_card, speed_section
 
 PRESETS = ("small", "kling-foley-1.5b", "kling-foley-3b", "kling-foley-6b")
 FOLDER = Path(__file__).resolve().parent
+# The measured per-stage speed of the `small` pipeline (benchmarks/bench_recipes.py, committed JSON result).
+SPEED_RESULTS = {"small": FOLDER.parent / "benchmarks" / "results" / "recipes_fp32_2threads.json"}
 
 
 def expected_files() -> dict[str, str]:
     """File name -> text of every generated file."""
     files = {"template.md": MODEL_CARD_TEMPLATE}
     for preset in PRESETS:
-        files[f"{preset}.md"] = str(preset_card(preset))
+        speed = None
+        if preset in SPEED_RESULTS:
+            speed = speed_section(json.loads(SPEED_RESULTS[preset].read_text(encoding="utf-8")))
+        files[f"{preset}.md"] = str(preset_card(preset, speed=speed))
     return files
 
 

@@ -47,6 +47,10 @@ MODEL_CARD_TEMPLATE = """---
 {% for key, value in facts.items() -%}
 | {{ key }} | {{ value }} |
 {% endfor %}
+{% endif %}{% if speed %}
+## Generation speed
+
+{{ speed }}
 {% endif %}
 ## Evaluation
 
@@ -199,6 +203,7 @@ def kling_foley_card(
     base_model: Optional[Sequence[str]] = None,
     license: Optional[str] = "auto",
     notes: Sequence[str] = (),
+    speed: Optional[str] = None,
 ):
     r"""
     A `huggingface_hub.ModelCard` in the shared template (`MODEL_CARD_TEMPLATE`).
@@ -215,6 +220,7 @@ def kling_foley_card(
         license (`str`, *optional*, defaults to `"auto"`): The Hub licence id; `"auto"` derives it from the
             components (`card_license`), None leaves it unset (when the card does not list every component).
         notes (`Sequence[str]`): Extra lines for the licence section.
+        speed (`str`, *optional*): A "Generation speed" section (e.g. `speed_section` of a benchmark result).
 
     Returns:
         `huggingface_hub.ModelCard`.
@@ -248,6 +254,7 @@ def kling_foley_card(
         trainable_note=f"{format_parameters(untrained)} untrained" if untrained else None,
         licence_notes=[*licence_notes(components), *notes],
         facts={key: value for key, value in (facts or {}).items() if value is not None},
+        speed=speed,
         evaluation=evaluation
         or ("No evaluation results: the untrained components must be trained first. " if untrained_parts else "")
         + "Evaluate with `foley-toolkit eval-sync` / `eval-codec` and `foley_toolkit.evaluation` (FD, KL, IS) before "
@@ -334,9 +341,37 @@ def preset_components(preset: str) -> list[ComponentCard]:
     return components
 
 
-def preset_card(preset: str):
+def speed_section(result: Mapping[str, Any]) -> str:
+    """Markdown for a card's "Generation speed" section from a `benchmarks/bench_recipes.py` JSON result: seconds
+    per stage for 8 s of video, this project's recipe against MMAudio-S's, with the machine and the command."""
+    ours, theirs = result["this_project"], result["mmaudio_s"]
+    names = list(dict.fromkeys([*ours["stages"], *theirs["stages"]]))
+
+    def cell(recipe: Mapping[str, Any], name: str) -> str:
+        stage = recipe["stages"].get(name)
+        return "-" if stage is None else f"{stage['seconds']:.2f} s"
+
+    rows = [f"| {name} | {cell(ours, name)} | {cell(theirs, name)} |" for name in names]
+    rows.append(f"| **total** | **{ours['total_s']:.1f} s** | **{theirs['total_s']:.1f} s** |")
+    return "\n".join(
+        [
+            f"Seconds per stage for 8 s of video, 20 steps, stereo, with the full-size parts (random weights): "
+            f"{result['dtype']} weights, {result['threads']} CPU threads ({result['cpu']}, measured "
+            f"{result['started']}), against MMAudio-S's recipe (25 steps, guidance as two batch-1 calls, mono) in "
+            f"the same harness: `OMP_NUM_THREADS={result['threads']} python benchmarks/bench_recipes.py --dtype "
+            f"{result['dtype']} --threads {result['threads']}` (its docstring states the method).",
+            "",
+            "| stage | this pipeline | MMAudio-S recipe |",
+            "|---|---:|---:|",
+            *rows,
+        ]
+    )
+
+
+def preset_card(preset: str, speed: Optional[str] = None):
     """The model card of transformer preset `preset` (``small``, ``kling-foley-1.5b``, ``kling-foley-3b``,
-    ``kling-foley-6b``) in a pipeline with the public encoders and vocoder."""
+    ``kling-foley-6b``) in a pipeline with the public encoders and vocoder; `speed` fills its "Generation speed"
+    section (`speed_section`)."""
     from foley_toolkit.models.transformers.transformer_foley_mmdit import FoleyMMDiTTransformer
 
     config = FoleyMMDiTTransformer.preset_config(preset)
@@ -352,4 +387,4 @@ def preset_card(preset: str):
         "`model_cards/make_cards.py` from the models built on the meta device."
     )
     return kling_foley_card(f"Kling-Foley `{preset}` (foley_toolkit)", summary, preset_components(preset),
-                            tags=[f"preset-{preset}"])  # fmt: skip
+                            tags=[f"preset-{preset}"], speed=speed)  # fmt: skip
