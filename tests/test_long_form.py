@@ -11,7 +11,6 @@ from training_fixtures import clip_data_dir, feature_dir, tiny_pipeline_dir  # n
 
 from foley_toolkit.models.vocoder_vocos import VocosVocoder
 from foley_toolkit.pipelines.kling_foley.long_form import (
-    OverlapProcessor,
     StreamingAudioWriter,
     WindowJoiner,
     equal_power_gains,
@@ -19,6 +18,7 @@ from foley_toolkit.pipelines.kling_foley.long_form import (
     plan_windows,
     vocoder_receptive_radius,
 )
+from foley_toolkit.utils.overlap import OverlapProcessor
 
 
 # ---------------------------------------------------------------------------------------------------------------

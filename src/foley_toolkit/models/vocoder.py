@@ -46,6 +46,8 @@ from diffusers.models.autoencoders.mmaudio_vocoder import MMAudioActivation1d, M
 from diffusers.models.autoencoders.mmaudio_vocoder import MMAudioVocoder as _DiffusersMMAudioVocoder
 from diffusers.models.autoencoders.vae import DecoderOutput
 
+from ..utils.overlap import process_in_chunks
+
 __all__ = [
     "MMAudioVocoder",
     "bigvgan_v2_44khz_128band_512x_config",
@@ -341,15 +343,8 @@ class MMAudioVocoder(_DiffusersMMAudioVocoder):
         return torch.clamp(hidden_states, min=-1.0, max=1.0)
 
     def _chunked_forward(self, mel: torch.Tensor, chunk_frames: int) -> torch.Tensor:
-        frames, context = mel.shape[-1], self.receptive_field_frames()
         hop = math.prod(self.config.upsample_rates)
-        pieces = []
-        for start in range(0, frames, chunk_frames):
-            end = min(start + chunk_frames, frames)
-            first, last = max(0, start - context), min(frames, end + context)
-            waveform = self._fast_forward(mel[..., first:last])
-            pieces.append(waveform[..., (start - first) * hop : (end - first) * hop])
-        return torch.cat(pieces, dim=-1)
+        return process_in_chunks(self._fast_forward, mel, chunk_frames, self.receptive_field_frames(), scale=hop)
 
     def forward(self, mel: torch.Tensor, return_dict: bool = True) -> DecoderOutput | tuple:
         r"""
