@@ -22,7 +22,8 @@ It records:
 
 Seams, over every output longer than one window: onset F1 (`foley_toolkit.evaluation.sync_metrics`, 80 ms
 tolerance) of events within `--near_seconds` of a join (the middle of a cross-fade) against events farther away,
-and the loudness step at each join (short-term loudness, 3 s EBU R128 window, of `--step_seconds` on each side)
+with a 95% block-bootstrap interval of their difference (blocks: each join and the time around it), and the
+loudness step at each join (short-term loudness, 3 s EBU R128 window, of `--step_seconds` on each side)
 against the same measure at control points halfway between joins, each next to the step of the clip's TRUE track
 (decoded from the mp4) at the same point, and `excess` = |output step - true step| point by point (what the
 generation adds to the content's own step). For the longest length it writes spectrogram PNGs of 8 s around the
@@ -247,6 +248,15 @@ def seam_scores(audio, sample_rate, events, joins, near_seconds, step_seconds, t
     est_far = [t for t in onsets if not near(t)]
 
     controls = list((joins[:-1] + joins[1:]) / 2) if len(joins) > 1 else []
+    # Per block of the timeline (each join with the time up to the controls on either side): near / away counts.
+    edges = np.concatenate([[-np.inf], controls, [np.inf]])
+    block_counts = np.zeros((len(joins), 2, 3))
+    for group, (ref, est) in enumerate(((ref_near, est_near), (ref_far, est_far))):
+        ref, est = np.asarray(ref), np.asarray(est)
+        for times_, column in ((ref, 1), (est, 2)):
+            np.add.at(block_counts[:, group, column], np.searchsorted(edges, times_, side="right") - 1, 1)
+        matched = [ref[i] for i, _ in match_onsets(ref, est)]
+        np.add.at(block_counts[:, group, 0], np.searchsorted(edges, np.asarray(matched), side="right") - 1, 1)
     join_steps = loudness_steps(audio, sample_rate, joins, step_seconds)
     control_steps = loudness_steps(audio, sample_rate, controls, step_seconds)
     scores = {
@@ -258,6 +268,8 @@ def seam_scores(audio, sample_rate, events, joins, near_seconds, step_seconds, t
         "events_away": len(ref_far),
         "f1_near_joins": onset_scores(ref_near, est_near)["f1"],
         "f1_away": onset_scores(ref_far, est_far)["f1"],
+        "f1_near_minus_away": f1_difference_interval(block_counts),
+        "block_counts": block_counts.astype(int).tolist(),  # for intervals pooled over clips
         "loudness_step_db_at_joins": _spread(join_steps),
         "loudness_step_db_at_controls": _spread(control_steps),
         "joins_stepping_over_1_5_db": sum(abs(s) > 1.5 for s in join_steps if s is not None),
@@ -280,6 +292,28 @@ def seam_scores(audio, sample_rate, events, joins, near_seconds, step_seconds, t
             },
         })  # fmt: skip
     return scores
+
+
+def _f1(matched, references, detected):
+    precision, recall = matched / np.maximum(detected, 1), matched / np.maximum(references, 1)
+    return 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+
+
+def f1_difference_interval(block_counts: np.ndarray, rounds: int = 4000, seed: int = 0) -> dict:
+    """F1 near joins minus F1 away, with a 95% block-bootstrap interval.
+
+    `block_counts` is `(blocks, 2, 3)`: per block of the timeline (one join and the time around it, up to the
+    control points halfway to its neighbours), the (matched, reference events, detected onsets) counts near the join
+    and away from it. Blocks are resampled with replacement (so the dependence between nearby events is kept), the
+    counts summed and both F1s recomputed."""
+    totals = block_counts.sum(axis=0)
+    difference = float(_f1(*totals[0]) - _f1(*totals[1]))
+    generator = np.random.default_rng(seed)
+    picks = generator.integers(0, block_counts.shape[0], size=(rounds, block_counts.shape[0]))
+    sums = block_counts[picks].sum(axis=1)  # (rounds, 2, 3)
+    samples = _f1(*np.moveaxis(sums[:, 0], -1, 0)) - _f1(*np.moveaxis(sums[:, 1], -1, 0))
+    low, high = np.percentile(samples, [2.5, 97.5])
+    return {"difference": difference, "interval_95": [float(low), float(high)], "blocks": int(block_counts.shape[0])}
 
 
 def pooled_f1(records: list[dict], group: str) -> float:
@@ -417,6 +451,8 @@ def main() -> None:
         if windowed:
             summary[f"pooled_f1_near_joins_{kind}"] = pooled_f1(windowed, "near")
             summary[f"pooled_f1_away_{kind}"] = pooled_f1(windowed, "away")
+            blocks = np.concatenate([np.asarray(r["seams"]["block_counts"], dtype=float) for r in windowed])
+            summary[f"pooled_f1_near_minus_away_{kind}"] = f1_difference_interval(blocks)
     rss = {r["video_seconds"]: r["peak_rss_mb"] for r in results if r["clip"] == kinds[0]}
     if 60.0 in rss and 300.0 in rss:
         summary["peak_rss_growth_60_to_300_mb"] = rss[300.0] - rss[60.0]
