@@ -99,6 +99,10 @@ def test_generate_input_errors_from_the_pipeline(model_dir, video, tmp_path, cap
     not_a_video.write_text("not a video")
     assert main(["generate", "--model", model_dir, "--video", str(not_a_video), "--out", str(tmp_path / "x.wav")]) == 2
     assert "`video`" in capsys.readouterr().err
+    bad_interval = ["--prompt", "rain", "--duration", "1", "--guidance-interval", "0.8", "0.2", "--out",
+                    str(tmp_path / "x.wav")]  # fmt: skip
+    assert main(["generate", "--model", model_dir, *bad_interval]) == 2
+    assert "`guidance_interval`" in capsys.readouterr().err
     too_long = ["--video", video, "--duration", "5", "--out", str(tmp_path / "x.wav")]
     assert main(["generate", "--model", model_dir, *too_long]) == 2
     assert "`duration`" in capsys.readouterr().err

@@ -32,6 +32,11 @@ def register(subparsers) -> None:
     parser.add_argument("--negative-prompt", default=None, help="what to steer away from, e.g. 'music, speech'")
     parser.add_argument("--steps", type=int, default=20, help="flow-matching steps (default 20)")
     parser.add_argument("--guidance", type=float, default=4.5, help="classifier-free guidance scale (<= 1: off)")
+    parser.add_argument(
+        "--guidance-interval", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+        help="guide only the steps whose noise level sigma is in [LOW, HIGH] (0 <= LOW <= HIGH <= 1); the others run "
+        "the conditional branch alone (faster). Default: every step",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="random seed of the initial noise")
     parser.add_argument(
         "--duration", type=float, default=None, help="seconds of audio (default: the video's duration)"
@@ -133,6 +138,7 @@ def run(args) -> int:
         duration=args.duration,
         num_inference_steps=args.steps,
         guidance_scale=args.guidance,
+        guidance_interval=args.guidance_interval,
         generator=torch.Generator(device="cpu").manual_seed(args.seed),
         output_type="np",
         window_seconds=_window_seconds(args.window_seconds),

@@ -23,6 +23,7 @@ import copy
 import inspect
 import math
 import operator
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -608,6 +609,41 @@ class FoleyMMDiTConditions:
     def batch_size(self) -> int:
         """Samples the conditions were prepared for (`pooled_conditions` is `(batch, 4 * dim)`)."""
         return self.pooled_conditions.shape[0]
+
+    def select(self, samples: Sequence[int] | torch.Tensor) -> "FoleyMMDiTConditions":
+        r"""
+        The conditions of some samples only, in the given order: e.g. `select(range(batch, 2 * batch))` keeps the
+        conditional half of a `[uncond, cond]` classifier-free-guidance batch. Distinct per-token adaLN rows are kept
+        for the selected samples and renumbered.
+
+        Args:
+            samples (`Sequence[int]` or `torch.Tensor`): Distinct sample indices in `[0, batch_size)`.
+
+        Returns:
+            [`FoleyMMDiTConditions`] for `len(samples)` samples.
+        """
+        device = self.pooled_conditions.device
+        samples = torch.as_tensor(list(samples) if not isinstance(samples, torch.Tensor) else samples, device=device)
+        samples = samples.long().reshape(-1)
+        if samples.numel() == 0 or int(samples.min()) < 0 or int(samples.max()) >= self.batch_size:
+            raise ValueError(f"`samples` must be indices in [0, {self.batch_size}), got {samples.tolist()}.")
+        if samples.unique().numel() != samples.numel():
+            raise ValueError(f"`samples` must be distinct, got {samples.tolist()}.")
+        out = copy.copy(self)
+        for name in ("text_hidden_states", "text_attention_mask", "clip_hidden_states", "sync_adaln_features",
+                     "pooled_conditions"):  # fmt: skip
+            value = getattr(self, name)
+            if value is not None:
+                setattr(out, name, value[samples])
+        if self.sync_adaln_rows is not None:
+            new_sample = torch.full((self.batch_size,), -1, dtype=torch.long, device=device)
+            new_sample[samples] = torch.arange(samples.numel(), device=device)
+            keep = new_sample[self.sync_adaln_row_sample] >= 0
+            new_row = torch.cumsum(keep.long(), dim=0) - 1  # old row -> its index among the kept rows
+            out.sync_adaln_rows = self.sync_adaln_rows[keep]
+            out.sync_adaln_row_sample = new_sample[self.sync_adaln_row_sample[keep]]
+            out.sync_adaln_index = new_row[self.sync_adaln_index[samples]]
+        return out
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "FoleyMMDiTConditions":
         r"""Moves the tensors to `device` and casts the float ones to `dtype` (the mask stays boolean)."""

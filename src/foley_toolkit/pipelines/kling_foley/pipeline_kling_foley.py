@@ -386,6 +386,10 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
         return self._guidance_scale > 1.0
 
     @property
+    def guidance_interval(self) -> tuple[float, float] | None:
+        return getattr(self, "_guidance_interval", None)
+
+    @property
     def num_timesteps(self) -> int:
         return self._num_timesteps
 
@@ -768,6 +772,19 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
     # Checks
     # ------------------------------------------------------------------------------------------------------------
 
+    @staticmethod
+    def _check_guidance_interval(interval) -> tuple[float, float] | None:
+        """`guidance_interval` as a `(low, high)` pair of floats with `0 <= low <= high <= 1`, or `None`."""
+        if interval is None:
+            return None
+        try:
+            low, high = (float(value) for value in interval)
+        except (TypeError, ValueError):
+            raise ValueError(f"`guidance_interval` must be a (low, high) pair of noise levels, got {interval!r}.")
+        if not (0.0 <= low <= high <= 1.0):
+            raise ValueError(f"`guidance_interval` must satisfy 0 <= low <= high <= 1, got {interval!r}.")
+        return low, high
+
     def check_inputs(
         self,
         video,
@@ -986,22 +1003,27 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
         noise = latents[..., :overlap].clone()
         transformer_dtype = self.transformer.dtype
         do_cfg = self.do_classifier_free_guidance
+        interval = self.guidance_interval
+        conditional = None
+        if do_cfg and interval is not None:  # the cond half of `[uncond, cond]`, for the unguided steps
+            conditional = conditions.select(range(latents.shape[0], 2 * latents.shape[0]))
         for i, t in enumerate(timesteps):
             if self.interrupt:
                 continue
+            sigma = float(t) / self.scheduler.config.num_train_timesteps  # flow-match timesteps are sigma * 1000
             if overlap:
-                sigma = float(t) / self.scheduler.config.num_train_timesteps  # flow-match timesteps are sigma * 1000
                 latents = torch.cat([(1.0 - sigma) * known + sigma * noise, latents[..., overlap:]], dim=-1)
-            latent_model_input = torch.cat([latents] * 2) if do_cfg else latents
+            guided = do_cfg and (interval is None or interval[0] <= sigma <= interval[1])
+            latent_model_input = torch.cat([latents] * 2) if guided else latents
             timestep = t.expand(latent_model_input.shape[0]).to(latent_model_input.dtype)
             velocity = self.transformer(
                 latent_model_input.to(transformer_dtype),
                 timestep,
-                conditions=conditions,
+                conditions=conditions if guided or not do_cfg else conditional,
                 attention_kwargs=self.attention_kwargs,
                 return_dict=False,
             )[0]
-            if do_cfg:
+            if guided:
                 velocity_uncond, velocity_cond = velocity.chunk(2)
                 velocity = velocity_uncond + self.guidance_scale * (velocity_cond - velocity_uncond)
 
@@ -1111,6 +1133,7 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
         timesteps: list[float] | np.ndarray | torch.Tensor | None = None,
         window_seconds: float | str | None = "auto",
         callback_on_output_block: Callable[[np.ndarray | torch.Tensor], None] | None = None,
+        guidance_interval: tuple[float, float] | None = None,
     ) -> KlingFoleyPipelineOutput | tuple:
         r"""
         Generate audio for videos, prompts, or both.
@@ -1178,6 +1201,11 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
                 `output_type`), in order, as soon as it is produced; the returned output then holds `audios=None`.
                 With windows, blocks are a few seconds long, so a caller that writes them out (`foley-toolkit
                 generate`) never holds the whole waveform. Without windows it is called once.
+            guidance_interval (`tuple[float, float]`, *optional*):
+                Apply classifier-free guidance only at the steps whose noise level sigma lies in `[low, high]`
+                (guidance in a limited interval, Kynkaanniemi et al. 2024); the other steps run the conditional
+                branch alone (half the batch). `None` (the default) guides every step; it changes nothing without
+                guidance.
 
         Examples:
 
@@ -1207,6 +1235,7 @@ class KlingFoleyPipeline(DiffusionPipeline, KlingFoleyLoraLoaderMixin):
             max_sequence_length=max_sequence_length,
         )
         self._guidance_scale = guidance_scale
+        self._guidance_interval = self._check_guidance_interval(guidance_interval)
         self._attention_kwargs = attention_kwargs
         self._interrupt = False
         device = self._execution_device
