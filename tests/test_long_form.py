@@ -93,7 +93,23 @@ def test_log_domain_crossfade_is_a_power_weighted_geometric_mean():
         log_domain_crossfade(loud, quiet[:, 1:])
 
 
-@pytest.mark.parametrize("total, window, overlap, edge", [(101, 17, 5, 1), (57, 20, 9, 3), (20, 20, 4, 1)])
+def test_a_last_window_that_adds_a_few_frames_fades_after_the_previous_crossfade():
+    # 10.72 s at the demo's 6 s windows: the last window adds 9 frames, so moved back to end on the last frame it
+    # starts before the end of the first cross-fade (203 + 23 < 236). Its cross-fade starts where that one ends.
+    plan = plan_windows(462, 259, 65, 23)
+    assert plan.starts == (0, 194, 203)
+    assert plan.crossfade(1) == (217, 236) and plan.crossfade(2) == (236, 430)
+    for total in range(260, 1400):  # every length: cross-fades in order, disjoint, non-empty, inside the overlap
+        plan = plan_windows(total, 259, 65, 23)
+        fades = [plan.crossfade(k) for k in range(1, plan.num_windows)]
+        assert all(start < end for start, end in fades)
+        assert all(a[1] <= b[0] for a, b in zip(fades, fades[1:]))
+        assert all(plan.overlap(k)[0] <= fades[k - 1][0] for k in range(1, plan.num_windows))
+
+
+@pytest.mark.parametrize(
+    "total, window, overlap, edge", [(101, 17, 5, 1), (57, 20, 9, 3), (20, 20, 4, 1), (462, 259, 65, 23)]
+)
 def test_window_joiner_places_every_frame_exactly_once(total, window, overlap, edge):
     plan = plan_windows(total, window, overlap, edge)
     joiner, blocks = WindowJoiner(plan), []

@@ -94,9 +94,14 @@ class WindowPlan:
 
     def crossfade(self, index: int) -> tuple[int, int]:
         """`(start, end)` latent frames where window `index - 1` fades out and window `index` fades in: the overlap
-        without `edge_frames` at either end."""
+        without `edge_frames` at either end, and never before the previous cross-fade's end (the last window, moved
+        back to end on the last frame, can overlap the window before the previous one when it adds only a few
+        frames; each frame is cross-faded at most once)."""
         start, end = self.overlap(index)
-        return start + self.edge_frames, end - self.edge_frames
+        fade_start = start + self.edge_frames
+        if index >= 2:
+            fade_start = max(fade_start, self.crossfade(index - 1)[1])
+        return fade_start, end - self.edge_frames
 
 
 def plan_windows(total_frames: int, window_frames: int, overlap_frames: int, edge_frames: int = 0) -> WindowPlan:
