@@ -145,9 +145,10 @@ def test_auto_compute_dtype_is_float32_for_bf16_weights_on_a_cpu_without_amx(mon
     vocoder.compute_dtype = "auto"
     assert vocoder.resolved_compute_dtype() == (torch.bfloat16 if has_amx else torch.float32)
     assert torch.equal(auto, forced) != has_amx
-    vocoder.compute_dtype = "float32"
-    with pytest.raises(ValueError, match="compute_dtype"):
-        vocoder(mel)
+    for bad in ("float32", torch.float16):  # a string, and a dtype that is neither float32 nor the weights'
+        vocoder.compute_dtype = bad
+        with pytest.raises(ValueError, match="compute_dtype"):
+            vocoder(mel)
 
 
 def test_channels_last_path_runs_at_inference_and_equals_channels_first(monkeypatch):

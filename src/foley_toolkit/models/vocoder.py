@@ -269,11 +269,12 @@ class MMAudioVocoder(_DiffusersMMAudioVocoder):
         use_fast_path (`bool`, defaults to `True`): `False` runs diffusers' reference forward.
         chunk_frames (`int`, *optional*): With the fast path, vocode at most this many mel frames per network call,
             each with `receptive_field_frames()` frames of context on both sides (outputs equal the unchunked call).
-        compute_dtype (`"auto"` or `torch.dtype`, defaults to `"auto"`): The fast path's arithmetic dtype. `"auto"`
-            computes in float32 on a CPU without AMX tiles even when the weights are bfloat16 (there oneDNN's bfloat16
-            convolutions are slower than float32 ones, and float32 is the more accurate), and in the weights' dtype
-            elsewhere; the output keeps the weights' dtype either way. In float32 at inference on a CPU the fast path
-            runs channels-last.
+        compute_dtype (`"auto"` or `torch.dtype`, defaults to `"auto"`): The fast path's arithmetic dtype at
+            inference on a CPU. `"auto"` computes in float32 on a CPU without AMX tiles even when the weights are
+            bfloat16 (there oneDNN's bfloat16 convolutions are slower than float32 ones, and float32 is the more
+            accurate), and in the weights' dtype otherwise; `torch.float32` or the weights' dtype choose one. The
+            output keeps the weights' dtype either way. Float32 arithmetic runs channels-last. On other devices and
+            under autograd the fast path computes in the weights' dtype.
     """
 
     use_fast_path: bool = True
@@ -307,9 +308,10 @@ class MMAudioVocoder(_DiffusersMMAudioVocoder):
         (where oneDNN's bfloat16 convolutions run at about half its float32 rate) and the weights' dtype elsewhere."""
         weight_dtype = self.conv_pre.weight.dtype
         if self.compute_dtype != "auto":
-            if not isinstance(self.compute_dtype, torch.dtype) or not self.compute_dtype.is_floating_point:
+            if self.compute_dtype not in (torch.float32, weight_dtype):
                 raise ValueError(
-                    f"`compute_dtype` must be 'auto' or a floating torch.dtype, got {self.compute_dtype!r}."
+                    f"`compute_dtype` must be 'auto', torch.float32 or the weights' dtype ({weight_dtype}), got "
+                    f"{self.compute_dtype!r}."
                 )
             return self.compute_dtype
         if self.conv_pre.weight.device.type == "cpu" and not torch.cpu._is_amx_tile_supported():
