@@ -99,8 +99,8 @@ class WindowPlan:
         frames; each frame is cross-faded at most once)."""
         start, end = self.overlap(index)
         fade_start = start + self.edge_frames
-        if index >= 2:
-            fade_start = max(fade_start, self.crossfade(index - 1)[1])
+        if index >= 2:  # the previous cross-fade ends `edge_frames` before the end of window `index - 2`
+            fade_start = max(fade_start, self.window(index - 2)[1] - self.edge_frames)
         return fade_start, end - self.edge_frames
 
 
