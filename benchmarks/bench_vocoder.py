@@ -98,8 +98,8 @@ def main():
         if dtype_name == "fp32" and "reference" in outputs:
             reference_fp32 = outputs["reference"]
         entry = {}
-        for name, *_ in dtype_variants:
-            model.compute_dtype = dict((v[0], v[3]) for v in dtype_variants)[name]
+        for name, _, _, compute in dtype_variants:
+            model.compute_dtype = compute  # so that `resolved_compute_dtype` names this variant's arithmetic
             seconds = statistics.median(times[name])
             entry[name] = {
                 "seconds": seconds,
