@@ -318,8 +318,7 @@ def f1_difference_interval(block_counts: np.ndarray, rounds: int = 4000, seed: i
 
 def pooled_f1(records: list[dict], group: str) -> float:
     matched, references, detected = (sum(r["seams"][f"counts_{group}"][i] for r in records) for i in range(3))
-    precision, recall = matched / max(detected, 1), matched / max(references, 1)
-    return 2 * precision * recall / max(precision + recall, 1e-12)
+    return float(_f1(matched, references, detected))
 
 
 def run_length(args, length: float, window: str, video: str, out: str) -> dict:
